@@ -1,0 +1,73 @@
+"""Frozen encoders, JAX/Flax only, loaded from locally installed weights (never from a hub).
+
+Two small interfaces serve every encoder:
+
+* :class:`ImageEncoder` — ``preprocess`` turns one PIL image into a float32 ``[H, W, 3]`` array
+  (so it can run in parallel worker threads, off the device), ``apply`` is a jitted
+  ``[B, H, W, 3] -> [B, dim]`` forward pass.
+* :class:`TextEncoder` — ``encode`` takes a list of strings and returns float32 ``[B, dim]``
+  (tokenisation, jitted forward pass and the model's own pooling/normalisation).
+
+Names: ``efficientnet-lite0`` / ``-lite1`` / ``-lite2``, ``all-MiniLM-L6-v2``, ``all-mpnet-base-v2``, and
+``hf:/path/to/local/checkpoint`` for any local Hugging Face Flax checkpoint.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable, NamedTuple
+
+import numpy as np
+
+
+class ImageEncoder(NamedTuple):
+  name: str
+  dim: int
+  resolution: int
+  preprocess: Callable[[Any], np.ndarray]
+  apply: Callable[[Any], Any]
+  info: dict  # recorded in cache manifests: weights source + version, preprocessing
+
+
+class TextEncoder(NamedTuple):
+  name: str
+  dim: int
+  encode: Callable[[list], np.ndarray]
+  info: dict
+
+
+# name -> "module:function"; modules are imported only when an encoder is asked for.
+_IMAGE = {
+    "efficientnet-lite0": "efficientnet:load",
+    "efficientnet-lite1": "efficientnet:load",
+    "efficientnet-lite2": "efficientnet:load",
+}
+_TEXT = {
+    "all-MiniLM-L6-v2": "text:load",
+    "all-mpnet-base-v2": "text:load",
+}
+
+
+def _resolve(table: dict, name: str, kind: str):
+  if name.startswith("hf:"):
+    return importlib.import_module(f"{__name__}.hf").__dict__[f"load_{kind}"], name[3:]
+  if name not in table:
+    raise ValueError(f"unknown {kind} encoder {name!r}; choose one of {sorted(table)} or 'hf:/path/to/checkpoint'")
+  module, fn = table[name].split(":")
+  return getattr(importlib.import_module(f"{__name__}.{module}"), fn), name
+
+
+def load_image_encoder(name: str, **kwargs) -> ImageEncoder:
+  """Returns the frozen image encoder called ``name`` (weights installed on first use)."""
+  fn, arg = _resolve(_IMAGE, name, "image")
+  return fn(arg, **kwargs)
+
+
+def load_text_encoder(name: str, **kwargs) -> TextEncoder:
+  """Returns the frozen text encoder called ``name`` (weights installed on first use)."""
+  fn, arg = _resolve(_TEXT, name, "text")
+  return fn(arg, **kwargs)
+
+
+IMAGE_ENCODERS = tuple(_IMAGE)
+TEXT_ENCODERS = tuple(_TEXT)
