@@ -1,0 +1,64 @@
+"""Helpers shared by the benchmark scripts: timing, the machine's matmul peak, memory, tables."""
+
+from __future__ import annotations
+
+import resource
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def timeit(fn: Callable, *, repeat: int = 3, warmup: int = 1) -> float:
+  """Best wall time of ``fn()`` over ``repeat`` runs (results are blocked on), after ``warmup`` runs."""
+  for _ in range(warmup):
+    jax.block_until_ready(fn())
+  best = np.inf
+  for _ in range(repeat):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    best = min(best, time.perf_counter() - t0)
+  return best
+
+
+def matmul_peak_gflops(n: int = 2048) -> dict[str, float]:
+  """Measured float32 GEMM throughput (GFLOP/s) of numpy and of jitted JAX on an n×n×n product."""
+  rng = np.random.default_rng(0)
+  a = rng.normal(size=(n, n)).astype(np.float32)
+  b = rng.normal(size=(n, n)).astype(np.float32)
+  flops = 2.0 * n**3
+  t_np = timeit(lambda: a @ b)
+  ja, jb = jnp.asarray(a), jnp.asarray(b)
+  mm = jax.jit(jnp.matmul)
+  t_jax = timeit(lambda: mm(ja, jb))
+  return {"numpy": flops / t_np / 1e9, "jax": flops / t_jax / 1e9}
+
+
+def peak_rss_mb() -> float:
+  """Peak resident memory of this process so far (MiB)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def compiled_temp_mb(jitted, *args) -> float:
+  """XLA's temporary buffer size (MiB) for ``jitted(*args)``: the working memory beyond inputs and outputs."""
+  return jitted.lower(*args).compile().memory_analysis().temp_size_in_bytes / 2**20
+
+
+def blas_info() -> str:
+  try:
+    from threadpoolctl import threadpool_info
+    return ", ".join(f"{i['internal_api']} {i.get('architecture', '?')} x{i['num_threads']}"
+                     for i in threadpool_info() if i["user_api"] == "blas")
+  except ImportError:
+    return "threadpoolctl not installed"
+
+
+def print_table(rows: list[dict], columns: list[str]):
+  """Prints ``rows`` as a markdown table."""
+  fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)
+  print("| " + " | ".join(columns) + " |")
+  print("|" + "---|" * len(columns))
+  for r in rows:
+    print("| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |")
