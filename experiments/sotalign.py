@@ -1,0 +1,363 @@
+r"""SOTAlign: semi-supervised alignment of a frozen image encoder and a frozen text encoder.
+
+  python experiments/sotalign.py --config configs/sotalign.py:demo --workdir workdirs/sotalign_demo
+
+Reads top to bottom: config → data pools → teachers → per method: heads, jitted train step, loop with Orbax
+checkpoints → evaluation → ``results.json`` + markdown table + plot. Method keys: ``teacher_cca``,
+``teacher_ridge``, ``teacher_procrustes`` (closed form, pairs only), ``sail`` (SigLIP on the pairs),
+``structure`` and ``pseudo_label`` (semi-supervised baselines), ``sotalign`` (SigLIP + α·KLOT on unpaired data)
+and ``upper_bound`` (SigLIP on every training pair).
+
+A rerun with the same workdir resumes: finished methods are read back from ``done/``, an interrupted one
+restarts from its latest checkpoint (resume order: workdir checkpoint > scratch) and, because every step's
+randomness is ``fold_in(seed, step)``, reaches the same final metrics as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+
+from absl import app, flags, logging
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from ml_collections import config_flags
+import numpy as np
+import optax
+from flax.training import train_state
+from tqdm import tqdm
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from configs.sotalign import METHODS  # noqa: E402
+from sotalign_jax import io as sio  # noqa: E402
+from sotalign_jax import losses, metrics, objectives, teachers, workdir as wd  # noqa: E402
+from sotalign_jax.data.splits import stable_uniform  # noqa: E402
+from sotalign_jax.embed import load_cache  # noqa: E402
+from sotalign_jax.heads import init_head  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/sotalign.py[:variant]", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, metrics and results go (rerun resumes)")
+
+UNPAIRED_TERM = {"sail": "none", "upper_bound": "none", "structure": "structure", "pseudo_label": "pseudo_label"}
+TERM_CONFIG = {"structure": "structure", "pseudo_label": "pseudo_label", "sotalign": "sotalign"}
+
+
+# ================================================================================================================
+# Config checks
+# ================================================================================================================
+def parse_methods(spec: str) -> list[str]:
+  methods = [m.strip() for m in spec.split(",") if m.strip()]
+  bad = [m for m in methods if m not in METHODS]
+  if bad or not methods:
+    raise ValueError(f"config.methods: unknown method(s) {bad}; choose from {list(METHODS)}")
+  return methods
+
+
+def check_config(cfg):
+  for key in ("steps", "batch_paired", "batch_unpaired", "data.n_pairs", "teacher.cca_dim", "sotalign.sinkhorn_iters"):
+    v = functools.reduce(getattr, key.split("."), cfg)
+    if not isinstance(v, int) or v < 1:
+      raise ValueError(f"config.{key} must be a positive integer, got {v!r}")
+  for key in ("lr", "sotalign.eps_student", "sotalign.eps_teacher", "teacher.ridge_lam"):
+    v = functools.reduce(getattr, key.split("."), cfg)
+    if not v > 0:
+      raise ValueError(f"config.{key} must be > 0, got {v!r}")
+  if cfg.head not in ("linear", "mlp"):
+    raise ValueError(f"config.head must be 'linear' or 'mlp', got {cfg.head!r}")
+  if cfg.teacher.name not in teachers.TEACHERS:
+    raise ValueError(f"config.teacher.name must be one of {teachers.TEACHERS}, got {cfg.teacher.name!r}")
+  if cfg.sotalign.divergence not in ("klot", "sinkhorn_divergence"):
+    raise ValueError(f"config.sotalign.divergence must be 'klot' or 'sinkhorn_divergence', got {cfg.sotalign.divergence!r}")
+  if not hasattr(optax, cfg.optimizer):
+    raise ValueError(f"config.optimizer: optax has no optimizer {cfg.optimizer!r} (try adamw or lion)")
+  if cfg.eval.split not in ("val", "test"):
+    raise ValueError(f"config.eval.split must be 'val' or 'test', got {cfg.eval.split!r}")
+
+
+def n_pairs_list(cfg) -> list[int]:
+  sweep = [int(s) for s in cfg.data.n_pairs_sweep.split(",") if s.strip()]
+  return sorted(set(sweep) | {cfg.data.n_pairs})
+
+
+# ================================================================================================================
+# Data: pools of pairs, unpaired images, unpaired texts, and evaluation sets, from embedding caches
+# ================================================================================================================
+def open_cache(path: str, what: str):
+  try:
+    return load_cache(path)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(
+        f"{what}: {e}\nBuild it with `make demo` (which embeds the default data) or `python -m sotalign_jax.embed "
+        f"--dataset ... --out {path}`, or point config.{what} elsewhere.") from None
+
+
+def make_pools(cache, cfg, n_pairs: int) -> dict:
+  """Pairs, unpaired images and unpaired texts from the training images; the eval split from ``cfg.eval.split``."""
+  ids = np.array([r["image_id"] for r in cache.index])
+  split = np.array([r["split"] for r in cache.index])
+  img_of = np.array([r["image"] for r in cache.index])
+  train_caps = np.where(np.isin(split, ("paired", "unpaired")))[0]
+  # training images in a fixed hash order, the cache's 'paired' split first: the first n_pairs are the pairs
+  train_imgs, first_cap = np.unique(img_of[train_caps], return_index=True)
+  first_cap = train_caps[first_cap]
+  order = np.lexsort((stable_uniform(ids[first_cap].tolist(), seed="pairs"), split[first_cap] != "paired"))
+  train_imgs, first_cap = train_imgs[order], first_cap[order]
+  if n_pairs >= len(train_imgs):
+    raise ValueError(f"config.data.n_pairs={n_pairs} must be smaller than the {len(train_imgs)} training images of "
+                     f"{cfg.data.cache} (the rest form the unpaired pools)")
+  paired_imgs, unpaired_imgs = train_imgs[:n_pairs], train_imgs[n_pairs:]
+  unpaired_caps = train_caps[np.isin(img_of[train_caps], unpaired_imgs)]
+  pools = {
+      "pair_x": cache.image_emb[paired_imgs], "pair_y": cache.text_emb[first_cap[:n_pairs]],
+      "unp_x": cache.image_emb[unpaired_imgs], "unp_y": cache.text_emb[unpaired_caps],
+      "all_x": cache.image_emb[img_of[train_caps]], "all_y": cache.text_emb[train_caps],  # upper bound: every pair
+  }
+  for path in filter(None, (p.strip() for p in cfg.data.extra_unpaired_text.split(","))):
+    pools["unp_y"] = np.concatenate([pools["unp_y"], open_cache(path, "data.extra_unpaired_text").text_emb])
+  for path in filter(None, (p.strip() for p in cfg.data.extra_unpaired_images.split(","))):
+    pools["unp_x"] = np.concatenate([pools["unp_x"], open_cache(path, "data.extra_unpaired_images").image_emb])
+  if cfg.data.max_unpaired > 0:
+    rng = np.random.default_rng(cfg.seed)
+    for k in ("unp_x", "unp_y"):
+      if len(pools[k]) > cfg.data.max_unpaired:
+        pools[k] = pools[k][np.sort(rng.choice(len(pools[k]), cfg.data.max_unpaired, replace=False))]
+  for k in ("unp_x", "unp_y"):
+    if len(pools[k]) == 0:
+      raise ValueError(f"the unpaired pool {k} is empty: lower config.data.n_pairs or add extra unpaired data")
+  return pools
+
+
+def retrieval_set(cache, split: str) -> dict:
+  """Images of ``split`` with their captions, and the positives for both directions."""
+  caps = cache.caption_rows(split)
+  if len(caps) == 0:
+    raise ValueError(f"the cache has no captions in split {split!r}")
+  img_rows = cache.caption_image_rows(split)
+  imgs, owner = np.unique(img_rows, return_inverse=True)
+  return {"x": cache.image_emb[imgs], "y": cache.text_emb[caps], "t2i": owner,
+          "i2t": [np.where(owner == i)[0].tolist() for i in range(len(imgs))]}
+
+
+def eval_sets(cache, cfg) -> dict:
+  sets = {"main": retrieval_set(cache, cfg.eval.split)}
+  if cfg.eval.tuxpaint_cache and os.path.exists(os.path.join(cfg.eval.tuxpaint_cache, "manifest.json")):
+    sets["tuxpaint"] = retrieval_set(load_cache(cfg.eval.tuxpaint_cache), None)
+  if cfg.eval.fashion_mnist_cache and os.path.exists(os.path.join(cfg.eval.fashion_mnist_cache, "manifest.json")):
+    fm = load_cache(cfg.eval.fashion_mnist_cache)
+    labels = np.array(fm.labels())
+    classes = sorted(set(labels))
+    prompt_row = [int(np.where(labels == c)[0][0]) for c in classes]  # every caption of a class is its prompt
+    img = fm.caption_image_rows()
+    sets["fashion"] = {"x": fm.image_emb[img], "y": fm.text_emb[prompt_row],
+                       "labels": np.searchsorted(classes, labels)}
+  return sets
+
+
+def evaluate(embed_x, embed_y, sets: dict) -> dict[str, float]:
+  out = {}
+  main = sets["main"]
+  zx, zy = np.asarray(embed_x(main["x"])), np.asarray(embed_y(main["y"]))
+  for k, v in metrics.retrieval_recall(zx, zy, positives=main["i2t"]).items():
+    out[f"i2t_{k}"] = v
+  for k, v in metrics.retrieval_recall(zy, zx, positives=main["t2i"]).items():
+    out[f"t2i_{k}"] = v
+  out["zeroshot_fashion_mnist"] = float("nan")
+  out["tuxpaint_i2t_r1"] = float("nan")
+  if "fashion" in sets:
+    s = sets["fashion"]
+    out["zeroshot_fashion_mnist"] = metrics.zero_shot_accuracy(embed_x(s["x"]), embed_y(s["y"]), s["labels"])
+  if "tuxpaint" in sets:
+    s = sets["tuxpaint"]
+    out["tuxpaint_i2t_r1"] = metrics.retrieval_recall(embed_x(s["x"]), embed_y(s["y"]), ks=(1,),
+                                                      positives=s["i2t"])["r1"]
+  return out
+
+
+# ================================================================================================================
+# Teachers
+# ================================================================================================================
+def fit_teacher(name: str, pools: dict, cfg) -> teachers.LinearTeacher:
+  n = len(pools["pair_x"])
+  return teachers.fit(name, pools["pair_x"], pools["pair_y"], dim=min(cfg.teacher.cca_dim, n - 1),
+                      reg=cfg.teacher.cca_reg, lam=cfg.teacher.ridge_lam)
+
+
+# ================================================================================================================
+# Training one method
+# ================================================================================================================
+def make_optimizer(cfg):
+  schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, min(cfg.warmup_steps, cfg.steps - 1) or 1, cfg.steps)
+  return getattr(optax, cfg.optimizer)(learning_rate=schedule, weight_decay=cfg.weight_decay)
+
+
+def train_step(state, data, rng, *, f, g, term, term_cfg, alpha, batch_paired, batch_unpaired, sharding):
+  """One update on a random paired batch and (for semi-supervised methods) a random unpaired batch."""
+  kp, kx, ky = jax.random.split(rng, 3)
+  n_pairs, n_ux, n_uy = data["pair_x"].shape[0], data["unp_x"].shape[0], data["unp_y"].shape[0]
+  sample = lambda k, n, b: jax.random.choice(k, n, (b,), replace=b > n)
+  ip = sample(kp, n_pairs, batch_paired)
+  xp, yp = (jax.lax.with_sharding_constraint(data[k][ip], sharding) for k in ("pair_x", "pair_y"))
+  xu = jax.lax.with_sharding_constraint(data["unp_x"][sample(kx, n_ux, batch_unpaired)], sharding)
+  yu = jax.lax.with_sharding_constraint(data["unp_y"][sample(ky, n_uy, batch_unpaired)], sharding)
+
+  def loss_fn(params):
+    zx = f.apply({"params": params["f"]}, xp)
+    zy = g.apply({"params": params["g"]}, yp)
+    pair_loss = losses.siglip_loss(objectives._unit(zx), objectives._unit(zy), t_log=params["t_log"],
+                                   bias=params["bias"])
+    unpaired = objectives.UnpairedBatch(
+        xu, yu, f.apply({"params": params["f"]}, xu), g.apply({"params": params["g"]}, yu),
+        (xu - data["teacher_mx"]) @ data["teacher_wx"], (yu - data["teacher_my"]) @ data["teacher_wy"],
+        jnp.exp(params["t_log"]))
+    unpaired_loss = term(unpaired, term_cfg)
+    return pair_loss + alpha * unpaired_loss, {"pair_loss": pair_loss, "unpaired_loss": unpaired_loss}
+
+  (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  new_state = state.apply_gradients(grads=grads)
+  updates = jax.tree.map(lambda a, b: a - b, new_state.params, state.params)
+  return new_state, {"loss": loss, **aux, "grad_norm": optax.global_norm(grads),
+                     "param_norm": optax.global_norm(state.params), "update_norm": optax.global_norm(updates),
+                     "temperature": jnp.exp(state.params["t_log"]), "bias": state.params["bias"]}
+
+
+def train(method: str, pools: dict, teacher: teachers.LinearTeacher, cfg, run_dir: str, writer: wd.MetricWriter):
+  """Trains ``method``'s heads (resuming from ``run_dir``); returns the embed functions of the trained heads."""
+  mesh = Mesh(np.array(jax.devices()), ("data",))
+  batch_sharding, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+  key = jax.random.key(cfg.seed)
+  kf, kg, key = jax.random.split(key, 3)
+  hidden = cfg.mlp_hidden if cfg.head == "mlp" else 0
+  f, pf = init_head(kf, teacher.wx, teacher.mx, hidden=hidden)
+  g, pg = init_head(kg, teacher.wy, teacher.my, hidden=hidden)
+  params = {"f": pf, "g": pg, "t_log": jnp.log(jnp.float32(cfg.siglip_t)), "bias": jnp.float32(cfg.siglip_b)}
+  state = train_state.TrainState.create(apply_fn=None, params=params, tx=make_optimizer(cfg))
+
+  manager = wd.checkpoint_manager(os.path.join(run_dir, "ckpt"), max_to_keep=3)
+  state, start = wd.restore_latest(manager, state)
+  if start:
+    print(f"[{method}] resuming from step {start}")
+
+  if method == "upper_bound":
+    pair_x, pair_y = pools["all_x"], pools["all_y"]
+  else:
+    pair_x, pair_y = pools["pair_x"], pools["pair_y"]
+  data = jax.device_put({
+      "pair_x": pair_x, "pair_y": pair_y, "unp_x": pools["unp_x"], "unp_y": pools["unp_y"],
+      "teacher_wx": teacher.wx, "teacher_wy": teacher.wy, "teacher_mx": teacher.mx, "teacher_my": teacher.my,
+  }, replicated)
+  term_name = cfg.sotalign.divergence if method == "sotalign" else UNPAIRED_TERM[method]
+  term_cfg = getattr(cfg, TERM_CONFIG[method]) if method in TERM_CONFIG else None
+  alpha = {"sotalign": cfg.sotalign.alpha, "structure": cfg.structure.weight,
+           "pseudo_label": cfg.pseudo_label.weight}.get(method, 0.0)
+  step_fn = jax.jit(functools.partial(
+      train_step, f=f, g=g, term=objectives.UNPAIRED_TERMS[term_name], term_cfg=term_cfg, alpha=alpha,
+      batch_paired=cfg.batch_paired, batch_unpaired=cfg.batch_unpaired, sharding=batch_sharding),
+      donate_argnums=0)
+
+  state = jax.device_put(state, replicated)
+  for step in tqdm(range(start + 1, cfg.steps + 1), desc=method, initial=start, total=cfg.steps,
+                   disable=None, leave=False):
+    state, m = step_fn(state, data, jax.random.fold_in(key, step))
+    if wd.itstime(step, cfg.log_every, cfg.steps, first=True):
+      wd.check_finite(step, loss=m["loss"], grad_norm=m["grad_norm"])
+      writer.write(step, m, prefix=f"train/{method}/")
+    if wd.itstime(step, cfg.ckpt_every, cfg.steps):
+      manager.save(step, args=_save_args(state))
+  manager.wait_until_finished()
+  params = state.params
+  embed_x = jax.jit(lambda x: f.apply({"params": params["f"]}, x))
+  embed_y = jax.jit(lambda y: g.apply({"params": params["g"]}, y))
+  return embed_x, embed_y
+
+
+def _save_args(state):
+  import orbax.checkpoint as ocp
+  return ocp.args.StandardSave(state)
+
+
+# ================================================================================================================
+# Main
+# ================================================================================================================
+def run(cfg, workdir: str) -> dict:
+  check_config(cfg)
+  methods = parse_methods(cfg.methods)
+  os.makedirs(workdir, exist_ok=True)
+  sio.write_text(os.path.join(workdir, "config.json"), cfg.to_json_best_effort(indent=2))
+  cache = open_cache(cfg.data.cache, "data.cache")
+  sets = eval_sets(cache, cfg)
+  writer = wd.MetricWriter(workdir)
+  sizes = n_pairs_list(cfg)
+  by_size: dict[int, dict] = {}
+  t_start = time.time()
+  for n_pairs in sizes:
+    pools = make_pools(cache, cfg, n_pairs)
+    print(f"n_pairs={n_pairs}: {len(pools['pair_x'])} pairs, {len(pools['unp_x'])} unpaired images, "
+          f"{len(pools['unp_y'])} unpaired texts, {len(sets['main']['x'])} {cfg.eval.split} images")
+    fitted = {}
+    by_size[n_pairs] = {}
+    for method in methods:
+      done = os.path.join(workdir, "done", f"{method}_n{n_pairs}.json")
+      if os.path.exists(done):
+        with open(done) as fh:
+          by_size[n_pairs][method] = json.load(fh)
+        continue
+      tname = method[len("teacher_"):] if method.startswith("teacher_") else cfg.teacher.name
+      if tname not in fitted:
+        fitted[tname] = fit_teacher(tname, pools, cfg)
+      if method.startswith("teacher_"):
+        embed_x, embed_y = fitted[tname].embed_x, fitted[tname].embed_y
+      else:
+        embed_x, embed_y = train(method, pools, fitted[tname], cfg,
+                                 os.path.join(workdir, "runs", f"{method}_n{n_pairs}"), writer)
+      result = evaluate(embed_x, embed_y, sets)
+      writer.write(n_pairs, result, prefix=f"eval/{method}/")
+      sio.write_json(done, result)
+      by_size[n_pairs][method] = result
+      print(f"  {method:20s} i2t R@1 {result['i2t_r1']:.4f}  t2i R@1 {result['t2i_r1']:.4f}")
+  writer.close()
+
+  main_size = cfg.data.n_pairs
+  extra = {"n_pairs": main_size, "eval_split": cfg.eval.split, "seconds": round(time.time() - t_start, 1)}
+  if len(sizes) > 1:
+    extra["by_n_pairs"] = {str(n): r for n, r in by_size.items()}
+    plot_sweep(by_size, os.path.join(workdir, "r1_vs_n_pairs.png"))
+  table = wd.write_results(workdir, by_size[main_size], **extra)
+  print(f"\nSOTAlign results ({cfg.eval.split} split, {main_size} pairs, data {cfg.data.cache}):\n")
+  print(table)
+  return by_size[main_size]
+
+
+def plot_sweep(by_size: dict, path: str):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  sizes = sorted(by_size)
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+  for ax, key in zip(axes, ("i2t_r1", "t2i_r1")):
+    for method in by_size[sizes[0]]:
+      ax.plot(sizes, [by_size[n][method][key] for n in sizes], marker="o", label=method)
+    ax.set_xscale("log")
+    ax.set_xlabel("paired examples")
+    ax.set_ylabel(key)
+  axes[0].legend(fontsize=7)
+  fig.tight_layout()
+  with sio.atomic_open(path, "wb") as fh:
+    fig.savefig(fh, format="png", dpi=120)
+  plt.close(fig)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _CONFIG.value is None or _WORKDIR.value is None:
+    raise app.UsageError("both --config configs/sotalign.py[:variant] and --workdir DIR are required")
+  logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save INFO lines out of the progress output
+  run(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,144 @@
+"""What every experiment does with its workdir: metrics, checkpoints, results, and start-up checks.
+
+Kept apart from the math modules, which never touch files; atomic writes come from :mod:`sotalign_jax.io`.
+
+* :func:`itstime` gates logging, evaluation and checkpoints in one place.
+* :class:`MetricWriter` appends ``metrics.jsonl`` and TensorBoard scalars (``train/…``, ``eval/…``).
+* :func:`checkpoint_manager` / :func:`restore_latest` — Orbax, keep-last-k; a corrupted latest step is
+  reported and the previous good step is used (never a silent restart from zero).
+* :func:`write_results` — atomic ``results.json`` (``{"methods": {method: {metric: value}}}``) plus the same
+  as a markdown table.
+* :func:`check_finite` — a NaN/Inf loss or input raises with the step and the quantity's name.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+from sotalign_jax import io as sio
+
+__all__ = ["itstime", "MetricWriter", "checkpoint_manager", "restore_latest", "write_results", "markdown_table",
+           "check_finite", "atomic_write_text", "NonFiniteError"]
+
+log = logging.getLogger(__name__)
+
+
+def itstime(step: int, every: int, total: int, *, first: bool = False) -> bool:
+  """True on every ``every``-th step and on the last one (and on step 1 if ``first``)."""
+  if every <= 0:
+    return step == total
+  return step % every == 0 or step == total or (first and step == 1)
+
+
+class NonFiniteError(FloatingPointError):
+  """A loss, gradient or input became NaN/Inf."""
+
+
+def check_finite(step: int, **quantities):
+  """Raises :class:`NonFiniteError` naming the step and the first non-finite quantity."""
+  for name, value in quantities.items():
+    arr = np.asarray(jax.device_get(value))
+    if not np.isfinite(arr).all():
+      raise NonFiniteError(
+          f"step {step}: {name} is not finite ({arr if arr.size == 1 else 'contains NaN/Inf'}); the last "
+          f"checkpoint was left intact — lower the learning rate or check the inputs, then rerun to resume")
+
+
+class MetricWriter:
+  """Appends scalar metrics to ``workdir/metrics.jsonl`` and TensorBoard (``workdir/tb``)."""
+
+  def __init__(self, workdir: str, *, tensorboard: bool = True):
+    os.makedirs(workdir, exist_ok=True)
+    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    self._tb = None
+    if tensorboard and jax.process_index() == 0:
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+
+  def write(self, step: int, metrics: Mapping[str, Any], *, prefix: str = ""):
+    scalars = {f"{prefix}{k}": float(np.asarray(jax.device_get(v))) for k, v in metrics.items()}
+    if jax.process_index() == 0:
+      self._jsonl.write(json.dumps({"step": int(step), **scalars}) + "\n")
+      self._jsonl.flush()
+      if self._tb is not None:
+        for k, v in scalars.items():
+          if math.isfinite(v):  # NaN marks "not evaluated" (e.g. a missing optional eval set)
+            self._tb.add_scalar(k, v, step)
+    return scalars
+
+  def close(self):
+    self._jsonl.close()
+    if self._tb is not None:
+      self._tb.close()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Checkpoints.
+# ------------------------------------------------------------------------------------------------------------
+def checkpoint_manager(directory: str, *, max_to_keep: int = 3):
+  """An Orbax ``CheckpointManager`` keeping the last ``max_to_keep`` steps under ``directory``."""
+  import orbax.checkpoint as ocp
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False)
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
+def restore_latest(manager, target):
+  """Restores the newest readable step into the structure of ``target``; returns ``(state, step)``.
+
+  Steps are tried newest first. A step that fails to restore (truncated or corrupted files) is reported with
+  a warning, moved aside to ``<dir>/corrupt-<step>`` and the previous one is tried. Returns ``(target, 0)``
+  when there is no checkpoint at all.
+  """
+  import orbax.checkpoint as ocp
+  steps = sorted(manager.all_steps(), reverse=True)
+  for step in steps:
+    try:
+      state = manager.restore(step, args=ocp.args.StandardRestore(target))
+      return state, int(step)
+    except Exception as e:  # noqa: BLE001 — any failure to read a step means that step is unusable
+      bad = os.path.join(str(manager.directory), str(step))
+      aside = os.path.join(str(manager.directory), f"corrupt-{step}")
+      log.warning("checkpoint step %d is unreadable (%s: %s); moving it to %s and trying an older one",
+                  step, type(e).__name__, str(e).splitlines()[0][:200], aside)
+      print(f"warning: checkpoint step {step} is unreadable ({type(e).__name__}); falling back to an older step")
+      if os.path.exists(bad):
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(bad, aside)
+      manager.reload()
+  if steps:
+    print("warning: no readable checkpoint left; starting from scratch")
+  return target, 0
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Results.
+# ------------------------------------------------------------------------------------------------------------
+def markdown_table(methods: Mapping[str, Mapping[str, float]]) -> str:
+  """``{method: {metric: value}}`` as a markdown table (methods as rows, metrics in first-seen order)."""
+  metrics: list[str] = []
+  for m in methods.values():
+    metrics += [k for k in m if k not in metrics]
+  fmt = lambda v: "–" if v is None or (isinstance(v, float) and math.isnan(v)) else (
+      f"{v:.4f}" if isinstance(v, float) else str(v))
+  lines = ["| method | " + " | ".join(metrics) + " |", "|---|" + "---:|" * len(metrics)]
+  for name, m in methods.items():
+    lines.append(f"| {name} | " + " | ".join(fmt(m.get(k)) for k in metrics) + " |")
+  return "\n".join(lines)
+
+
+def write_results(workdir: str, methods: Mapping[str, Mapping[str, float]], **extra) -> str:
+  """Atomically writes ``workdir/results.json`` and ``results.md``; returns the markdown table."""
+  clean = {m: {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
+           for m, d in methods.items()}
+  sio.write_text(os.path.join(workdir, "results.json"), json.dumps({"methods": clean, **extra}, indent=2))
+  table = markdown_table(methods)
+  sio.write_text(os.path.join(workdir, "results.md"), table + "\n")
+  return table
