@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 WORKDIR ?= workdirs
 
-.PHONY: demo test test-all bench assets clean-venv
+.PHONY: demo caches test test-all bench clean-venv
 
 # The venv is rebuilt only when the pins change; a second run reuses it.
 $(STAMP): setup.cfg constraints.txt
@@ -17,8 +17,25 @@ $(STAMP): setup.cfg constraints.txt
 
 $(VENV): $(STAMP)
 
-demo: $(STAMP)
-	$(PY) -m sotalign_jax.demo --workdir $(WORKDIR)/demo
+# Embedding caches of the default encoders (resumable: an interrupted `make demo` continues where it stopped).
+ENCODERS := --image-encoder efficientnet-lite0 --text-encoder all-MiniLM-L6-v2
+CACHE    := data_cache
+SUFFIX   := efficientnet-lite0__all-MiniLM-L6-v2
+
+$(CACHE)/openclipart__$(SUFFIX)/manifest.json: | $(STAMP)
+	$(PY) -m sotalign_jax.embed --dataset openclipart $(ENCODERS) --out $(CACHE)/openclipart__$(SUFFIX)
+$(CACHE)/tuxpaint__$(SUFFIX)/manifest.json: | $(STAMP)
+	$(PY) -m sotalign_jax.embed --dataset tuxpaint $(ENCODERS) --out $(CACHE)/tuxpaint__$(SUFFIX)
+$(CACHE)/fashion_mnist__$(SUFFIX)/manifest.json: | $(STAMP)
+	$(PY) -m sotalign_jax.embed --dataset fashion_mnist --limit 2000 $(ENCODERS) --out $(CACHE)/fashion_mnist__$(SUFFIX)
+
+DEMO_CACHES := $(CACHE)/openclipart__$(SUFFIX)/manifest.json $(CACHE)/tuxpaint__$(SUFFIX)/manifest.json \
+               $(CACHE)/fashion_mnist__$(SUFFIX)/manifest.json
+
+caches: $(DEMO_CACHES)
+
+demo: $(STAMP) $(DEMO_CACHES)
+	$(PY) experiments/sotalign.py --config configs/sotalign.py:demo --workdir $(WORKDIR)/sotalign_demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" -n 2 --dist loadfile

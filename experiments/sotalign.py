@@ -28,11 +28,13 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 import numpy as np
 import optax
+import flax.serialization
 from flax.training import train_state
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs.sotalign import METHODS  # noqa: E402
+from sotalign_jax import evaluate as evaluate_lib  # noqa: E402
 from sotalign_jax import io as sio  # noqa: E402
 from sotalign_jax import losses, metrics, objectives, teachers, workdir as wd  # noqa: E402
 from sotalign_jax.data.splits import stable_uniform  # noqa: E402
@@ -268,10 +270,25 @@ def train(method: str, pools: dict, teacher: teachers.LinearTeacher, cfg, run_di
     if wd.itstime(step, cfg.ckpt_every, cfg.steps):
       manager.save(step, args=_save_args(state))
   manager.wait_until_finished()
-  params = state.params
-  embed_x = jax.jit(lambda x: f.apply({"params": params["f"]}, x))
-  embed_y = jax.jit(lambda y: g.apply({"params": params["g"]}, y))
-  return embed_x, embed_y
+  save_heads(run_dir, {"f": state.params["f"], "g": state.params["g"]}, hidden=hidden)
+  return evaluate_lib.load_heads(run_dir)
+
+
+def save_heads(run_dir: str, params: dict, *, hidden: int):
+  """Writes the heads as ``heads.msgpack`` + ``heads.json`` (read by ``python -m sotalign_jax.evaluate``)."""
+  w = params["f"]["linear"]["kernel"]
+  meta = {"dim": int(w.shape[1]), "hidden": hidden, "d_x": int(w.shape[0]),
+          "d_y": int(params["g"]["linear"]["kernel"].shape[0])}
+  sio.write_bytes(os.path.join(run_dir, "heads.msgpack"), flax.serialization.to_bytes(jax.device_get(params)))
+  sio.write_json(os.path.join(run_dir, "heads.json"), meta)
+
+
+def teacher_heads(teacher: teachers.LinearTeacher, run_dir: str):
+  """A teacher is a pair of linear heads ``(x - m) W``: saved in the same format as trained heads."""
+  params = {side: {"linear": {"kernel": w, "bias": -m @ w}}
+            for side, w, m in (("f", teacher.wx, teacher.mx), ("g", teacher.wy, teacher.my))}
+  save_heads(run_dir, params, hidden=0)
+  return evaluate_lib.load_heads(run_dir)
 
 
 def _save_args(state):
@@ -308,11 +325,11 @@ def run(cfg, workdir: str) -> dict:
       tname = method[len("teacher_"):] if method.startswith("teacher_") else cfg.teacher.name
       if tname not in fitted:
         fitted[tname] = fit_teacher(tname, pools, cfg)
+      run_dir = os.path.join(workdir, "runs", f"{method}_n{n_pairs}")
       if method.startswith("teacher_"):
-        embed_x, embed_y = fitted[tname].embed_x, fitted[tname].embed_y
+        embed_x, embed_y = teacher_heads(fitted[tname], run_dir)
       else:
-        embed_x, embed_y = train(method, pools, fitted[tname], cfg,
-                                 os.path.join(workdir, "runs", f"{method}_n{n_pairs}"), writer)
+        embed_x, embed_y = train(method, pools, fitted[tname], cfg, run_dir, writer)
       result = evaluate(embed_x, embed_y, sets)
       writer.write(n_pairs, result, prefix=f"eval/{method}/")
       sio.write_json(done, result)

@@ -7,7 +7,8 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("cka", "teachers", "metrics", "ot", "qap", "matching", "cmcr", "losses", "compat")
+_SUBMODULES = ("cka", "teachers", "metrics", "ot", "losses", "compat", "qap", "matching", "cmcr", "heads", "objectives",
+               "encoders", "data", "embed", "io", "workdir")
 
 
 def __getattr__(name):

@@ -126,7 +126,9 @@ def load_encoder(name: str, kind: str) -> Any:
     raise ValueError(f"kind must be 'image' or 'text', got {kind!r}")
   if ":" in name and not name.startswith("hf:"):
     module, fn = name.split(":", 1)
-    return getattr(importlib.import_module(module), fn)()
+    enc = getattr(importlib.import_module(module), fn)()
+    # record the spec as the name, so a manifest names an encoder that `load_encoder` can load again
+    return enc._replace(name=name) if hasattr(enc, "_replace") else enc
   from sotalign_jax import encoders  # pylint: disable=g-import-not-at-top
   return encoders.load_image_encoder(name) if kind == "image" else encoders.load_text_encoder(name)
 

@@ -84,7 +84,7 @@ def test_embed_folder_end_to_end_against_direct_encoding(tmp_path, fake):
   assert cache.text_emb.shape == (12, 12)  # 9 + 3 extra captions; broken/missing images dropped
   assert manifest["counts"]["images_skipped"] == 2
   assert sorted(s["image_id"] for s in manifest["skipped"]) == ["broken.png", "missing.png"]
-  assert manifest["image_encoder"]["name"] == "fake-image" and manifest["text_encoder"]["info"] == {"kind": "fake"}
+  assert manifest["image_encoder"]["name"] == "fake_enc:image" and manifest["text_encoder"]["info"] == {"kind": "fake"}
   assert not os.path.exists(out / "shards")
   # Oracle: each image and caption encoded alone, outside the pipeline.
   by_id = {}
