@@ -40,9 +40,7 @@ def _unit(a):
   return a / jnp.linalg.norm(a, axis=-1, keepdims=True).clip(1e-12)
 
 
-def cosine(a, b):
-  """``[n, m]`` cosine similarities of the rows of ``a`` and ``b``."""
-  return _unit(a) @ _unit(b).T
+cosine = ot.cosine_similarity
 
 
 def klot_term(b: UnpairedBatch, cfg) -> jax.Array:

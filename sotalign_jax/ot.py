@@ -1,0 +1,427 @@
+r"""Entropic optimal transport on similarity matrices, and the KLOT divergence of SOTAlign.
+
+Conventions. Everything here works on a *similarity* matrix :math:`K \in \mathbb{R}^{n \times m}` (e.g. cosine
+similarities between a batch of images and a batch of texts), i.e. on the cost :math:`C = -K`. The entropic plan is
+
+.. math::
+
+  P_\varepsilon(K) = \operatorname*{argmax}_{P \in U(a, b)} \langle P, K \rangle + \varepsilon H(P),
+  \qquad H(P) = -\sum_{ij} P_{ij} (\log P_{ij} - 1),
+
+with :math:`U(a, b) = \{P \ge 0 : P 1 = a, P^\top 1 = b\}` and uniform :math:`a = 1/n`, :math:`b = 1/m` by default.
+Its dual potentials :math:`f \in \mathbb{R}^n, g \in \mathbb{R}^m` (ott-jax's convention with :math:`C = -K`) give
+:math:`P_{ij} = \exp((f_i + g_j + K_{ij}) / \varepsilon)`.
+
+* :func:`sinkhorn` — fixed-iteration Sinkhorn, returns the log-plan, potentials and convergence diagnostics.
+* :func:`klot` — :math:`\mathrm{KLOT}(K, K^*) = \mathrm{KL}(P_{\varepsilon^*}(K^*) \,\|\, P_\varepsilon(K))` with the
+  closed-form gradient of Roschmann et al. (2026), Theorem 5.1 (no backpropagation through the iterations).
+* :func:`sinkhorn_divergence` — the debiased Sinkhorn divergence between two point clouds (ott-jax), an ablation.
+* :func:`cosine_similarity` — the ``[n, m]`` matrix of cosine similarities.
+
+References:
+  Roschmann, Krzakala, Mazelet, Bouniot, Akata. SOTAlign: Semi-Supervised Alignment of Unimodal Vision and
+  Language Models via Optimal Transport. ICML 2026, arXiv:2602.23353.
+  Cuturi. Sinkhorn Distances: Lightspeed Computation of Optimal Transport. NeurIPS 2013.
+  Schmitzer. Stabilized Sparse Scaling Algorithms for Entropy Regularized Transport Problems. SIAM J. Sci.
+  Comput. 2019 (absorption of the scalings into the kernel).
+  Feydy et al. Interpolating between Optimal Transport and MMD using Sinkhorn Divergences. AISTATS 2019.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Literal, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["SinkhornOutput", "sinkhorn", "klot", "sinkhorn_divergence", "cosine_similarity"]
+
+# Guards of the kernel-scaling steps (see `_solve`). The absorbed kernel G has entries <= 1 and float32 flushes
+# entries below ~1e-38 to zero; a flushed entry would carry mass G_ij u_i v_j < 1e-38 * u_i * v_j. Keeping
+# |log(u / a)| and |log v| below `_DRIFT` = 20 bounds that by ~1e-21 per entry, negligible against any row or column
+# mass. `_LO` / `_HI` bound the scaled sums (no underflow / overflow with extreme weights). When a step would leave
+# these bounds the solver does an exact log-domain iteration instead and re-absorbs.
+_DRIFT = 20.0
+_LO, _HI = 1e-20, 1e20
+
+
+class SinkhornOutput(NamedTuple):
+  r"""Result of :func:`sinkhorn`.
+
+  Attributes:
+    log_plan: ``[n, m]`` log of the entropic plan, :math:`(K + f 1^\top + 1 g^\top) / \varepsilon`.
+    f: ``[n]`` row potential (in units of ``k``).
+    g: ``[m]`` column potential.
+    marginal_error: :math:`\|P 1 - a\|_1 + \|P^\top 1 - b\|_1` of the returned plan.
+    converged: ``marginal_error < threshold``.
+    num_absorptions: how many of the iterations ran in the exact log domain (the others were kernel-scaling
+      steps on the absorbed kernel); a diagnostic of the solver, not of the plan.
+  """
+  log_plan: jax.Array
+  f: jax.Array
+  g: jax.Array
+  marginal_error: jax.Array
+  converged: jax.Array
+  num_absorptions: jax.Array
+
+  @property
+  def plan(self) -> jax.Array:
+    r"""``[n, m]`` the entropic plan :math:`P_\varepsilon(K)`."""
+    return jnp.exp(self.log_plan)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Input checks: shapes always, values only when the arrays are concrete (outside jit).
+
+
+def _concrete(x) -> bool:
+  return not isinstance(x, jax.core.Tracer)
+
+
+def _check_matrix(name: str, k) -> jax.Array:
+  k = jnp.asarray(k)
+  if k.ndim != 2 or k.shape[0] == 0 or k.shape[1] == 0:
+    raise ValueError(f"`{name}` must be a non-empty [n, m] matrix, got shape {k.shape}.")
+  if not jnp.issubdtype(k.dtype, jnp.floating):
+    k = k.astype(jnp.float32)
+  if _concrete(k) and not np.all(np.isfinite(np.asarray(k))):
+    raise ValueError(f"`{name}` has NaN or infinite entries; check the embeddings that produced it.")
+  return k
+
+
+def _check_epsilon(name: str, epsilon) -> None:
+  if _concrete(epsilon):
+    e = np.asarray(epsilon)
+    if e.ndim != 0 or not np.isfinite(e) or e <= 0:
+      raise ValueError(f"`{name}` must be a positive finite scalar, got {epsilon!r}.")
+
+
+def _check_num_iters(num_iters) -> None:
+  if not isinstance(num_iters, (int, np.integer)) or isinstance(num_iters, bool) or num_iters < 1:
+    raise ValueError(f"`num_iters` must be a Python int >= 1 (it is static), got {num_iters!r}.")
+
+
+def _weights(name: str, w, size: int, dtype) -> jax.Array:
+  if w is None:
+    return jnp.full((size,), 1.0 / size, dtype)
+  w = jnp.asarray(w, dtype)
+  if w.shape != (size,):
+    raise ValueError(f"`{name}` must have shape [{size}] to match the matrix, got {w.shape}.")
+  if _concrete(w) and not np.all(np.isfinite(np.asarray(w)) & (np.asarray(w) > 0)):
+    raise ValueError(f"`{name}` must be finite and strictly positive; drop zero-weight points instead.")
+  return w
+
+
+def _check_masses(a: jax.Array, b: jax.Array) -> None:
+  if _concrete(a) and _concrete(b):
+    sa, sb = float(np.sum(np.asarray(a))), float(np.sum(np.asarray(b)))
+    if abs(sa - sb) > 1e-4 * max(sa, sb):
+      raise ValueError(f"`a` and `b` must have the same total mass (got {sa:.6g} and {sb:.6g}); normalise them.")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The solver.
+
+
+def _lse(z: jax.Array, axis: int) -> jax.Array:
+  mx = jnp.max(z, axis=axis, keepdims=True)
+  return jnp.squeeze(mx, axis) + jnp.log(jnp.sum(jnp.exp(z - mx), axis=axis))
+
+
+@functools.partial(jax.jit, static_argnames=("num_iters",))
+def _solve(ks: jax.Array, a: jax.Array, b: jax.Array, num_iters: int):
+  r"""Fixed-iteration Sinkhorn on ``ks = k / eps``; returns ``(f / eps, g / eps, num_absorptions)``.
+
+  Each iteration updates ``g`` then ``f`` (ott-jax's order), exactly as the log-domain recursion
+
+  .. math::
+
+    g_j \leftarrow \log b_j - \mathrm{LSE}_i(k_{ij} + f_i), \qquad f_i \leftarrow \log a_i - \mathrm{LSE}_j(k_{ij} + g_j).
+
+  Why not ``ott.solvers.linear.solve`` or a plain ``lax.fori_loop`` of the recursion above: both evaluate
+  ``exp`` on all ``n * m`` entries twice per iteration (plus a max pass each time), and on CPU that exp is the
+  whole cost. Here an exact log-domain iteration also *absorbs* the potentials into a kernel
+  ``G = exp(k + alpha 1^T + 1 beta^T) <= 1`` (Schmitzer 2019), and the following iterations are kernel-scaling
+  steps ``v = b / (G^T u)``, ``u = a / (G v)`` — two multiply-add reductions, no exp — which are the *same*
+  updates in exact arithmetic (``f = alpha + log u``, ``g = beta + log v``). A step is accepted only while the
+  scalings have drifted less than ``_DRIFT`` (in log) since the absorption and the scaled sums stay in
+  ``[_LO, _HI]``, so that no entry lost to underflow in ``G`` can matter; otherwise the loop does an exact
+  iteration and re-absorbs. (For balanced problems the sums provably stay in ``[b_j min(a), 1]``; the drift
+  bound is what triggers re-absorption in practice, at small ``eps`` in the first iterations.) The iteration
+  count is fixed either way. Measured on 2 shared CPU cores, 100 iterations (``benchmarks/bench_sotalign_step.py
+  --small``): 1024 x 1024 at eps 0.05 / 0.005 in 0.03 / 0.06 s vs ott-jax 0.39 / 0.18 s, a plain ``fori_loop``
+  0.36 / 0.42 s and POT ``sinkhorn_log`` ~9 s. It is also closer to a float64 reference at small eps (about 10x
+  at eps = 0.005), since ``k / eps`` is not re-rounded inside every exp.
+  """
+  n, m = ks.shape
+  log_b = jnp.log(b)
+
+  def exact_iteration(f):
+    g = log_b - _lse(ks + f[:, None], axis=0)
+    z = ks + g[None, :]
+    mx = jnp.max(z, axis=1)
+    kernel = jnp.exp(z - mx[:, None])           # G = exp(ks + alpha + beta), alpha = -mx, beta = g; max 1 per row.
+    u = a / jnp.sum(kernel, axis=1)             # exp(f_exact - alpha): rows of diag(u) G sum to a exactly.
+    return -mx, g, kernel, u
+
+  def outer_body(carry):
+    f, _, it, n_abs = carry
+    alpha, beta, kernel, u = exact_iteration(f)
+
+    def inner_cond(c):
+      _, _, k, ok = c
+      return ok & (it + 1 + k < num_iters)
+
+    def inner_body(c):
+      u, v, k, _ = c
+      s = jnp.sum(kernel * u[:, None], axis=0)
+      v_new = b / s
+      r = jnp.sum(kernel * v_new[None, :], axis=1)
+      u_new = a / r
+      ok = (jnp.all((s > _LO) & (s < _HI)) & jnp.all((r > _LO) & (r < _HI))
+            & (jnp.max(jnp.abs(jnp.log(u_new / a))) < _DRIFT) & (jnp.max(jnp.abs(jnp.log(v_new))) < _DRIFT))
+      return jnp.where(ok, u_new, u), jnp.where(ok, v_new, v), k + ok.astype(k.dtype), ok
+
+    u, v, k, _ = jax.lax.while_loop(
+        inner_cond, inner_body, (u, jnp.ones((m,), ks.dtype), jnp.zeros((), jnp.int32), jnp.array(True)))
+    return alpha + jnp.log(u), beta + jnp.log(v), it + 1 + k, n_abs + 1
+
+  init = (jnp.zeros((n,), ks.dtype), jnp.zeros((m,), ks.dtype), jnp.zeros((), jnp.int32),
+          jnp.zeros((), jnp.int32))
+  f, g, _, n_abs = jax.lax.while_loop(lambda c: c[2] < num_iters, outer_body, init)
+  return f, g, n_abs
+
+
+def _sinkhorn(k: jax.Array, epsilon, a: jax.Array, b: jax.Array, num_iters: int,
+              threshold: float) -> SinkhornOutput:
+  f, g, n_abs = _solve(k / epsilon, a, b, num_iters)
+  log_plan = k / epsilon + f[:, None] + g[None, :]
+  plan = jnp.exp(log_plan)
+  err = jnp.sum(jnp.abs(plan.sum(1) - a)) + jnp.sum(jnp.abs(plan.sum(0) - b))
+  return SinkhornOutput(log_plan=log_plan, f=epsilon * f, g=epsilon * g, marginal_error=err,
+                        converged=err < threshold, num_absorptions=n_abs)
+
+
+def sinkhorn(
+    k: jax.Array,
+    *,
+    epsilon: float,
+    a: Optional[jax.Array] = None,
+    b: Optional[jax.Array] = None,
+    num_iters: int = 100,
+    threshold: float = 1e-3,
+) -> SinkhornOutput:
+  r"""Entropic OT plan of a similarity matrix with a fixed number of Sinkhorn iterations.
+
+  .. math::
+
+    P_\varepsilon(K) = \operatorname*{argmax}_{P \in U(a, b)} \langle P, K \rangle + \varepsilon H(P)
+    = \operatorname{diag}(e^{f/\varepsilon}) \, e^{K/\varepsilon} \, \operatorname{diag}(e^{g/\varepsilon}).
+
+  Exactly ``num_iters`` iterations (``g`` then ``f`` updates, as in ott-jax; the row marginals are exact, the
+  column error is reported). Numerically this is log-domain Sinkhorn with absorption (see ``_solve``): stable for
+  small ``epsilon`` (SOTAlign's teacher uses 0.005 on cosines), jit- and vmap-able.
+
+  Differentiation: the loop is a ``lax.while_loop``, so reverse-mode differentiation through :func:`sinkhorn`
+  raises; use :func:`klot` (closed-form gradient) or ott-jax (implicit differentiation) for gradients, and wrap
+  targets in ``jax.lax.stop_gradient``.
+
+  Args:
+    k: ``[n, m]`` similarity matrix (cost ``-k``), finite.
+    epsilon: entropic regularisation :math:`\varepsilon > 0`, in the units of ``k``.
+    a: ``[n]`` positive row weights; uniform ``1/n`` when ``None``.
+    b: ``[m]`` positive column weights, same total mass as ``a``; uniform ``1/m`` when ``None``.
+    num_iters: number of Sinkhorn iterations (static).
+    threshold: ``converged`` is ``marginal_error < threshold``.
+
+  Returns:
+    A :class:`SinkhornOutput` (log-plan, ``plan`` property, potentials, marginal error, converged flag).
+
+  Raises:
+    ValueError: if ``k`` is not a non-empty finite matrix, ``epsilon`` is not positive, the weights have the
+      wrong shape, are not positive or do not have equal mass, or ``num_iters`` is not an int >= 1.
+  """
+  k = _check_matrix("k", k)
+  _check_epsilon("epsilon", epsilon)
+  _check_num_iters(num_iters)
+  a = _weights("a", a, k.shape[0], k.dtype)
+  b = _weights("b", b, k.shape[1], k.dtype)
+  _check_masses(a, b)
+  return _sinkhorn(k, epsilon, a, b, int(num_iters), threshold)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# KLOT with the closed-form gradient of Theorem 5.1.
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _klot(k_s, k_t, eps_s, eps_t, a, b, num_iters):
+  return _klot_fwd(k_s, k_t, eps_s, eps_t, a, b, num_iters)[0]
+
+
+def _klot_fwd(k_s, k_t, eps_s, eps_t, a, b, num_iters):
+  student = _sinkhorn(k_s, eps_s, a, b, num_iters, 1e-3)
+  teacher = _sinkhorn(k_t, eps_t, a, b, num_iters, 1e-3)
+  p_t = jnp.exp(teacher.log_plan)
+  value = jnp.sum(p_t * (teacher.log_plan - student.log_plan))
+  # Theorem 5.1: dKLOT/dK = (P_eps(K) - P*) / eps. One [n, m] residual; nothing from the iterations is kept.
+  grad_k = (jnp.exp(student.log_plan) - p_t) / eps_s
+  return value, (grad_k, k_t, eps_s, eps_t, a, b)
+
+
+def _klot_bwd(num_iters, residuals, ct):
+  del num_iters
+  grad_k, k_t, eps_s, eps_t, a, b = residuals
+  zeros = jax.tree.map(jnp.zeros_like, (k_t, eps_s, eps_t, a, b))
+  return (ct * grad_k,) + zeros
+
+
+_klot.defvjp(_klot_fwd, _klot_bwd)
+
+
+def klot(
+    k_student: jax.Array,
+    k_teacher: jax.Array,
+    *,
+    eps_student: float = 0.05,
+    eps_teacher: float = 0.005,
+    num_iters: int = 100,
+    a: Optional[jax.Array] = None,
+    b: Optional[jax.Array] = None,
+) -> jax.Array:
+  r"""SOTAlign's KLOT divergence between the entropic plans of a student and a teacher similarity matrix.
+
+  .. math::
+
+    \mathrm{KLOT}(K, K^*) = \mathrm{KL}\big(P_{\varepsilon^*}(K^*) \,\|\, P_\varepsilon(K)\big)
+    = \sum_{ij} P^*_{ij} \big(\log P^*_{ij} - \log P_{ij}\big),
+
+  with :math:`P = P_\varepsilon(K)` and :math:`P^* = P_{\varepsilon^*}(K^*)` from :func:`sinkhorn`. Its gradient
+  (Roschmann et al. 2026, Theorem 5.1) is
+
+  .. math::
+
+    \frac{\partial\, \mathrm{KLOT}}{\partial K} = \frac{P_\varepsilon(K) - P_{\varepsilon^*}(K^*)}{\varepsilon},
+
+  implemented with ``jax.custom_vjp``: no gradient flows through the Sinkhorn iterations, so the backward pass
+  keeps one ``[n, m]`` array instead of one per iteration. The teacher gets no gradient (it is a constant target),
+  nor do the epsilons and weights. The formula is the gradient at convergence; with few iterations it is the
+  gradient of the converged objective evaluated at the approximate plans (as in the reference implementation).
+
+  Args:
+    k_student: ``[n, m]`` student similarities, e.g. ``cosine_similarity(f(x), g(y))``.
+    k_teacher: ``[n, m]`` teacher similarities of the same batch (no gradient).
+    eps_student: :math:`\varepsilon` of the student plan (paper: 0.05).
+    eps_teacher: :math:`\varepsilon^*` of the teacher plan (paper: 0.005, a sharper target).
+    num_iters: Sinkhorn iterations for each plan (static).
+    a: ``[n]`` row weights, uniform when ``None``.
+    b: ``[m]`` column weights, uniform when ``None``.
+
+  Returns:
+    The scalar KLOT value.
+
+  Raises:
+    ValueError: on mismatched shapes or any invalid argument of :func:`sinkhorn`.
+  """
+  k_student = _check_matrix("k_student", k_student)
+  k_teacher = _check_matrix("k_teacher", k_teacher).astype(k_student.dtype)
+  if k_student.shape != k_teacher.shape:
+    raise ValueError(f"`k_student` {k_student.shape} and `k_teacher` {k_teacher.shape} must have the same shape "
+                     "(both are similarities between the same n images and m texts).")
+  _check_epsilon("eps_student", eps_student)
+  _check_epsilon("eps_teacher", eps_teacher)
+  _check_num_iters(num_iters)
+  a = _weights("a", a, k_student.shape[0], k_student.dtype)
+  b = _weights("b", b, k_student.shape[1], k_student.dtype)
+  _check_masses(a, b)
+  eps_s = jnp.asarray(eps_student, k_student.dtype)
+  eps_t = jnp.asarray(eps_teacher, k_student.dtype)
+  return _klot(k_student, jax.lax.stop_gradient(k_teacher), eps_s, eps_t, a, b, int(num_iters))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Debiased Sinkhorn divergence between point clouds (ott-jax) and cosine similarities.
+
+
+def sinkhorn_divergence(
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    epsilon: float,
+    a: Optional[jax.Array] = None,
+    b: Optional[jax.Array] = None,
+    cost: Literal["sqeuclidean", "cosine"] = "sqeuclidean",
+    max_iterations: int = 1000,
+    threshold: float = 1e-3,
+) -> jax.Array:
+  r"""Debiased Sinkhorn divergence between two weighted point clouds (Feydy et al. 2019), via ott-jax.
+
+  .. math::
+
+    S_\varepsilon(\alpha, \beta) = \mathrm{OT}_\varepsilon(\alpha, \beta)
+      - \tfrac12 \mathrm{OT}_\varepsilon(\alpha, \alpha) - \tfrac12 \mathrm{OT}_\varepsilon(\beta, \beta),
+    \qquad \mathrm{OT}_\varepsilon(\alpha, \beta) = \min_{P \in U(a, b)} \langle P, C \rangle
+      + \varepsilon \mathrm{KL}(P \,\|\, a b^\top),
+
+  with :math:`C_{ij} = \|x_i - y_j\|^2` (``"sqeuclidean"``) or :math:`1 - \cos(x_i, y_j)` (``"cosine"``). Unlike
+  :func:`klot` it compares the two clouds directly (an ablation in SOTAlign). Differentiable in ``x`` and ``y``
+  (ott-jax implicit differentiation); ott's adaptive stopping applies (``threshold``, ``max_iterations``).
+
+  Args:
+    x: ``[n, d]`` first point cloud.
+    y: ``[m, d]`` second point cloud.
+    epsilon: entropic regularisation, in the units of the cost.
+    a: ``[n]`` weights of ``x`` (uniform when ``None``).
+    b: ``[m]`` weights of ``y`` (uniform when ``None``).
+    cost: ground cost.
+    max_iterations: cap on Sinkhorn iterations of each of the three problems.
+    threshold: marginal-error tolerance of ott's solver.
+
+  Returns:
+    The scalar divergence.
+
+  Raises:
+    ValueError: on wrong shapes, non-finite inputs or an unknown ``cost``.
+  """
+  from ott.geometry import costs, pointcloud
+  from ott.tools import sinkhorn_divergence as ott_sd
+
+  x, y = jnp.asarray(x), jnp.asarray(y)
+  if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1] or 0 in x.shape + y.shape:
+    raise ValueError(f"`x` [n, d] and `y` [m, d] must be non-empty with the same d; got {x.shape} and {y.shape}.")
+  for name, v in (("x", x), ("y", y)):
+    if _concrete(v) and not np.all(np.isfinite(np.asarray(v))):
+      raise ValueError(f"`{name}` has NaN or infinite entries.")
+  _check_epsilon("epsilon", epsilon)
+  cost_fns = {"sqeuclidean": costs.SqEuclidean, "cosine": costs.Cosine}
+  if cost not in cost_fns:
+    raise ValueError(f"`cost` must be one of {sorted(cost_fns)}, got {cost!r}.")
+  a = None if a is None else _weights("a", a, x.shape[0], x.dtype)
+  b = None if b is None else _weights("b", b, y.shape[0], y.dtype)
+  div, _ = ott_sd.sinkhorn_divergence(
+      pointcloud.PointCloud, x, y, cost_fn=cost_fns[cost](), epsilon=epsilon, a=a, b=b,
+      solve_kwargs={"max_iterations": max_iterations, "threshold": threshold})
+  return div
+
+
+def cosine_similarity(u: jax.Array, v: jax.Array) -> jax.Array:
+  r"""``[n, m]`` cosine similarities :math:`\langle u_i, v_j \rangle / (\|u_i\| \|v_j\|)` of the rows.
+
+  Args:
+    u: ``[n, d]``.
+    v: ``[m, d]``.
+
+  Returns:
+    ``[n, m]`` matrix in :math:`[-1, 1]`; an all-zero row gives zeros (norms are clipped at 1e-12).
+
+  Raises:
+    ValueError: if ``u`` and ``v`` are not 2-D with the same number of columns.
+  """
+  u, v = jnp.asarray(u), jnp.asarray(v)
+  if u.ndim != 2 or v.ndim != 2 or u.shape[1] != v.shape[1]:
+    raise ValueError(f"`u` [n, d] and `v` [m, d] must be 2-D with the same d; got {u.shape} and {v.shape}.")
+  un = u / jnp.clip(jnp.linalg.norm(u, axis=1, keepdims=True), 1e-12)
+  vn = v / jnp.clip(jnp.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+  return un @ vn.T

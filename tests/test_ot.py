@@ -1,0 +1,266 @@
+"""Tests of sotalign_jax.ot against POT, ott-jax and plain float64 numpy written here."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import ot as pot
+import pytest
+from ott.geometry import geometry
+from ott.solvers import linear
+from scipy.special import logsumexp
+from sklearn.metrics.pairwise import cosine_similarity as sk_cosine
+
+from sotalign_jax import ot
+
+
+# ---------------------------------------------------------------------------------------------- numpy oracles
+
+
+def np_sinkhorn(k, eps, iters, a=None, b=None, tol=None):
+  """Plain float64 log-domain Sinkhorn on similarities, g then f updates; returns (log_plan, f, g).
+
+  Runs ``iters`` iterations, or stops earlier once the column marginals are within ``tol`` (L1) when given.
+  """
+  k = np.asarray(k, np.float64)
+  n, m = k.shape
+  la = np.log(np.full(n, 1 / n) if a is None else np.asarray(a, np.float64))
+  lb = np.log(np.full(m, 1 / m) if b is None else np.asarray(b, np.float64))
+  ks = k / eps
+  f, g = np.zeros(n), np.zeros(m)
+  for _ in range(iters):
+    g = lb - logsumexp(ks + f[:, None], axis=0)
+    f = la - logsumexp(ks + g[None, :], axis=1)
+    if tol is not None and np.abs(np.exp(logsumexp(ks + f[:, None] + g[None, :], axis=0)) - np.exp(lb)).sum() < tol:
+      break
+  return ks + f[:, None] + g[None, :], f * eps, g * eps
+
+
+def np_klot(k_s, k_t, eps_s, eps_t, iters=5000):
+  lp_s, _, _ = np_sinkhorn(k_s, eps_s, iters, tol=1e-14)
+  lp_t, _, _ = np_sinkhorn(k_t, eps_t, iters, tol=1e-14)
+  return float(np.sum(np.exp(lp_t) * (lp_t - lp_s)))
+
+
+def cos_pair(rng, n, m, d=8, noise=0.0):
+  x = rng.normal(size=(n, d))
+  y = rng.normal(size=(m, d))
+  k = sk_cosine(x, y)
+  k_t = sk_cosine(x + noise * rng.normal(size=x.shape), y)
+  return k.astype(np.float32), k_t.astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------- sinkhorn
+
+
+@pytest.mark.parametrize("eps", [0.1, 0.02])
+def test_sinkhorn_plan_matches_pot(rng, eps):
+  k, _ = cos_pair(rng, 20, 30)
+  out = ot.sinkhorn(k, epsilon=eps, num_iters=1000)
+  ref = pot.sinkhorn(np.full(20, 1 / 20), np.full(30, 1 / 30), -k.astype(np.float64), eps, method="sinkhorn_log",
+                     numItermax=20000, stopThr=1e-13)
+  np.testing.assert_allclose(np.asarray(out.plan), ref, atol=2e-6, rtol=2e-3)
+  assert bool(out.converged) and float(out.marginal_error) < 1e-4
+
+
+def test_sinkhorn_weighted_matches_pot(rng):
+  k, _ = cos_pair(rng, 12, 9)
+  a = rng.uniform(0.5, 1.5, 12)
+  a /= a.sum()
+  b = rng.uniform(0.5, 1.5, 9)
+  b /= b.sum()
+  out = ot.sinkhorn(k, epsilon=0.05, a=a, b=b, num_iters=2000)
+  ref = pot.sinkhorn(a, b, -k.astype(np.float64), 0.05, method="sinkhorn_log", numItermax=20000, stopThr=1e-13)
+  np.testing.assert_allclose(np.asarray(out.plan), ref, atol=2e-6, rtol=2e-3)
+  np.testing.assert_allclose(np.asarray(out.plan).sum(1), a, atol=1e-6)
+
+
+@pytest.mark.parametrize("iters", [2, 10])
+def test_sinkhorn_fixed_iterations_match_ott(rng, iters):
+  k, _ = cos_pair(rng, 15, 25)
+  out = ot.sinkhorn(k, epsilon=0.01, num_iters=iters)
+  ref = linear.solve(geometry.Geometry(cost_matrix=-jnp.asarray(k), epsilon=0.01), min_iterations=iters,
+                     max_iterations=iters, inner_iterations=1)
+  assert int(ref.n_iters) == iters
+  np.testing.assert_allclose(out.f, ref.f, atol=1e-5)
+  np.testing.assert_allclose(out.g, ref.g, atol=1e-5)
+
+
+def test_sinkhorn_small_epsilon_and_outliers_match_float64(rng):
+  """eps = 0.001 on cosines (k / eps up to 1e3): the scalings drift, so the solver must re-absorb; and an outlier
+  column 150 eps below the rest."""
+  k, _ = cos_pair(rng, 20, 30)
+  out = ot.sinkhorn(k, epsilon=0.001, num_iters=50)
+  lp, f, g = np_sinkhorn(k, 0.001, 50)
+  assert int(out.num_absorptions) > 1
+  np.testing.assert_allclose(out.f, f, atol=1e-5)
+  np.testing.assert_allclose(out.g, g, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(out.plan), np.exp(lp), atol=1e-5)
+  k = (0.3 * rng.normal(size=(20, 30))).astype(np.float32)
+  k[:, 0] -= 1.5
+  out = ot.sinkhorn(k, epsilon=0.01, num_iters=50)
+  lp, f, g = np_sinkhorn(k, 0.01, 50)
+  np.testing.assert_allclose(out.f, f, atol=1e-4)
+  np.testing.assert_allclose(np.asarray(out.plan), np.exp(lp), atol=1e-6)
+
+
+def test_sinkhorn_teacher_epsilon_more_accurate_than_needed(rng):
+  """SOTAlign's teacher setting (eps = 0.005 on cosines): plan within 1e-3 relative of a float64 reference."""
+  k, _ = cos_pair(rng, 64, 64, d=16)
+  out = ot.sinkhorn(k, epsilon=0.005, num_iters=100)
+  lp, _, _ = np_sinkhorn(k, 0.005, 100)
+  np.testing.assert_allclose(np.asarray(out.log_plan)[lp > -30], lp[lp > -30], atol=1e-3)
+
+
+def test_sinkhorn_jit_and_vmap_agree(rng):
+  k, _ = cos_pair(rng, 10, 12)
+  eager = ot.sinkhorn(k, epsilon=0.05, num_iters=20)
+  jitted = jax.jit(lambda x: ot.sinkhorn(x, epsilon=0.05, num_iters=20))(k)
+  batched = jax.vmap(lambda x: ot.sinkhorn(x, epsilon=0.05, num_iters=20))(jnp.stack([k, 2 * k]))
+  np.testing.assert_allclose(jitted.log_plan, eager.log_plan, atol=1e-5)
+  np.testing.assert_allclose(batched.log_plan[0], eager.log_plan, atol=1e-5)
+  np.testing.assert_allclose(batched.f[1], ot.sinkhorn(2 * k, epsilon=0.05, num_iters=20).f, atol=1e-5)
+
+
+def test_sinkhorn_target_can_be_stop_gradiented(rng):
+  k, _ = cos_pair(rng, 6, 7)
+  grad = jax.grad(lambda x: jnp.sum(jax.lax.stop_gradient(ot.sinkhorn(x, epsilon=0.1).plan) * x))(jnp.asarray(k))
+  np.testing.assert_allclose(grad, np.exp(np_sinkhorn(k, 0.1, 100)[0]), atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(k=np.ones(3)), "k"),
+    (dict(k=np.full((2, 2), np.nan)), "NaN"),
+    (dict(k=np.ones((0, 3))), "non-empty"),
+    (dict(epsilon=0.0), "epsilon"),
+    (dict(epsilon=-1.0), "epsilon"),
+    (dict(num_iters=0), "num_iters"),
+    (dict(num_iters=2.5), "num_iters"),
+    (dict(a=np.ones(4) / 4), "a"),
+    (dict(a=np.array([1.0, 0.0, 0.0])), "positive"),
+    (dict(a=np.ones(3)), "mass"),
+])
+def test_sinkhorn_rejects_bad_input(kwargs, match):
+  args = dict(k=np.ones((3, 2)), epsilon=0.1) | kwargs
+  k = args.pop("k")
+  with pytest.raises(ValueError, match=match):
+    ot.sinkhorn(k, **args)
+
+
+# ---------------------------------------------------------------------------------------------- klot
+
+
+def test_klot_value_matches_numpy(rng):
+  k, k_t = cos_pair(rng, 10, 14, noise=0.5)
+  value = ot.klot(k, k_t, eps_student=0.1, eps_teacher=0.05, num_iters=3000)
+  assert float(value) == pytest.approx(np_klot(k, k_t, 0.1, 0.05), rel=2e-3, abs=1e-5)
+  assert float(ot.klot(k, k, eps_student=0.1, eps_teacher=0.1, num_iters=500)) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_klot_gradient_matches_finite_differences(rng):
+  """Theorem 5.1 against central differences of a float64 numpy KLOT (converged plans)."""
+  k, k_t = cos_pair(rng, 6, 7, noise=0.5)
+  eps_s, eps_t = 0.2, 0.1
+  grad = np.asarray(jax.grad(lambda x: ot.klot(x, k_t, eps_student=eps_s, eps_teacher=eps_t, num_iters=3000))(k))
+  for _ in range(3):
+    v = rng.normal(size=k.shape)
+    h = 1e-4
+    fd = (np_klot(k + h * v, k_t, eps_s, eps_t) - np_klot(k - h * v, k_t, eps_s, eps_t)) / (2 * h)
+    assert float(np.sum(grad * v)) == pytest.approx(fd, rel=5e-3, abs=1e-4)
+
+
+def test_klot_gradient_matches_autodiff_through_converged_sinkhorn(rng):
+  """Unrolled autodiff through a long, converged log-domain Sinkhorn (written here) gives the same gradient."""
+  k, k_t = cos_pair(rng, 8, 9, noise=0.5)
+  eps_s, eps_t, iters = 0.2, 0.1, 1000
+
+  def log_plan(x, eps):
+    n, m = x.shape
+    xs = x / eps
+
+    def body(_, fg):
+      f, g = fg
+      g = -jnp.log(m) - jax.nn.logsumexp(xs + f[:, None], axis=0)
+      f = -jnp.log(n) - jax.nn.logsumexp(xs + g[None, :], axis=1)
+      return f, g
+
+    f, g = jax.lax.fori_loop(0, iters, body, (jnp.zeros(n), jnp.zeros(m)))
+    return xs + f[:, None] + g[None, :]
+
+  def unrolled(x):
+    lp_t = jax.lax.stop_gradient(log_plan(jnp.asarray(k_t), eps_t))
+    return jnp.sum(jnp.exp(lp_t) * (lp_t - log_plan(x, eps_s)))
+
+  g_auto = jax.grad(unrolled)(jnp.asarray(k))
+  g_custom = jax.grad(lambda x: ot.klot(x, k_t, eps_student=eps_s, eps_teacher=eps_t, num_iters=iters))(k)
+  np.testing.assert_allclose(g_custom, g_auto, atol=2e-4 * float(jnp.abs(g_auto).max()))
+
+
+def test_klot_gradient_is_plan_difference_and_teacher_gets_none(rng):
+  k, k_t = cos_pair(rng, 5, 6, noise=0.5)
+  g_s, g_t = jax.grad(lambda x, y: ot.klot(x, y, num_iters=200), argnums=(0, 1))(k, k_t)
+  p = ot.sinkhorn(k, epsilon=0.05, num_iters=200).plan
+  p_t = ot.sinkhorn(k_t, epsilon=0.005, num_iters=200).plan
+  np.testing.assert_allclose(g_s, (p - p_t) / 0.05, atol=1e-5)
+  assert not np.any(np.asarray(g_t))
+
+
+def test_klot_backward_memory_does_not_grow_with_iterations(rng):
+  k, k_t = cos_pair(rng, 32, 32, noise=0.5)
+
+  def temp_bytes(iters):
+    fn = jax.jit(jax.grad(lambda x: ot.klot(x, k_t, num_iters=iters)))
+    return fn.lower(k).compile().memory_analysis().temp_size_in_bytes
+
+  assert temp_bytes(200) == temp_bytes(10)
+
+
+def test_klot_rejects_bad_input():
+  with pytest.raises(ValueError, match="same shape"):
+    ot.klot(np.ones((3, 4)), np.ones((4, 3)))
+  with pytest.raises(ValueError, match="eps_teacher"):
+    ot.klot(np.ones((3, 4)), np.ones((3, 4)), eps_teacher=0.0)
+  with pytest.raises(ValueError, match="NaN"):
+    ot.klot(np.full((3, 4), np.nan), np.ones((3, 4)))
+
+
+# ---------------------------------------------------------------------------------------------- divergence, cosine
+
+
+def np_reg_ot(x, y, eps, iters=5000):
+  """Primal entropic OT cost <P, C> + eps KL(P | a b^T) with C = squared Euclidean, float64."""
+  c = ((x[:, None, :] - y[None, :, :]) ** 2).sum(-1)
+  lp, _, _ = np_sinkhorn(-c, eps, iters, tol=1e-13)
+  p = np.exp(lp)
+  n, m = c.shape
+  return float(np.sum(p * c) + eps * np.sum(p * (lp + np.log(n) + np.log(m))))
+
+
+def test_sinkhorn_divergence_matches_numpy_and_is_differentiable(rng):
+  x = rng.normal(size=(12, 3))
+  y = rng.normal(size=(12, 3)) + 0.5
+  eps = 0.5
+  value_and_grad = jax.jit(jax.value_and_grad(
+      lambda x, y: ot.sinkhorn_divergence(x, y, epsilon=eps, threshold=1e-6, max_iterations=5000)))
+  xj, yj = jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
+  val, grad = value_and_grad(xj, yj)
+  ref = np_reg_ot(x, y, eps) - 0.5 * (np_reg_ot(x, x, eps) + np_reg_ot(y, y, eps))
+  assert float(val) == pytest.approx(ref, rel=1e-3, abs=1e-4)
+  assert float(value_and_grad(xj, xj)[0]) == pytest.approx(0.0, abs=1e-4)
+  v = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+  h = 1e-2
+  fd = (value_and_grad(xj + h * v, yj)[0] - value_and_grad(xj - h * v, yj)[0]) / (2 * h)
+  assert float(jnp.sum(grad * v)) == pytest.approx(float(fd), rel=2e-2, abs=1e-3)
+
+
+def test_sinkhorn_divergence_rejects_bad_input():
+  with pytest.raises(ValueError, match="same d"):
+    ot.sinkhorn_divergence(np.ones((3, 2)), np.ones((3, 4)), epsilon=0.1)
+  with pytest.raises(ValueError, match="cost"):
+    ot.sinkhorn_divergence(np.ones((3, 2)), np.ones((3, 2)), epsilon=0.1, cost="l1")
+
+
+def test_cosine_similarity_matches_sklearn(rng):
+  u, v = rng.normal(size=(5, 4)), rng.normal(size=(7, 4))
+  np.testing.assert_allclose(ot.cosine_similarity(u, v), sk_cosine(u, v), atol=1e-6)
+  with pytest.raises(ValueError, match="same d"):
+    ot.cosine_similarity(u, v[:, :3])
