@@ -38,6 +38,7 @@ import numpy as np
 
 __all__ = [
     "linear_cka", "rbf_cka", "median_bandwidth", "mutual_knn", "cknna", "svcca", "hsic_biased", "hsic_unbiased",
+    "score_grid", "calibrated",
 ]
 
 _HI = jax.lax.Precision.HIGHEST  # scores must not silently drop to TF32/bf16 on GPU/TPU
@@ -360,3 +361,16 @@ def svcca(x, y, *, dim: int = 10) -> jax.Array:
     raise ValueError(f"dim must satisfy 1 <= dim <= min(n, dx, dy) = {min(x.shape[0], x.shape[1], y.shape[1])}, "
                      f"got {dim!r}")
   return _svcca(x, y, int(dim))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Layer grids and calibrated scores live in sotalign_jax.scores; they are importable from here too.
+# ----------------------------------------------------------------------------------------------------------------
+_FROM_SCORES = ("score_grid", "calibrated", "ScoreGrid", "Calibrated", "linear_cka_null_mean", "METRICS")
+
+
+def __getattr__(name: str):
+  if name in _FROM_SCORES:  # lazy: sotalign_jax.scores imports this module
+    from sotalign_jax import scores  # pylint: disable=g-import-not-at-top
+    return getattr(scores, name)
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,242 @@
+r"""Which image layer aligns best with which text layer, and can the score be trusted?
+
+  python experiments/alignment_scores.py --config configs/alignment_scores.py:quick --workdir workdirs/scores
+
+Reads top to bottom: config → per-layer features of every encoder on the same openclipart images and their
+captions (cached atomically in ``workdir/features/``, so a rerun skips them) → per (image, text) encoder pair
+and metric: the layer × layer grid with a permutation null shared by all cells (:func:`sotalign_jax.scores.
+score_grid`), then the best pair calibrated with more permutations and a bootstrap interval
+(:func:`sotalign_jax.scores.calibrated`) → ``results.json`` (``{"methods": {"lite0_x_minilm": {...}}}``), the
+markdown table, ``grids.json`` (every grid, z and p) and one heatmap png per encoder pair.
+
+Finished encoder pairs are read back from ``done/`` on a rerun. The k-NN metrics use L2-normalised features
+(cosine neighbourhoods, as in Huh et al., 2024); the CKA metrics use the raw features.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import zlib
+
+from absl import app, flags
+import jax
+import numpy as np
+from ml_collections import config_flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from sotalign_jax import io as sio  # noqa: E402
+from sotalign_jax import scores, workdir as wd  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/alignment_scores.py[:variant]", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "where features, grids and results go (rerun resumes)")
+
+SHORT = {"efficientnet-lite0": "lite0", "efficientnet-lite1": "lite1", "efficientnet-lite2": "lite2",
+         "all-MiniLM-L6-v2": "minilm", "all-mpnet-base-v2": "mpnet"}
+
+
+def check_config(cfg) -> list[str]:
+  metrics = [m.strip() for m in cfg.metrics.split(",") if m.strip()]
+  bad = [m for m in metrics if m not in scores.METRICS]
+  if bad or not metrics:
+    raise ValueError(f"config.metrics: unknown metric(s) {bad}; choose from {scores.METRICS}")
+  if cfg.primary not in metrics:
+    raise ValueError(f"config.primary={cfg.primary!r} must be one of config.metrics {metrics}")
+  for key in ("n_images", "n_perm", "k", "batch_size", "block_size"):
+    if not isinstance(cfg[key], int) or cfg[key] < 1:
+      raise ValueError(f"config.{key} must be a positive integer, got {cfg[key]!r}")
+  for key in ("n_perm_grid", "n_boot"):
+    if not isinstance(cfg[key], int) or cfg[key] < 0:
+      raise ValueError(f"config.{key} must be an integer >= 0, got {cfg[key]!r}")
+  return metrics
+
+
+# ================================================================================================================
+# Features: a list of [n, d_l] layers per encoder, cached in workdir/features/<encoder>.npz
+# ================================================================================================================
+def select_records(cfg) -> list:
+  """The first caption of ``n_images`` images, chosen by a stable hash of the image id."""
+  from sotalign_jax.data import load_dataset, stable_uniform  # pylint: disable=g-import-not-at-top
+  first = {}
+  for r in load_dataset(cfg.dataset).records:
+    if r.has_image:
+      first.setdefault(r.image_id, r)
+  ids = list(first)
+  order = np.argsort(stable_uniform(ids, seed="alignment_scores"), kind="stable")[:cfg.n_images]
+  return [first[ids[i]] for i in sorted(order)]
+
+
+def image_layers(name: str, records: list, cfg) -> tuple[list[np.ndarray], list[str], np.ndarray]:
+  """Spatial means of the 7 stages and the pooled head of EfficientNet-Lite; rows of images that decoded."""
+  from sotalign_jax.data import load_image  # pylint: disable=g-import-not-at-top
+  from sotalign_jax.encoders import efficientnet  # pylint: disable=g-import-not-at-top
+  enc = efficientnet.load(name, output="stages")
+  ok, arrays = [], []
+  for i, r in enumerate(records):
+    try:
+      src = r.image if r.image is not None else r.image_path
+      arrays.append(np.asarray(enc.preprocess(load_image(src, max_side=2 * enc.resolution)), np.float32))
+      ok.append(i)
+    except (OSError, ValueError) as e:
+      print(f"  skipping {r.image_id}: {type(e).__name__}: {e}")
+  out = []
+  for s in range(0, len(arrays), cfg.batch_size):
+    batch = np.stack(arrays[s:s + cfg.batch_size])
+    n = len(batch)
+    batch = np.concatenate([batch, np.zeros((cfg.batch_size - n,) + batch.shape[1:], np.float32)])
+    out.append(np.asarray(enc.apply(batch))[:n])
+  feats = np.concatenate(out)
+  dims = enc.info["stage_dims"]
+  layers = np.split(feats, np.cumsum(dims)[:-1], axis=1)
+  return layers, [f"stage{i + 1}" for i in range(len(dims) - 1)] + ["pooled"], np.array(ok)
+
+
+def text_layers(name: str, records: list, cfg) -> tuple[list[np.ndarray], list[str]]:
+  from sotalign_jax.encoders import text  # pylint: disable=g-import-not-at-top
+  encode_layers = text.load_layers(name, batch_size=cfg.batch_size)
+  out = encode_layers([r.caption for r in records], pooling=cfg.text_pooling)
+  return list(out), ["embeddings"] + [f"layer{i}" for i in range(1, out.shape[0])]
+
+
+def synthetic_layers(name: str, cfg) -> tuple[list[np.ndarray], list[str]]:
+  """Smoke test data: layers sharing a latent factor with different noise levels (no encoder)."""
+  z = np.random.default_rng(cfg.seed).normal(size=(cfg.n_images, 8))
+  r = np.random.default_rng(zlib.crc32(name.encode()))
+  noise = (3.0, 0.3, 1.0) if name == "syn0" else (0.5, 2.0)
+  layers = [np.tanh(z @ r.normal(size=(8, 6 + 3 * i))) + s * r.normal(size=(cfg.n_images, 6 + 3 * i))
+            for i, s in enumerate(noise)]
+  return [a.astype(np.float32) for a in layers], [f"L{i}" for i in range(len(layers))]
+
+
+def features(name: str, kind: str, records, cfg, workdir: str) -> dict:
+  """``{"layers": [n, d_l] list, "names": [...], "rows": images kept}``, cached atomically."""
+  path = os.path.join(workdir, "features", f"{name}.npz")
+  if os.path.exists(path):
+    with np.load(path, allow_pickle=False) as z:
+      n_layers = int(z["n_layers"])
+      return {"layers": [z[f"layer{i}"] for i in range(n_layers)], "names": list(z["names"]), "rows": z["rows"]}
+  t0 = time.time()
+  if cfg.synthetic:
+    layers, names = synthetic_layers(name, cfg)
+    rows = np.arange(cfg.n_images)
+  elif kind == "image":
+    layers, names, rows = image_layers(name, records, cfg)
+  else:
+    layers, names = text_layers(name, records, cfg)
+    rows = np.arange(len(records))
+  sio.save_npz(path, n_layers=len(layers), names=np.array(names), rows=rows,
+               **{f"layer{i}": a for i, a in enumerate(layers)})
+  print(f"  {name}: {len(layers)} layers, widths {[a.shape[1] for a in layers]} ({time.time() - t0:.0f} s)")
+  return {"layers": layers, "names": names, "rows": rows}
+
+
+# ================================================================================================================
+# Scores of one encoder pair
+# ================================================================================================================
+def unit(a: np.ndarray) -> np.ndarray:
+  return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+
+
+def score_pair(fx: dict, fy: dict, metrics: list[str], cfg) -> tuple[dict, dict]:
+  """Grids (with null) and the calibrated best pair for every metric: (results row, grids for grids.json)."""
+  rows = np.intersect1d(fx["rows"], fy["rows"])  # samples whose image decoded
+  pick = lambda f: [a[np.searchsorted(f["rows"], rows)] for a in f["layers"]]
+  xs, ys = pick(fx), pick(fy)
+  key = jax.random.key(cfg.seed)
+  row, grids = {}, {}
+  for m in metrics:
+    a, b = (xs, ys) if m not in ("mutual_knn", "cknna") else ([unit(v) for v in xs], [unit(v) for v in ys])
+    kg, kc = jax.random.split(jax.random.fold_in(key, scores.METRICS.index(m)))
+    g = scores.score_grid(a, b, metric=m, k=cfg.k, block_size=cfg.block_size, n_perm=cfg.n_perm_grid, key=kg)
+    i, j = g.best
+    c = scores.calibrated(m, a[i], b[j], n_perm=cfg.n_perm, n_boot=cfg.n_boot, key=kc, k=cfg.k,
+                          block_size=cfg.block_size)
+    grids[m] = {"scores": np.asarray(g.scores).tolist(), "best": [i, j],
+                "z": None if g.z is None else np.asarray(g.z).tolist(),
+                "p_value": None if g.p_value is None else np.asarray(g.p_value).tolist()}
+    pair = f"{fx['names'][i]}|{fy['names'][j]}"
+    if m == cfg.primary:
+      row.update(best_cka=float(c.score), best_layer_pair=pair, best_z=float(c.z), best_p=float(c.p_value),
+                 best_ci_low=float(c.ci_low), best_ci_high=float(c.ci_high), null_mean=float(c.null_mean))
+    else:
+      row.update({f"best_{m}": float(c.score), f"pair_{m}": pair, f"z_{m}": float(c.z)})
+  row["n"] = int(len(rows))
+  return row, {"x_layers": fx["names"], "y_layers": fy["names"], "n": int(len(rows)), "metrics": grids}
+
+
+def plot_grids(method: str, grids: dict, path: str):
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  ms = list(grids["metrics"])
+  fig, axes = plt.subplots(1, len(ms), figsize=(4.2 * len(ms), 0.35 * len(grids["x_layers"]) + 2.5), squeeze=False)
+  for ax, m in zip(axes[0], ms):
+    g = np.array(grids["metrics"][m]["scores"])
+    im = ax.imshow(g, cmap="viridis", aspect="auto")
+    z = grids["metrics"][m]["z"]
+    if z is not None:
+      for (a, b), v in np.ndenumerate(np.array(z)):
+        ax.text(b, a, f"{v:.0f}", ha="center", va="center", fontsize=6, color="w")
+    i, j = grids["metrics"][m]["best"]
+    ax.scatter([j], [i], marker="s", s=120, facecolors="none", edgecolors="r")
+    ax.set_xticks(range(len(grids["y_layers"])), grids["y_layers"], rotation=90, fontsize=7)
+    ax.set_yticks(range(len(grids["x_layers"])), grids["x_layers"], fontsize=7)
+    ax.set_title(f"{m} (numbers: z)", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+  fig.suptitle(f"{method}, n={grids['n']}", fontsize=10)
+  fig.tight_layout()
+  with sio.atomic_open(path, "wb") as fh:
+    fig.savefig(fh, format="png", dpi=110)
+  plt.close(fig)
+
+
+# ================================================================================================================
+# Main
+# ================================================================================================================
+def run(cfg, workdir: str) -> dict:
+  metrics = check_config(cfg)
+  os.makedirs(workdir, exist_ok=True)
+  sio.write_text(os.path.join(workdir, "config.json"), cfg.to_json_best_effort(indent=2))
+  image_names = [s.strip() for s in cfg.image_encoders.split(",") if s.strip()]
+  text_names = [s.strip() for s in cfg.text_encoders.split(",") if s.strip()]
+  records = None if cfg.synthetic else select_records(cfg)
+  t_start = time.time()
+  results, all_grids = {}, {}
+  for iname in image_names:
+    for tname in text_names:
+      method = f"{SHORT.get(iname, iname)}_x_{SHORT.get(tname, tname)}"
+      done = os.path.join(workdir, "done", f"{method}.json")
+      if os.path.exists(done):
+        with open(done) as fh:
+          saved = json.load(fh)
+      else:
+        print(f"{method}:")
+        fx = features(iname, "image", records, cfg, workdir)
+        fy = features(tname, "text", records, cfg, workdir)
+        row, grids = score_pair(fx, fy, metrics, cfg)
+        plot_grids(method, grids, os.path.join(workdir, f"{method}.png"))
+        saved = {"row": row, "grids": grids}
+        sio.write_json(done, saved)
+      results[method], all_grids[method] = saved["row"], saved["grids"]
+      r = saved["row"]
+      print(f"  {method:16s} best {cfg.primary} {r['best_cka']:.4f} at {r['best_layer_pair']}  z {r['best_z']:.1f}"
+            f"  p {r['best_p']:.4f}  CI [{r['best_ci_low']:.3f}, {r['best_ci_high']:.3f}]")
+  sio.write_json(os.path.join(workdir, "grids.json"), all_grids)
+  table = wd.write_results(workdir, results, dataset=cfg.dataset, primary=cfg.primary, n_perm=cfg.n_perm,
+                           seconds=round(time.time() - t_start, 1))
+  print(f"\nBest layer pairs ({cfg.dataset}, primary metric {cfg.primary}):\n\n{table}")
+  return results
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _CONFIG.value is None or _WORKDIR.value is None:
+    raise app.UsageError("both --config configs/alignment_scores.py[:variant] and --workdir DIR are required")
+  run(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)
