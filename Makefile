@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 WORKDIR ?= workdirs
 
-.PHONY: demo caches test test-all bench clean-venv
+.PHONY: demo caches match test test-all bench clean-venv
 
 # The venv is rebuilt only when the pins change; a second run reuses it.
 $(STAMP): setup.cfg constraints.txt
@@ -36,6 +36,10 @@ caches: $(DEMO_CACHES)
 
 demo: $(STAMP) $(DEMO_CACHES)
 	$(PY) experiments/sotalign.py --config configs/sotalign.py:demo --workdir $(WORKDIR)/sotalign_demo
+
+# Training-free matching (Maniparambil et al.), quick variant: a few minutes on 2 CPU cores.
+match: $(STAMP) $(CACHE)/openclipart__$(SUFFIX)/manifest.json
+	$(PY) experiments/match.py --config configs/match.py:quick --workdir $(WORKDIR)/match_quick
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" -n 2 --dist loadfile

@@ -39,13 +39,16 @@ def synthetic(n: int, rng, dx=64, dy=48, latent=16, noise=0.3):
 
 
 def from_cache(path: str, n: int, rng):
-  x = np.load(os.path.join(path, "image_embeddings.npy"), mmap_mode="r")
-  y = np.load(os.path.join(path, "text_embeddings.npy"), mmap_mode="r")
-  m = min(len(x), len(y))
-  if m < n:
-    raise SystemExit(f"--embeddings {path}: {m} pairs, need {n}")
-  idx = np.sort(rng.choice(m, n, replace=False))
-  return np.asarray(x[idx], np.float32), np.asarray(y[idx], np.float32)
+  """``n`` random (image, caption) pairs of an embedding cache, in random order (the cache is sorted by category)."""
+  from sotalign_jax.embed import load_cache
+  cache = load_cache(path)
+  caps = cache.caption_rows()
+  imgs = cache.caption_image_rows()
+  _, first = np.unique(imgs, return_index=True)  # one caption per image
+  if len(first) < n:
+    raise SystemExit(f"--embeddings {path}: {len(first)} images, need {n}")
+  pick = rng.permutation(first)[:n]
+  return np.asarray(cache.image_emb[imgs[pick]], np.float32), np.asarray(cache.text_emb[caps[pick]], np.float32)
 
 
 def matmul_peak(q: int, reps: int = 5) -> float:

@@ -1,0 +1,496 @@
+r"""Training-free matching of a frozen image encoder and a frozen text encoder from a few base pairs.
+
+  python experiments/match.py --config configs/match.py:quick --workdir workdirs/match_quick
+
+Maniparambil et al. (CVPR 2024), "Do Vision and Language Encoders Represent the World Similarly?". Given ``m``
+paired base samples ``(B_x, B_y)`` and ``q`` query images with their ``q`` captions in an unknown order, recover
+the pairing with nothing trained:
+
+* ``qap_*`` — seeded graph matching of the centred kernels of ``[B; queries]`` (:func:`matching.qap_match`);
+* ``localcka_*`` — local CKA :math:`s_{ij} = \mathrm{CKA}([B_x; x_i], [B_y; y_j])`, then linear assignment;
+* ``linreg*`` — cosine after a ridge map fitted on the base pairs; ``relrep*`` — relative representations;
+
+each with ``none`` / ``stretch`` (per-feature standardisation of base + queries) / ``cluster`` (base pairs
+nearest to k-means centroids of the base pool instead of random ones) / ``both``.
+
+Reads top to bottom: config → image/caption pools (distinct images, one caption each; base pool and query pool
+from disjoint splits) → cells ``(method, n_base, n_query, trial)`` of the main point and the two sweeps through it
+→ optional cross-domain cells (queries from another cache, e.g. tuxpaint) and zero-shot cells (fashion-mnist
+images against class prompts) → ``results.json`` + markdown tables + plot.
+
+Metrics: ``match_acc`` (fraction of images matched to their own caption by the one-to-one matching; chance
+``1/q``) and image→caption retrieval ``r1``/``r5``/``r10`` over the ``q`` query captions. QAP returns a matching,
+not a ranking: its ``r1`` is its ``match_acc`` and ``r5``/``r10`` are ``None``. ``seconds`` is the time of one
+cell (the minimum over trials: the first trial of each shape also compiles). Every other value is the mean over
+``n_trials`` random draws of base and query sets (their ``std`` is in results.json).
+
+For reference, the paper's COCO matching accuracy (their encoders, 320 base, 500 queries), QAP / local CKA:
+none 48.8 / 48.5, stretch 57.3 / 56.7, cluster 56.2 / 55.1, both 65.5 / 63.3.
+
+A rerun with the same workdir resumes: every finished cell is saved atomically under ``done/`` and read back.
+Every cell's randomness is derived from ``(seed, trial, sizes)`` alone, so a resumed run gives the same numbers.
+Cells are named by method and sizes only: after changing any other setting, use a fresh workdir.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+from typing import Any, Callable, NamedTuple
+
+from absl import app, flags, logging
+import jax
+from ml_collections import config_flags
+import numpy as np
+from tqdm import tqdm
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from configs.match import METHODS  # noqa: E402
+from sotalign_jax import io as sio  # noqa: E402
+from sotalign_jax import matching, workdir as wd  # noqa: E402
+from sotalign_jax.data.splits import SPLITS  # noqa: E402
+from sotalign_jax.embed import load_cache  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/match.py[:variant]", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "where metrics, finished cells and results go (rerun resumes)")
+
+METRICS = ("match_acc", "r1", "r5", "r10")
+ZEROSHOT_FAMILIES = ("localcka", "linreg", "relrep")  # QAP needs as many captions as images: no zero-shot
+EMBED_HINT = ("python -m sotalign_jax.embed --dataset {dataset} --image-encoder efficientnet-lite0 "
+              "--text-encoder all-MiniLM-L6-v2 --out {path}")
+
+
+class Method(NamedTuple):
+  family: str     # qap | localcka | linreg | relrep
+  stretch: bool
+  cluster: bool
+
+
+def parse_method(name: str) -> Method:
+  family, _, variant = name.partition("_")
+  variant = variant or "none"
+  return Method(family, variant in ("stretch", "both"), variant in ("cluster", "both"))
+
+
+# ================================================================================================================
+# Config checks
+# ================================================================================================================
+def parse_methods(spec: str) -> list[str]:
+  methods = [m.strip() for m in spec.split(",") if m.strip()]
+  bad = [m for m in methods if m not in METHODS]
+  if bad or not methods:
+    raise ValueError(f"config.methods: unknown method(s) {bad}; choose from {list(METHODS)}")
+  return methods
+
+
+def parse_sizes(spec: str, key: str) -> list[int]:
+  try:
+    sizes = [int(s) for s in spec.split(",") if s.strip()]
+  except ValueError:
+    raise ValueError(f"config.{key} must be comma-separated integers, got {spec!r}") from None
+  if any(s < 2 for s in sizes):
+    raise ValueError(f"config.{key}: every size must be >= 2, got {spec!r}")
+  return sizes
+
+
+def parse_splits(spec: str, key: str) -> list[str] | None:
+  """Comma-separated split names; ``None`` (all splits) for an empty string."""
+  names = [s.strip() for s in spec.split(",") if s.strip()]
+  bad = [s for s in names if s not in SPLITS]
+  if bad:
+    raise ValueError(f"config.{key}: unknown split(s) {bad}; choose from {list(SPLITS)}")
+  return names or None
+
+
+def check_config(cfg):
+  get = lambda key: functools.reduce(getattr, key.split("."), cfg)
+  for key in ("n_trials", "qap.n_init", "qap.maxiter", "qap.batch_size"):
+    v = get(key)
+    if not isinstance(v, int) or v < 1:
+      raise ValueError(f"config.{key} must be a positive integer, got {v!r}")
+  for key in ("n_base", "n_query"):
+    v = get(key)
+    if not isinstance(v, int) or v < 2:
+      raise ValueError(f"config.{key} must be an integer >= 2, got {v!r}")
+  for key in ("qap.tol", "linreg.lam"):
+    if not get(key) > 0:
+      raise ValueError(f"config.{key} must be > 0, got {get(key)!r}")
+  if not isinstance(cfg.cluster.n_iter, int) or cfg.cluster.n_iter < 0:
+    raise ValueError(f"config.cluster.n_iter must be a non-negative integer, got {cfg.cluster.n_iter!r}")
+  for key in ("data.max_base_pool", "zeroshot.max_images"):
+    v = get(key)
+    if not isinstance(v, int) or not (v == -1 or v >= 2):
+      raise ValueError(f"config.{key} must be -1 (no cap) or an integer >= 2, got {v!r}")
+  for key in ("qap.kernel", "local_cka.kernel"):
+    if get(key) not in ("linear", "rbf"):
+      raise ValueError(f"config.{key} must be 'linear' or 'rbf', got {get(key)!r}")
+  if cfg.qap.lap not in ("scipy", "hungarian"):
+    raise ValueError(f"config.qap.lap must be 'scipy' or 'hungarian', got {cfg.qap.lap!r}")
+  if cfg.cluster.space not in ("image", "text"):
+    raise ValueError(f"config.cluster.space must be 'image' or 'text', got {cfg.cluster.space!r}")
+  parse_methods(cfg.methods)
+  parse_sizes(cfg.n_base_sweep, "n_base_sweep")
+  parse_sizes(cfg.n_query_sweep, "n_query_sweep")
+  for key in ("data.base_splits", "data.query_splits", "cross_domain.splits", "zeroshot.splits"):
+    parse_splits(get(key), key)
+  if not parse_splits(cfg.data.base_splits, "data.base_splits") or not parse_splits(cfg.data.query_splits,
+                                                                                     "data.query_splits"):
+    raise ValueError("config.data.base_splits and config.data.query_splits must each name at least one split")
+  if set(parse_splits(cfg.data.base_splits, "")) & set(parse_splits(cfg.data.query_splits, "")):
+    raise ValueError(f"config.data.base_splits ({cfg.data.base_splits}) and config.data.query_splits "
+                     f"({cfg.data.query_splits}) must not share a split: base and query images must differ")
+
+
+# ================================================================================================================
+# Data: distinct images with one caption each
+# ================================================================================================================
+def open_cache(path: str, what: str, dataset: str = "..."):
+  try:
+    return load_cache(path)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f"{what}: {e}\nBuild it with `{EMBED_HINT.format(dataset=dataset, path=path)}`, or "
+                            f"point config.{what} elsewhere.") from None
+
+
+def optional_cache(path: str, what: str, dataset: str):
+  """The cache at ``path``, or ``None`` (with a printed note saying how to build it) when it is missing."""
+  if not path:
+    return None
+  if not os.path.exists(os.path.join(path, "manifest.json")):
+    print(f"note: skipping the {what} rows: no complete cache at {path}. Build it with\n  "
+          f"{EMBED_HINT.format(dataset=dataset, path=path)}\nor set --config.{what}.cache=<dir> ('' turns this off).")
+    return None
+  return load_cache(path)
+
+
+def image_caption_pool(cache, splits: list[str] | None, what: str) -> tuple[np.ndarray, np.ndarray]:
+  """Distinct images of ``splits`` and the first caption of each: ``x [n, dx]``, ``y [n, dy]``."""
+  if cache.image_emb is None:
+    raise ValueError(f"{what}: the cache is text-only; matching needs images")
+  rows = np.array([i for i, r in enumerate(cache.index) if splits is None or r["split"] in splits], np.int64)
+  if len(rows) == 0:
+    raise ValueError(f"{what}: the cache has no captions in splits {splits}")
+  img = np.array([cache.index[r]["image"] for r in rows], np.int64)
+  imgs, first = np.unique(img, return_index=True)
+  return np.asarray(cache.image_emb[imgs], np.float32), np.asarray(cache.text_emb[rows[first]], np.float32)
+
+
+def check_same_encoders(main, other, what: str):
+  """Cross-cache use needs the same two encoders: compares the manifests' encoder names and the dimensions."""
+  for side in ("image_encoder", "text_encoder"):
+    a, b = (c.manifest.get(side) for c in (main, other))
+    if isinstance(a, dict) and isinstance(b, dict) and a.get("name") != b.get("name"):
+      raise ValueError(f"config.{what}.cache uses {side} {b.get('name')!r} but config.data.cache uses "
+                       f"{a.get('name')!r}: embed both with the same encoders")
+  if other.image_emb is not None and other.image_emb.shape[1] != main.image_emb.shape[1]:
+    raise ValueError(f"config.{what}.cache has image dimension {other.image_emb.shape[1]}, "
+                     f"config.data.cache {main.image_emb.shape[1]}: embed both with the same image encoder")
+  if other.text_emb.shape[1] != main.text_emb.shape[1]:
+    raise ValueError(f"config.{what}.cache has text dimension {other.text_emb.shape[1]}, "
+                     f"config.data.cache {main.text_emb.shape[1]}: embed both with the same text encoder")
+
+
+def capped(n: int, cap: int, seed: int, tag: int) -> np.ndarray:
+  """Sorted indices of a fixed random subset of ``range(n)`` of size ``cap`` (all of them for ``cap=-1``)."""
+  if cap < 0 or cap >= n:
+    return np.arange(n)
+  return np.sort(np.random.default_rng([seed, tag]).choice(n, cap, replace=False))
+
+
+# ================================================================================================================
+# Draws: every draw depends only on (seed, trial, size), so cells are independent and resumable
+# ================================================================================================================
+def draw_queries(pool_x, pool_y, q: int, *, seed: int, trial: int, what: str):
+  """``q`` query images, their captions in a random order, and ``truth[i]`` = row of image ``i``'s caption.
+
+  Query sets of one trial are nested (the first ``q`` of one permutation of the pool).
+  """
+  if q > len(pool_x):
+    raise ValueError(f"{what}={q} queries but the query pool has only {len(pool_x)} images: lower it or add "
+                     "splits to config.data.query_splits")
+  idx = np.random.default_rng([seed, trial, 0]).permutation(len(pool_x))[:q]
+  shuffle = np.random.default_rng([seed, trial, 1, q]).permutation(q)  # y row j is the caption of image shuffle[j]
+  return pool_x[idx], pool_y[idx][shuffle], np.argsort(shuffle)
+
+
+def draw_base(pool_x, pool_y, m: int, *, cluster: bool, cfg, trial: int, what: str) -> np.ndarray:
+  """Indices of ``m`` base pairs: random (nested over ``m``), or the pool points nearest to k-means centroids."""
+  if m > len(pool_x):
+    raise ValueError(f"{what}={m} base pairs but the base pool has only {len(pool_x)} images: lower it or add "
+                     "splits to config.data.base_splits")
+  if not cluster:
+    return np.random.default_rng([cfg.seed, trial, 2]).permutation(len(pool_x))[:m]
+  feats = pool_x if cfg.cluster.space == "image" else pool_y
+  key = jax.random.fold_in(jax.random.fold_in(jax.random.key(cfg.seed), trial), m)
+  return np.asarray(matching.kmeans_base_selection(feats, m, key=key, n_iter=cfg.cluster.n_iter))
+
+
+def stretched(base, query):
+  """:func:`matching.stretch` of ``[base; query]`` (one space), split back."""
+  s = np.asarray(matching.stretch(np.concatenate([base, query])))
+  return s[:len(base)], s[len(base):]
+
+
+# ================================================================================================================
+# Scoring
+# ================================================================================================================
+def score_fn(family: str, cfg) -> Callable[..., Any]:
+  """``(x_base, y_base, x_query, y_query) -> [q_x, q_y]`` similarity of a score-based family."""
+  if family == "localcka":
+    return functools.partial(matching.local_cka_scores, kernel=cfg.local_cka.kernel)
+  if family == "linreg":
+    return functools.partial(matching.linreg_scores, lam=cfg.linreg.lam)
+  if family == "relrep":
+    return matching.relative_scores
+  raise ValueError(f"no score function for method family {family!r}")
+
+
+def ranking_metrics(scores: np.ndarray, truth: np.ndarray, ks=(1, 5, 10)) -> dict[str, float]:
+  """Image→caption recall@k: the true caption's rank is the number of captions scored strictly higher."""
+  s = np.asarray(scores, np.float64)
+  pos = s[np.arange(len(truth)), truth]
+  rank = (s > pos[:, None]).sum(1)
+  return {f"r{k}": float(np.mean(rank < k)) for k in ks}
+
+
+def evaluate(method: Method, xb, yb, xq, yq, truth, cfg, key) -> dict[str, float]:
+  """Matching accuracy and retrieval of one method on one draw (``yq[truth[i]]`` is the caption of ``xq[i]``)."""
+  if method.stretch:
+    xb, xq = stretched(xb, xq)
+    yb, yq = stretched(yb, yq)
+  if method.family == "qap":
+    perm = matching.qap_match(xb, yb, xq, yq, kernel=cfg.qap.kernel, n_init=cfg.qap.n_init, key=key,
+                              maxiter=cfg.qap.maxiter, tol=cfg.qap.tol, batch_size=cfg.qap.batch_size,
+                              lap=cfg.qap.lap)
+    acc = float(np.mean(np.asarray(perm) == truth))
+    return {"match_acc": acc, "r1": acc, "r5": float("nan"), "r10": float("nan")}
+  scores = np.asarray(score_fn(method.family, cfg)(xb, yb, xq, yq))
+  wd.check_finite(0, scores=scores)
+  perm = matching.match_scores(scores)
+  return {"match_acc": float(np.mean(perm == truth)), **ranking_metrics(scores, truth)}
+
+
+def zeroshot_accuracy(method: Method, xb, yb, images, prompts, labels, cfg) -> dict[str, float]:
+  """Zero-shot classification: each image gets the class whose prompt scores highest against it."""
+  if method.stretch:
+    xb, images = stretched(xb, images)
+    yb, prompts = stretched(yb, prompts)
+  scores = np.asarray(score_fn(method.family, cfg)(xb, yb, images, prompts))
+  return {"accuracy": float(np.mean(np.argmax(scores, 1) == labels))}
+
+
+# ================================================================================================================
+# Main
+# ================================================================================================================
+class Cell(NamedTuple):
+  kind: str       # main | cross_domain | zeroshot
+  method: str
+  n_base: int
+  n_query: int    # queries (main / cross-domain) or images (zero-shot)
+  trial: int
+
+  @property
+  def name(self) -> str:
+    prefix = "" if self.kind == "main" else f"{self.kind}_"
+    return f"{prefix}{self.method}_b{self.n_base}_q{self.n_query}_t{self.trial}"
+
+
+def aggregate(results: list[dict[str, float]]) -> tuple[dict[str, float], dict[str, float]]:
+  """Mean and standard deviation over trials of every metric (NaN stays NaN); ``seconds`` is the minimum, as the
+  first trial of each shape also pays for JIT compilation."""
+  keys = list(results[0])
+  vals = {k: np.array([r[k] for r in results], np.float64) for k in keys}
+  mean = {k: float(v.min() if k == "seconds" else v.mean()) for k, v in vals.items()}
+  return mean, {k: float(v.std()) for k, v in vals.items() if k != "seconds"}
+
+
+def run(cfg, workdir: str) -> dict:
+  check_config(cfg)
+  methods = parse_methods(cfg.methods)
+  os.makedirs(workdir, exist_ok=True)
+  sio.write_text(os.path.join(workdir, "config.json"), cfg.to_json_best_effort(indent=2))
+  t_start = time.time()
+
+  # --- pools ---------------------------------------------------------------------------------------------------
+  cache = open_cache(cfg.data.cache, "data.cache", "openclipart")
+  base_x, base_y = image_caption_pool(cache, parse_splits(cfg.data.base_splits, ""), "config.data.base_splits")
+  keep = capped(len(base_x), cfg.data.max_base_pool, cfg.seed, 3)
+  base_x, base_y = base_x[keep], base_y[keep]
+  query_x, query_y = image_caption_pool(cache, parse_splits(cfg.data.query_splits, ""), "config.data.query_splits")
+  print(f"base pool: {len(base_x)} images ({cfg.data.base_splits}); query pool: {len(query_x)} images "
+        f"({cfg.data.query_splits}); data {cfg.data.cache}")
+
+  base_sizes = sorted(set(parse_sizes(cfg.n_base_sweep, "n_base_sweep")) | {cfg.n_base})
+  query_sizes = sorted(set(parse_sizes(cfg.n_query_sweep, "n_query_sweep")) | {cfg.n_query})
+  for key, sizes, pool in (("n_base", base_sizes, base_x), ("n_query", query_sizes, query_x)):
+    if max(sizes) > len(pool):
+      raise ValueError(f"config.{key} / config.{key}_sweep ask for {max(sizes)} but the {key[2:]} pool has "
+                       f"{len(pool)} images: lower them or change config.data.{key[2:]}_splits")
+  trials = range(cfg.n_trials)
+  cells = [Cell("main", meth, m, cfg.n_query, t) for meth in methods for m in base_sizes for t in trials]
+  cells += [Cell("main", meth, cfg.n_base, q, t) for meth in methods for q in query_sizes if q != cfg.n_query
+            for t in trials]
+
+  # --- optional evaluations ------------------------------------------------------------------------------------
+  xdomain = optional_cache(cfg.cross_domain.cache, "cross_domain", "tuxpaint")
+  if xdomain is not None:
+    check_same_encoders(cache, xdomain, "cross_domain")
+    xd_x, xd_y = image_caption_pool(xdomain, parse_splits(cfg.cross_domain.splits, ""), "config.cross_domain")
+    n_xd = min(cfg.n_query, len(xd_x))
+    if n_xd < cfg.n_query:
+      print(f"note: cross-domain queries capped at the {n_xd} images of {cfg.cross_domain.cache}")
+    cells += [Cell("cross_domain", meth, cfg.n_base, n_xd, t) for meth in methods for t in trials]
+  zs = optional_cache(cfg.zeroshot.cache, "zeroshot", "fashion_mnist")
+  if zs is not None:
+    check_same_encoders(cache, zs, "zeroshot")
+    zs_images, zs_prompts, zs_labels, zs_classes = zeroshot_set(zs, cfg)
+    cells += [Cell("zeroshot", meth, cfg.n_base, len(zs_images), t) for meth in methods
+              if parse_method(meth).family in ZEROSHOT_FAMILIES for t in trials]
+
+  # --- cells ---------------------------------------------------------------------------------------------------
+  writer = wd.MetricWriter(workdir)
+  done_dir = os.path.join(workdir, "done")
+  results: dict[Cell, dict[str, float]] = {}
+  resumed = 0
+  base_cache: dict[tuple[bool, int, int], np.ndarray] = {}  # (cluster, m, trial) -> base indices
+
+  def base_of(cell: Cell, method: Method) -> np.ndarray:
+    k = (method.cluster, cell.n_base, cell.trial)
+    if k not in base_cache:
+      base_cache[k] = draw_base(base_x, base_y, cell.n_base, cluster=method.cluster, cfg=cfg, trial=cell.trial,
+                                what="config.n_base")
+    return base_cache[k]
+
+  for cell in tqdm(cells, desc="match cells", disable=None):
+    path = os.path.join(done_dir, cell.name + ".json")
+    if os.path.exists(path):
+      with open(path) as fh:
+        results[cell] = {k: (float("nan") if v is None else v) for k, v in json.load(fh).items()}
+      resumed += 1
+      continue
+    method = parse_method(cell.method)
+    bi = base_of(cell, method)
+    xb, yb = base_x[bi], base_y[bi]
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(jax.random.key(cfg.seed), cell.trial),
+                                                cell.n_base), cell.n_query)
+    t0 = time.time()
+    if cell.kind == "zeroshot":
+      res = zeroshot_accuracy(method, xb, yb, zs_images, zs_prompts, zs_labels, cfg)
+    else:
+      px, py = (query_x, query_y) if cell.kind == "main" else (xd_x, xd_y)
+      xq, yq, truth = draw_queries(px, py, cell.n_query, seed=cfg.seed + (0 if cell.kind == "main" else 7919),
+                                   trial=cell.trial, what="config.n_query")
+      res = evaluate(method, xb, yb, xq, yq, truth, cfg, key)
+    res["seconds"] = round(time.time() - t0, 3)
+    sio.write_json(path, nan_to_none(res))
+    writer.write(cell.trial, res, prefix=f"eval/{cell.kind}/{cell.method}/b{cell.n_base}_q{cell.n_query}/")
+    results[cell] = res
+  writer.close()
+  if resumed:
+    print(f"resumed: {resumed} of {len(cells)} cells read back from {done_dir}")
+
+  # --- tables --------------------------------------------------------------------------------------------------
+  def table(kind: str, m: int, q: int) -> tuple[dict, dict]:
+    mean, std = {}, {}
+    for meth in methods:
+      rs = [results[c] for c in cells if (c.kind, c.method, c.n_base, c.n_query) == (kind, meth, m, q)]
+      if rs:
+        mean[meth], std[meth] = aggregate(rs)
+    return mean, std
+
+  main_mean, main_std = table("main", cfg.n_base, cfg.n_query)
+  by_base = {m: table("main", m, cfg.n_query)[0] for m in base_sizes}
+  by_query = {q: table("main", cfg.n_base, q)[0] for q in query_sizes}
+  extra: dict[str, Any] = {
+      "n_base": cfg.n_base, "n_query": cfg.n_query, "n_trials": cfg.n_trials, "data": cfg.data.cache,
+      "chance_match_acc": 1.0 / cfg.n_query, "std": main_std,
+      "by_n_base": {str(m): r for m, r in by_base.items()}, "by_n_query": {str(q): r for q, r in by_query.items()},
+  }
+  print(f"\nTraining-free matching ({cfg.n_base} base pairs, {cfg.n_query} queries, mean of {cfg.n_trials} trials, "
+        f"chance {1 / cfg.n_query:.4f}; QAP gives a matching, so its r1 is its match_acc):\n")
+  print(wd.markdown_table(main_mean))
+  for name, sweep in (("n_base", by_base), ("n_query", by_query)):
+    if len(sweep) > 1:
+      print(f"\nmatch_acc by {name}:\n")
+      print(wd.markdown_table({meth: {str(s): sweep[s][meth]["match_acc"] for s in sweep} for meth in methods}))
+  if xdomain is not None:
+    extra["cross_domain"], _ = table("cross_domain", cfg.n_base, n_xd)
+    extra["cross_domain_queries"] = n_xd
+    print(f"\nCross-domain: base pairs from {cfg.data.cache}, {n_xd} queries from {cfg.cross_domain.cache}:\n")
+    print(wd.markdown_table(extra["cross_domain"]))
+  if zs is not None:
+    extra["zeroshot"], _ = table("zeroshot", cfg.n_base, len(zs_images))
+    extra["zeroshot_images"] = len(zs_images)
+    extra["zeroshot_chance"] = 1.0 / len(zs_classes)
+    if extra["zeroshot"]:
+      print(f"\nZero-shot classification of {len(zs_images)} images of {cfg.zeroshot.cache} against "
+            f"{len(zs_classes)} class prompts (chance {1 / len(zs_classes):.4f}):\n")
+      print(wd.markdown_table(extra["zeroshot"]))
+  if len(base_sizes) > 1 or len(query_sizes) > 1:
+    plot_sweeps(by_base, by_query, methods, os.path.join(workdir, "match_acc_vs_sizes.png"), cfg)
+  extra["seconds"] = round(time.time() - t_start, 1)
+  wd.write_results(workdir, main_mean, **nan_to_none(extra))
+  return main_mean
+
+
+def nan_to_none(obj):
+  """NaN (a metric a method does not have, e.g. QAP's r5) as JSON null, in nested dicts."""
+  if isinstance(obj, dict):
+    return {k: nan_to_none(v) for k, v in obj.items()}
+  return None if isinstance(obj, float) and np.isnan(obj) else obj
+
+
+def zeroshot_set(cache, cfg):
+  """Images (capped), one prompt per class (its first caption), the label index of each image, the classes."""
+  split = parse_splits(cfg.zeroshot.splits, "zeroshot.splits")
+  rows = np.array([i for i, r in enumerate(cache.index) if split is None or r["split"] in split], np.int64)
+  labels_all = [r.get("label") for r in cache.index]
+  if len(rows) == 0 or any(labels_all[r] is None for r in rows):
+    raise ValueError(f"config.zeroshot.cache: need labelled images in split {cfg.zeroshot.splits!r}")
+  classes = sorted({labels_all[r] for r in rows})
+  prompt_rows = [labels_all.index(c) for c in classes]  # every caption of a class is that class' prompt
+  img = np.array([cache.index[r]["image"] for r in rows], np.int64)
+  imgs, first = np.unique(img, return_index=True)
+  labels = np.searchsorted(classes, [labels_all[r] for r in rows[first]])
+  keep = capped(len(imgs), cfg.zeroshot.max_images, cfg.seed, 5)
+  return (np.asarray(cache.image_emb[imgs[keep]], np.float32), np.asarray(cache.text_emb[prompt_rows], np.float32),
+          labels[keep], classes)
+
+
+def plot_sweeps(by_base: dict, by_query: dict, methods: list[str], path: str, cfg):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  panels = [(s, n, lab) for s, n, lab in ((by_base, "base pairs", f"{cfg.n_query} queries"),
+                                          (by_query, "queries", f"{cfg.n_base} base pairs")) if len(s) > 1]
+  fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+  for ax, (sweep, xlabel, fixed) in zip(axes[0], panels):
+    sizes = sorted(sweep)
+    for i, meth in enumerate(methods):
+      ax.plot(sizes, [sweep[s][meth]["match_acc"] for s in sizes], marker="o", label=meth, color=plt.cm.tab20(i % 20),
+              linestyle="-" if parse_method(meth).family in ("qap", "localcka") else ":")
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("matching accuracy")
+    ax.set_title(fixed)
+  axes[0][0].legend(fontsize=6, ncol=2)
+  fig.tight_layout()
+  with sio.atomic_open(path, "wb") as fh:
+    fig.savefig(fh, format="png", dpi=120)
+  plt.close(fig)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _CONFIG.value is None or _WORKDIR.value is None:
+    raise app.UsageError("both --config configs/match.py[:variant] and --workdir DIR are required")
+  logging.set_verbosity(logging.WARNING)
+  run(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)
