@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 WORKDIR ?= workdirs
 
-.PHONY: demo caches match test test-all bench clean-venv
+.PHONY: demo caches match scores cmcr test test-all bench clean-venv
 
 # The venv is rebuilt only when the pins change; a second run reuses it.
 $(STAMP): setup.cfg constraints.txt
@@ -41,6 +41,10 @@ demo: $(STAMP) $(DEMO_CACHES)
 match: $(STAMP) $(CACHE)/openclipart__$(SUFFIX)/manifest.json
 	$(PY) experiments/match.py --config configs/match.py:quick --workdir $(WORKDIR)/match_quick
 
+# Calibrated layer × layer alignment grids (EfficientNet-Lite0 stages × MiniLM layers), quick variant.
+scores: $(STAMP)
+	$(PY) experiments/alignment_scores.py --config configs/alignment_scores.py:quick --workdir $(WORKDIR)/scores_quick
+
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" -n 2 --dist loadfile
 
@@ -48,7 +52,8 @@ test-all: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile
 
 bench: $(STAMP)
-	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) benchmarks/bench_cka.py
+	for b in cka encoders text_encoders sotalign_step qap local_cka scores; do \
+	  env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) benchmarks/bench_$$b.py || exit 1; done
 
 clean-venv:
 	rm -rf $(VENV)
