@@ -78,3 +78,22 @@ def test_bad_config_is_rejected_at_start_up_naming_the_key(cache, tmp_path, over
   assert out.returncode != 0
   assert message in out.stderr
   assert not (tmp_path / "results.json").exists()
+
+
+def test_eight_fake_devices_give_the_single_device_metrics(cache, tmp_path):
+  args = ["--config.methods=sotalign,upper_bound", "--config.steps=20"]
+  env8 = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  one = subprocess.run(launch(tmp_path / "one", cache, *args), capture_output=True, text=True, timeout=600)
+  eight = subprocess.run(launch(tmp_path / "eight", cache, *args), capture_output=True, text=True, timeout=600,
+                         env=env8)
+  assert one.returncode == 0, one.stderr[-3000:]
+  assert eight.returncode == 0, eight.stderr[-3000:]
+  a = json.load(open(tmp_path / "one" / "results.json"))["methods"]
+  b = json.load(open(tmp_path / "eight" / "results.json"))["methods"]
+  for m in a:
+    np.testing.assert_allclose([v for v in a[m].values() if v is not None],
+                               [v for v in b[m].values() if v is not None], atol=1e-6)
+  la = [json.loads(l) for l in open(tmp_path / "one" / "metrics.jsonl")]
+  lb = [json.loads(l) for l in open(tmp_path / "eight" / "metrics.jsonl")]
+  loss = lambda ls: [l["train/sotalign/loss"] for l in ls if "train/sotalign/loss" in l]
+  np.testing.assert_allclose(loss(la), loss(lb), rtol=1e-4)
