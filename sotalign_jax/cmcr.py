@@ -1,0 +1,256 @@
+r"""C-MCR: connecting two multi-modal contrastive spaces through their overlapping modality, with no pairs.
+
+Wang et al., "Connecting Multi-modal Contrastive Representations", NeurIPS 2023 (arXiv:2305.14381).
+
+Space 1 embeds modalities ``A`` and ``B`` (e.g. CLIP image/text), space 2 embeds ``B`` and ``C`` (e.g. CLAP
+text/audio). The same texts encoded in both spaces, :math:`b_i` (space 1) and :math:`b'_i` (space 2), are the
+only link. Two projectors :math:`f_1` (space 1 → shared) and :math:`f_2` (space 2 → shared) are trained so that
+``A`` and ``C`` become comparable, although no ``A``–``C`` pair is ever seen.
+
+* :class:`Projector` — Linear → BatchNorm → ReLU → Linear → BatchNorm, L2-normalised output (paper: hidden 1024,
+  output 512); :func:`init_projector` builds one.
+* :func:`semantic_noise` — semantic *completion*: :math:`\tilde x = \mathrm{norm}(x + \theta)`,
+  :math:`\theta\sim\mathcal N(0, \sigma^2 I)` (paper :math:`\sigma^2 = 0.004`).
+* :func:`soft_retrieve` — semantic *consistency*: a pseudo embedding of the other modality of a text's own space,
+  :math:`\hat a_i = \mathrm{norm}\big(\mathrm{softmax}(b_i M_A^\top / \tau_1)\, M_A\big)` (paper
+  :math:`\tau_1 = 0.01`).
+* :func:`sotalign_jax.losses.info_nce` — symmetric InfoNCE at temperature :math:`\tau_2` (paper 0.05).
+* :func:`intra_alignment` — mean L2 distance between a text and its pseudo embedding after projection.
+* :func:`cmcr_objective` — the full loss:
+
+  .. math::
+
+    \mathcal L = \underbrace{\mathrm{NCE}_{\tau_2}\big(f_1(\tilde b), f_2(\tilde b')\big)}_{\text{text}}
+      + w_p\,\underbrace{\mathrm{NCE}_{\tau_2}\big(f_1(\tilde a), f_2(\tilde c)\big)}_{\text{pseudo pairs}}
+      + \lambda\,\underbrace{\tfrac1B\textstyle\sum_i \|f_1(\tilde b_i) - f_1(\tilde a_i)\|_2
+      + \|f_2(\tilde b'_i) - f_2(\tilde c_i)\|_2}_{\text{intra-space}},
+
+  with :math:`\hat a_i, \hat c_i` the soft-retrieved pseudo embeddings of text :math:`i` in each space (tildes:
+  after :func:`semantic_noise`), :math:`w_p = 1` and :math:`\lambda = 0.1` in the paper. The inter-space terms
+  connect the spaces; the intra-space term closes the modality gap inside each space, so that what was learnt
+  on texts transfers to ``A`` and ``C``.
+
+* :func:`check_spaces` — validates user-provided embedding arrays (row counts, dimensions, finiteness).
+
+Everything here is a pure function of arrays (jit-able); the training loop is ``experiments/cmcr.py``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sotalign_jax.losses import info_nce
+
+__all__ = ["Projector", "init_projector", "semantic_noise", "soft_retrieve", "intra_alignment", "cmcr_objective",
+           "CmcrLoss", "check_spaces", "normalize"]
+
+_HI = jax.lax.Precision.HIGHEST
+
+
+def normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+  """L2-normalises the rows of ``x: [n, d]``."""
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Projectors.
+# ------------------------------------------------------------------------------------------------------------
+class Projector(nn.Module):
+  """C-MCR projector: ``Linear → BatchNorm → ReLU → Linear → BatchNorm``, then L2 normalisation.
+
+  ``hidden=0`` gives a single ``Linear → BatchNorm`` layer. BatchNorm uses batch statistics when
+  ``train=True`` (pass ``mutable=["batch_stats"]``) and its running averages otherwise.
+  """
+  hidden: int = 1024
+  out: int = 512
+  momentum: float = 0.9
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    bn = lambda: nn.BatchNorm(use_running_average=not train, momentum=self.momentum, epsilon=1e-5)
+    if self.hidden:
+      x = nn.relu(bn()(nn.Dense(self.hidden)(x)))
+    x = bn()(nn.Dense(self.out)(x))
+    return normalize(x)
+
+
+def init_projector(key: jax.Array, dim_in: int, *, hidden: int = 1024, out: int = 512) -> tuple[Projector, dict]:
+  """Returns ``(module, variables)`` with ``variables = {"params": ..., "batch_stats": ...}``."""
+  for name, v in (("dim_in", dim_in), ("out", out)):
+    if not isinstance(v, (int, np.integer)) or v < 1:
+      raise ValueError(f"{name} must be a positive integer, got {v!r}")
+  if not isinstance(hidden, (int, np.integer)) or hidden < 0:
+    raise ValueError(f"hidden must be a non-negative integer (0: no hidden layer), got {hidden!r}")
+  module = Projector(hidden=int(hidden), out=int(out))
+  variables = module.init(key, jnp.zeros((2, int(dim_in)), jnp.float32), train=False)
+  return module, dict(variables)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Semantic enhancement.
+# ------------------------------------------------------------------------------------------------------------
+def semantic_noise(key: jax.Array, x: jax.Array, *, variance: float) -> jax.Array:
+  r"""Semantic completion (C-MCR §3.2): :math:`\mathrm{norm}(x + \theta),\ \theta\sim\mathcal N(0,\sigma^2 I)`.
+
+  Args:
+    key: PRNG key.
+    x: ``[n, d]`` embeddings.
+    variance: :math:`\sigma^2 \ge 0` per coordinate (paper 0.004); 0 only re-normalises.
+
+  Returns:
+    ``[n, d]`` unit rows.
+  """
+  if variance < 0:
+    raise ValueError(f"variance must be >= 0, got {variance}")
+  if variance == 0:
+    return normalize(x)
+  return normalize(x + jnp.sqrt(variance) * jax.random.normal(key, x.shape, x.dtype))
+
+
+def soft_retrieve(queries: jax.Array, memory: jax.Array, *, temperature: float,
+                  chunk_size: int | None = None) -> jax.Array:
+  r"""Semantic consistency (C-MCR §3.2): a pseudo embedding retrieved softly from a memory.
+
+  .. math::
+
+    \hat m_i = \mathrm{norm}\Big(\sum_j \mathrm{softmax}_j\big(q_i^\top m_j / \tau_1\big)\, m_j\Big),
+
+  i.e. the attention-weighted mean of the memory rows most similar to the query (paper :math:`\tau_1 = 0.01`
+  on unit embeddings). With a text as query and a memory of images of the *same* space, it gives the image
+  the text would be paired with.
+
+  Args:
+    queries: ``[n, d]`` (unit rows; e.g. texts of one space).
+    memory: ``[m, d]`` (unit rows; e.g. images of the same space).
+    temperature: :math:`\tau_1 > 0`.
+    chunk_size: if given, queries are processed in chunks of this many rows (memory use ``chunk × m``).
+
+  Returns:
+    ``[n, d]`` unit pseudo embeddings.
+  """
+  if not temperature > 0:
+    raise ValueError(f"temperature must be > 0, got {temperature}")
+  if queries.ndim != 2 or memory.ndim != 2 or queries.shape[1] != memory.shape[1]:
+    raise ValueError(f"queries [n, d] and memory [m, d] must share d, got {queries.shape} and {memory.shape}")
+  if memory.shape[0] == 0:
+    raise ValueError("memory is empty: give at least one embedding of the modality to retrieve")
+
+  def one(q):
+    w = jax.nn.softmax(jnp.matmul(q, memory.T, precision=_HI) / temperature, axis=-1)
+    return normalize(jnp.matmul(w, memory, precision=_HI))
+
+  n = queries.shape[0]
+  if chunk_size is None or chunk_size >= n:
+    return one(queries)
+  if chunk_size < 1:
+    raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
+  pad = (-n) % chunk_size
+  q = jnp.pad(queries, ((0, pad), (0, 0))).reshape(-1, chunk_size, queries.shape[1])
+  return jax.lax.map(one, q).reshape(-1, queries.shape[1])[:n]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Losses.
+# ------------------------------------------------------------------------------------------------------------
+def intra_alignment(x: jax.Array, y: jax.Array) -> jax.Array:
+  r"""Mean Euclidean distance between row-aligned embeddings, :math:`\frac1n\sum_i\|x_i - y_i\|_2`.
+
+  In C-MCR (§3.4, intra-MCR alignment) ``x`` and ``y`` are the projections of a text and of its retrieved
+  pseudo embedding of the other modality of the same space.
+  """
+  if x.shape != y.shape:
+    raise ValueError(f"x and y must have the same shape, got {x.shape} and {y.shape}")
+  return jnp.mean(jnp.sqrt(jnp.sum(jnp.square(x - y), axis=-1) + 1e-12))
+
+
+class CmcrLoss(NamedTuple):
+  """The C-MCR objective and its terms (scalars)."""
+  total: jax.Array
+  text: jax.Array    # NCE(f1(b), f2(b'))
+  pseudo: jax.Array  # NCE(f1(â), f2(ĉ))
+  intra: jax.Array   # mean ||f1(b) - f1(â)|| + mean ||f2(b') - f2(ĉ)||
+
+
+def cmcr_objective(z_b: jax.Array, z_b_prime: jax.Array, z_a: jax.Array, z_c: jax.Array, *, temperature: float,
+                   intra_weight: float = 0.1, pseudo_weight: float = 1.0) -> CmcrLoss:
+  r"""The C-MCR loss on projected (unit) embeddings of one batch of texts.
+
+  .. math::
+
+    \mathcal L = \mathrm{NCE}_{\tau_2}(z_b, z_{b'}) + w_p\,\mathrm{NCE}_{\tau_2}(z_a, z_c)
+      + \lambda\Big(\tfrac1B\sum_i\|z_{b,i} - z_{a,i}\|_2 + \tfrac1B\sum_i\|z_{b',i} - z_{c,i}\|_2\Big).
+
+  Args:
+    z_b: ``[B, k]`` :math:`f_1(b)`, texts of space 1.
+    z_b_prime: ``[B, k]`` :math:`f_2(b')`, the same texts in space 2.
+    z_a: ``[B, k]`` :math:`f_1(\hat a)`, pseudo ``A`` embeddings retrieved with ``b``.
+    z_c: ``[B, k]`` :math:`f_2(\hat c)`, pseudo ``C`` embeddings retrieved with ``b'``.
+    temperature: :math:`\tau_2` (paper 0.05).
+    intra_weight: :math:`\lambda` (paper 0.1; 0 drops the intra-space term).
+    pseudo_weight: :math:`w_p` (paper 1; 0 drops the pseudo-pair term).
+  """
+  text = info_nce(z_b, z_b_prime, temperature=temperature)
+  pseudo = info_nce(z_a, z_c, temperature=temperature)
+  intra = intra_alignment(z_b, z_a) + intra_alignment(z_b_prime, z_c)
+  return CmcrLoss(text + pseudo_weight * pseudo + intra_weight * intra, text, pseudo, intra)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Input checks (host side).
+# ------------------------------------------------------------------------------------------------------------
+def _matrix(x, name: str) -> np.ndarray:
+  x = np.asarray(x)
+  if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
+    raise ValueError(f"{name} must be a non-empty [n, d] array, got shape {x.shape}")
+  if not np.issubdtype(x.dtype, np.number):
+    raise ValueError(f"{name} must be numeric, got dtype {x.dtype}")
+  x = x.astype(np.float32)
+  bad = ~np.isfinite(x).all(axis=1)
+  if bad.any():
+    raise ValueError(f"{name} has {int(bad.sum())} rows with NaN or Inf (first: row {int(np.argmax(bad))}); "
+                     "drop or re-embed them")
+  return x
+
+
+def check_spaces(*, a_memory, b, b_prime, c_memory, a_eval=None, c_eval=None, a_train=None,
+                 c_train=None) -> dict[str, np.ndarray]:
+  """Validates the embeddings of two spaces to connect; returns them as float32 arrays (``None`` dropped).
+
+  Args:
+    a_memory: ``[m_a, d1]`` embeddings of modality ``A`` in space 1 (unpaired).
+    b: ``[n, d1]`` texts in space 1.
+    b_prime: ``[n, d2]`` the same texts, in the same order, in space 2.
+    c_memory: ``[m_c, d2]`` embeddings of modality ``C`` in space 2 (unpaired).
+    a_eval: ``[n_eval, d1]`` optional evaluation ``A`` rows, row-aligned with ``c_eval``.
+    c_eval: ``[n_eval, d2]``.
+    a_train: ``[n_pairs, d1]`` optional ``A``–``C`` training pairs (only for a supervised reference).
+    c_train: ``[n_pairs, d2]``.
+
+  Raises:
+    ValueError: naming the array, if one is empty, not 2-D, non-finite, or disagrees in rows/dimensions.
+  """
+  out = {"a_memory": _matrix(a_memory, "a_memory"), "b": _matrix(b, "b"), "b_prime": _matrix(b_prime, "b_prime"),
+         "c_memory": _matrix(c_memory, "c_memory")}
+  for name, v in (("a_eval", a_eval), ("c_eval", c_eval), ("a_train", a_train), ("c_train", c_train)):
+    if v is not None:
+      out[name] = _matrix(v, name)
+  if out["b"].shape[0] != out["b_prime"].shape[0]:
+    raise ValueError(f"b has {out['b'].shape[0]} rows but b_prime {out['b_prime'].shape[0]}: they must be the same "
+                     "texts, in the same order, encoded in space 1 and space 2")
+  d1, d2 = out["b"].shape[1], out["b_prime"].shape[1]
+  for name, d in (("a_memory", d1), ("a_eval", d1), ("a_train", d1), ("c_memory", d2), ("c_eval", d2),
+                  ("c_train", d2)):
+    if name in out and out[name].shape[1] != d:
+      space = "1 (the dimension of b)" if name.startswith("a") else "2 (the dimension of b_prime)"
+      raise ValueError(f"{name} has dimension {out[name].shape[1]} but space {space} is {d}")
+  for x, y in (("a_eval", "c_eval"), ("a_train", "c_train")):
+    if (x in out) != (y in out):
+      raise ValueError(f"{x} and {y} come together (row-aligned pairs): give both or neither")
+    if x in out and out[x].shape[0] != out[y].shape[0]:
+      raise ValueError(f"{x} has {out[x].shape[0]} rows but {y} {out[y].shape[0]}: row i of both must be the same item")
+  return out

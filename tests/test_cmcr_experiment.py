@@ -1,0 +1,141 @@
+"""experiments/cmcr.py end to end on synthetic .npy spaces: recovery, resume after kill -9, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from test_cmcr import make_spaces
+
+SCRIPT = os.path.join(REPO, "experiments", "cmcr.py")
+N_EVAL = 200
+
+
+def launch(workdir, files, *overrides):
+  return [sys.executable, SCRIPT, "--config", os.path.join(REPO, "configs", "cmcr.py") + ":smoke",
+          "--workdir", str(workdir), *(f"--config.data.{k}={v}" for k, v in files.items()), *overrides]
+
+
+def save(directory, spaces):
+  os.makedirs(directory, exist_ok=True)
+  files = {}
+  for k, v in spaces.items():
+    files[k] = os.path.join(directory, f"{k}.npy")
+    np.save(files[k], v)
+  return files
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+  return save(str(tmp_path_factory.mktemp("spaces")), make_spaces(n_eval=N_EVAL))
+
+
+@pytest.fixture(scope="module")
+def main_run(files, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("main")
+  out = subprocess.run(launch(workdir, files, "--config.methods=cmcr,supervised,no_connection"),
+                       capture_output=True, text=True, timeout=600, cwd=REPO)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return workdir, out
+
+
+def test_cmcr_recovers_the_hidden_relation_without_pairs(main_run):
+  workdir, out = main_run
+  res = json.load(open(workdir / "results.json"))["methods"]
+  assert list(res) == ["cmcr", "supervised", "no_connection"]
+  chance = 1 / N_EVAL
+  for m in ("cmcr", "supervised"):
+    assert set(res[m]) == {"a2c_r1", "a2c_r5", "c2a_r1", "c2a_r5"}
+    assert min(res[m]["a2c_r1"], res[m]["c2a_r1"]) > 30 * chance, (m, res[m])
+  # the dimensions differ (24 vs 20), so without a connection A↔C retrieval is at chance
+  assert res["no_connection"] == {"a2c_r1": chance, "a2c_r5": 5 * chance, "c2a_r1": chance, "c2a_r5": 5 * chance}
+  assert "| cmcr |" in out.stdout
+  lines = [json.loads(l) for l in open(workdir / "metrics.jsonl")]
+  assert any("train/cmcr/intra_loss" in l for l in lines)
+  assert any("eval/supervised/a2c_r1" in l for l in lines)
+  assert os.path.isdir(workdir / "tb")
+  assert open(workdir / "training_curves.png", "rb").read(4) == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_every_method_and_ablation_writes_results(files, tmp_path):
+  out = subprocess.run(launch(tmp_path, files, "--config.steps=20"), capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  res = json.load(open(tmp_path / "results.json"))["methods"]
+  assert list(res) == ["cmcr", "supervised", "no_connection", "cmcr_no_noise", "cmcr_no_pseudo", "cmcr_no_intra"]
+  lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  # the ablated terms are still logged, but do not enter the loss
+  last = {k: v for l in lines for k, v in l.items()}
+  assert last["train/cmcr_no_intra/loss"] == pytest.approx(
+      last["train/cmcr_no_intra/text_loss"] + last["train/cmcr_no_intra/pseudo_loss"], rel=1e-5)
+  assert last["train/cmcr_no_pseudo/loss"] == pytest.approx(
+      last["train/cmcr_no_pseudo/text_loss"] + 0.1 * last["train/cmcr_no_pseudo/intra_loss"], rel=1e-5)
+
+
+def test_kill_and_resume_reaches_the_uninterrupted_metrics(files, main_run, tmp_path):
+  proc = subprocess.Popen(launch(tmp_path, files, "--config.methods=cmcr"), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  ckpt = tmp_path / "runs" / "cmcr" / "ckpt"
+  deadline = time.time() + 300
+  while time.time() < deadline and not (ckpt.exists() and any(p.name.isdigit() and int(p.name) >= 20
+                                                              for p in ckpt.iterdir())):
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (tmp_path / "results.json").exists(), "the run finished before it could be killed"
+  again = subprocess.run(launch(tmp_path, files, "--config.methods=cmcr"), capture_output=True, text=True,
+                         timeout=600)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "resuming from step" in again.stdout
+  ref = json.load(open(main_run[0] / "results.json"))["methods"]["cmcr"]
+  got = json.load(open(tmp_path / "results.json"))["methods"]["cmcr"]
+  assert got == pytest.approx(ref, abs=1e-9)
+
+
+@pytest.mark.parametrize("change, override, message", [
+    (lambda s: s.update(b_prime=s["b_prime"][:-1]), "", "b has 1500 rows but b_prime 1499"),
+    (lambda s: s["c_memory"].__setitem__((7, 0), np.nan), "", "c_memory has 1 rows with NaN"),
+    (lambda s: s.update(a_eval=s["a_eval"][:, :3]), "", "a_eval has dimension 3 but space 1"),
+    (lambda s: [s.pop("a_train"), s.pop("c_train")], "--config.methods=cmcr,supervised", "config.data.a_train"),
+    (lambda s: None, "--config.no_such_key=1", "no_such_key"),
+    (lambda s: None, "--config.methods=cmcr,magic", "config.methods"),
+])
+def test_bad_input_is_rejected_at_start_up_naming_it(tmp_path, change, override, message):
+  spaces = make_spaces(n_eval=N_EVAL)
+  change(spaces)
+  out = subprocess.run(launch(tmp_path / "w", save(str(tmp_path / "in"), spaces), *filter(None, [override])),
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode != 0
+  assert message in out.stderr, out.stderr[-2000:]
+  assert not (tmp_path / "w" / "results.json").exists()
+
+
+def test_demo_path_joins_two_caches_and_connects_them(tmp_path):
+  # Two fake caches of the same pictures and captions (same seed → same latents) with different "encoders".
+  from fake_cache import make_fake_cache
+  splits = np.random.default_rng(1).choice(["paired", "unpaired", "val", "test"], size=500, p=[.3, .5, .1, .1])
+  c1 = make_fake_cache(str(tmp_path / "c1"), n_images=500, dx=40, dy=24, noise=0.3, splits=splits)
+  c2 = make_fake_cache(str(tmp_path / "c2"), n_images=500, dx=36, dy=28, noise=0.3, splits=splits)
+  out = subprocess.run(launch(tmp_path / "w", {}, "--config.data.source=demo", f"--config.demo.cache_1={c1}",
+                              f"--config.demo.cache_2={c2}", "--config.demo.cca_dim=10",
+                              "--config.methods=cmcr,no_connection"), capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  r = json.load(open(tmp_path / "w" / "results.json"))
+  n_test = int((splits == "test").sum())
+  assert r["n_eval"] == n_test and r["n_texts"] == 2 * int(np.isin(splits, ["paired", "unpaired"]).sum())
+  assert r["space_1_i2t_r1"] > 5 / n_test and r["space_2_i2t_r1"] > 5 / n_test
+  assert r["methods"]["cmcr"]["a2c_r5"] > 5 * 5 / n_test, r["methods"]
+
+
+def test_demo_without_caches_says_how_to_build_them(tmp_path):
+  out = subprocess.run(launch(tmp_path / "w", {}, "--config.data.source=demo",
+                              f"--config.demo.cache_1={tmp_path}/openclipart__efficientnet-lite0__all-MiniLM-L6-v2"),
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode != 0
+  assert "python -m sotalign_jax.embed --dataset openclipart --image-encoder efficientnet-lite0" in out.stderr
