@@ -41,6 +41,14 @@ demo: $(STAMP) $(DEMO_CACHES)
 match: $(STAMP) $(CACHE)/openclipart__$(SUFFIX)/manifest.json
 	$(PY) experiments/match.py --config configs/match.py:quick --workdir $(WORKDIR)/match_quick
 
+# C-MCR offline demo: connects (Lite0, MiniLM) and (MPNet, Lite2) spaces through openclipart captions.
+$(CACHE)/openclipart__efficientnet-lite2__all-mpnet-base-v2/manifest.json: | $(STAMP)
+	$(PY) -m sotalign_jax.embed --dataset openclipart --image-encoder efficientnet-lite2 \
+	  --text-encoder all-mpnet-base-v2 --out $(CACHE)/openclipart__efficientnet-lite2__all-mpnet-base-v2
+cmcr: $(STAMP) $(CACHE)/openclipart__$(SUFFIX)/manifest.json \
+      $(CACHE)/openclipart__efficientnet-lite2__all-mpnet-base-v2/manifest.json
+	$(PY) experiments/cmcr.py --config configs/cmcr.py:demo --workdir $(WORKDIR)/cmcr_demo
+
 # Calibrated layer × layer alignment grids (EfficientNet-Lite0 stages × MiniLM layers), quick variant.
 scores: $(STAMP)
 	$(PY) experiments/alignment_scores.py --config configs/alignment_scores.py:quick --workdir $(WORKDIR)/scores_quick

@@ -187,9 +187,7 @@ def plot_grids(method: str, grids: dict, path: str):
     fig.colorbar(im, ax=ax, fraction=0.046)
   fig.suptitle(f"{method}, n={grids['n']}", fontsize=10)
   fig.tight_layout()
-  with sio.atomic_open(path, "wb") as fh:
-    fig.savefig(fh, format="png", dpi=110)
-  plt.close(fig)
+  wd.save_figure(fig, path, dpi=110)
 
 
 # ================================================================================================================

@@ -391,9 +391,7 @@ def plot_curves(metrics_path: str, methods: list[str], path: str):
   ax.set_ylabel("training loss")
   ax.legend(fontsize=7)
   fig.tight_layout()
-  with sio.atomic_open(path, "wb") as fh:
-    fig.savefig(fh, format="png", dpi=120)
-  plt.close(fig)
+  wd.save_figure(fig, path)
 
 
 def main(argv):

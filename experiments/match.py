@@ -478,9 +478,7 @@ def plot_sweeps(by_base: dict, by_query: dict, methods: list[str], path: str, cf
     ax.set_title(fixed)
   axes[0][0].legend(fontsize=6, ncol=2)
   fig.tight_layout()
-  with sio.atomic_open(path, "wb") as fh:
-    fig.savefig(fh, format="png", dpi=120)
-  plt.close(fig)
+  wd.save_figure(fig, path)
 
 
 def main(argv):

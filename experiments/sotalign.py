@@ -362,9 +362,7 @@ def plot_sweep(by_size: dict, path: str):
     ax.set_ylabel(key)
   axes[0].legend(fontsize=7)
   fig.tight_layout()
-  with sio.atomic_open(path, "wb") as fh:
-    fig.savefig(fh, format="png", dpi=120)
-  plt.close(fig)
+  wd.save_figure(fig, path)
 
 
 def main(argv):

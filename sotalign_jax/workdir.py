@@ -121,6 +121,14 @@ def restore_latest(manager, target):
 # ------------------------------------------------------------------------------------------------------------
 # Results.
 # ------------------------------------------------------------------------------------------------------------
+def save_figure(fig, path: str, *, dpi: int = 120):
+  """Saves a matplotlib figure as PNG atomically (never a half-written image) and closes it."""
+  import matplotlib.pyplot as plt
+  with sio.atomic_open(path, "wb") as fh:
+    fig.savefig(fh, format="png", dpi=dpi)
+  plt.close(fig)
+
+
 def markdown_table(methods: Mapping[str, Mapping[str, float]]) -> str:
   """``{method: {metric: value}}`` as a markdown table (methods as rows, metrics in first-seen order)."""
   metrics: list[str] = []
