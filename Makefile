@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 WORKDIR ?= workdirs
 
-.PHONY: demo caches match scores cmcr test test-all bench clean-venv
+.PHONY: demo caches assets match scores cmcr test test-all bench clean-venv
 
 # The venv is rebuilt only when the pins change; a second run reuses it.
 $(STAMP): setup.cfg constraints.txt
@@ -33,6 +33,13 @@ DEMO_CACHES := $(CACHE)/openclipart__$(SUFFIX)/manifest.json $(CACHE)/tuxpaint__
                $(CACHE)/fashion_mnist__$(SUFFIX)/manifest.json
 
 caches: $(DEMO_CACHES)
+
+# Every asset up front (make demo installs only what it needs; the rest otherwise installs on first use).
+assets: $(STAMP)
+	$(PY) -c "from sotalign_jax.encoders import IMAGE_ENCODERS, TEXT_ENCODERS, load_image_encoder, load_text_encoder; \
+	  [load_image_encoder(n) for n in IMAGE_ENCODERS]; [load_text_encoder(n) for n in TEXT_ENCODERS]"
+	$(PY) -c "from sotalign_jax.data import load_dataset; \
+	  [load_dataset(n) for n in ('openclipart', 'tuxpaint', 'fashion_mnist', 'wordnet')]"
 
 demo: $(STAMP) $(DEMO_CACHES)
 	$(PY) experiments/sotalign.py --config configs/sotalign.py:demo --workdir $(WORKDIR)/sotalign_demo

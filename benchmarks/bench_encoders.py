@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
+import sys
 import time
 from typing import Callable, Sequence
 from unittest import mock
@@ -29,6 +31,9 @@ from PIL import Image
 
 from sotalign_jax.encoders import efficientnet
 from sotalign_jax.encoders import load_image_encoder
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import matmul_peak_gflops  # noqa: E402
 
 
 def _time(fn: Callable[[], object], repeats: int) -> float:
@@ -78,7 +83,7 @@ def _jpegs(n: int, *, seed: int = 0) -> list[bytes]:
 
 
 def bench_image(names: Sequence[str], *, batch: int = 16, repeats: int = 3,
-                reference: bool = True) -> list[dict]:
+                reference: bool = True, peak_gflops: float | None = None) -> list[dict]:
   """Benchmarks image encoders; returns one row per name (img/s figures and ratios).
 
   Args:
@@ -89,7 +94,8 @@ def bench_image(names: Sequence[str], *, batch: int = 16, repeats: int = 3,
 
   Returns:
     Rows ``{"encoder", "batch", "forward_img_s", "whole_batch_img_s", "ref_img_s", "speedup_vs_ref",
-    "preprocess_img_s", "end_to_end_img_s"}``.
+    "preprocess_img_s", "end_to_end_img_s", "gflop_per_img" (XLA's count for the forward pass),
+    "forward_peak_frac" (forward throughput × FLOPs as a fraction of ``peak_gflops``, when given)}``.
   """
   rows = []
   jpegs = _jpegs(batch)
@@ -121,6 +127,13 @@ def bench_image(names: Sequence[str], *, batch: int = 16, repeats: int = 3,
     t_e2e = _time(lambda: enc.apply(preprocess_all()), repeats)  # pylint: disable=cell-var-from-loop
     row["preprocess_img_s"] = batch / t_pre
     row["end_to_end_img_s"] = batch / t_e2e
+    # XLA counts a loop body once, so count FLOPs on the unchunked forward pass when there is one.
+    counted = whole.lower(params, x) if "ref" in best else jax.jit(lambda v: enc.apply(v)).lower(x)  # pylint: disable=cell-var-from-loop
+    cost = counted.compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    row["gflop_per_img"] = float(cost["flops"]) / batch / 1e9
+    if peak_gflops:
+      row["forward_peak_frac"] = row["forward_img_s"] * row["gflop_per_img"] / peak_gflops
     rows.append(row)
     print_rows([row])
   return rows
@@ -129,7 +142,7 @@ def bench_image(names: Sequence[str], *, batch: int = 16, repeats: int = 3,
 def print_rows(rows: Sequence[dict]) -> None:
   """Prints benchmark rows as ``key=value`` lines (floats to one decimal)."""
   for row in rows:
-    print("  ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+    print("  ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -141,8 +154,10 @@ def main(argv: Sequence[str] | None = None) -> None:
   args = parser.parse_args(argv)
   if args.small:
     args.images, args.batch, args.repeats = ["efficientnet-lite0"], 4, 1
-  print(f"jax {jax.__version__} on {jax.devices()[0].platform}; rows: img/s, best of {args.repeats}")
-  bench_image(args.images, batch=args.batch, repeats=args.repeats)
+  peak = max(matmul_peak_gflops().values())
+  print(f"jax {jax.__version__} on {jax.devices()[0].platform}; float32 matmul peak {peak:.1f} GFLOP/s; "
+        f"rows: img/s, best of {args.repeats}")
+  bench_image(args.images, batch=args.batch, repeats=args.repeats, peak_gflops=peak)
 
 
 if __name__ == "__main__":

@@ -91,10 +91,10 @@ def _hsic_from_stats(s: KernelStats, *, unbiased: bool) -> jax.Array:
   n = s.row_k.shape[0]
   if not unbiased:
     # tr(KHLH) = sum K∘L - (2/n) rK·rL + (1ᵀK1)(1ᵀL1)/n²
-    return s.sum_kl - 2.0 / n * jnp.dot(s.row_k, s.row_l) + jnp.sum(s.row_k) * jnp.sum(s.row_l) / n**2
+    return s.sum_kl - 2.0 / n * jnp.dot(s.row_k, s.row_l) + jnp.sum(s.row_k) * jnp.sum(s.row_l) / float(n)**2
   tr_kl = s.sum_kl - jnp.dot(s.diag_k, s.diag_l)
   rk, rl = s.row_k - s.diag_k, s.row_l - s.diag_l
-  return (tr_kl + jnp.sum(rk) * jnp.sum(rl) / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * jnp.dot(rk, rl)) / (n * (n - 3))
+  return (tr_kl + jnp.sum(rk) * jnp.sum(rl) / (float(n - 1) * (n - 2)) - 2.0 / (n - 2) * jnp.dot(rk, rl)) / (float(n) * (n - 3))
 
 
 def _cka_from_stats(kl: KernelStats, kk: KernelStats, ll: KernelStats, *, unbiased: bool) -> jax.Array:

@@ -180,11 +180,11 @@ def _hsic_grid(s, rk, rl, dk, dl, *, unbiased: bool) -> jax.Array:
   n = rk.shape[-1]
   dot = lambda u, v: jnp.matmul(u, v.T, precision=_HI)
   if not unbiased:
-    return s - 2.0 / n * dot(rk, rl) + rk.sum(-1)[:, None] * rl.sum(-1)[None, :] / n**2
+    return s - 2.0 / n * dot(rk, rl) + rk.sum(-1)[:, None] * rl.sum(-1)[None, :] / float(n)**2
   tr = s - dot(dk, dl)
   rk, rl = rk - dk, rl - dl
-  return (tr + rk.sum(-1)[:, None] * rl.sum(-1)[None, :] / ((n - 1) * (n - 2))
-          - 2.0 / (n - 2) * dot(rk, rl)) / (n * (n - 3))
+  return (tr + rk.sum(-1)[:, None] * rl.sum(-1)[None, :] / (float(n - 1) * (n - 2))
+          - 2.0 / (n - 2) * dot(rk, rl)) / (float(n) * (n - 3))
 
 
 def _hsic_self(s, r, d, *, unbiased: bool) -> jax.Array:
@@ -393,8 +393,8 @@ def _masked_hsic_sparse(ix, kv, iy, lv, block: int) -> jax.Array:
   init = (jnp.zeros(()), jnp.zeros(n), jnp.zeros(()), jnp.zeros(()))
   (t, col_a, sum_a, sum_b), row_b = jax.lax.scan(body, init, jnp.arange(nb))
   row_b = row_b.reshape(-1)[:n]
-  return (t + sum_a * sum_b / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * jnp.dot(col_a, row_b, precision=_HI)) / (
-      n * (n - 3))
+  return (t + sum_a * sum_b / (float(n - 1) * (n - 2)) - 2.0 / (n - 2) * jnp.dot(col_a, row_b, precision=_HI)) / (
+      float(n) * (n - 3))
 
 
 def _cknna_sparse(ix, kv, iy, lv, hx, hy, block: int) -> jax.Array:
