@@ -345,6 +345,10 @@ def run(cfg, workdir: str) -> dict:
   table = wd.write_results(workdir, by_size[main_size], **extra)
   print(f"\nSOTAlign results ({cfg.eval.split} split, {main_size} pairs, data {cfg.data.cache}):\n")
   print(table)
+  if len(sizes) > 1:  # methods × metrics × n_pairs
+    sweep = "\n\n".join(f"{n} pairs:\n\n{wd.markdown_table(by_size[n])}" for n in sizes)
+    sio.write_text(os.path.join(workdir, "results_by_n_pairs.md"), sweep + "\n")
+    print("\n" + sweep)
   return by_size[main_size]
 
 

@@ -144,9 +144,11 @@ def markdown_table(methods: Mapping[str, Mapping[str, float]]) -> str:
 
 def write_results(workdir: str, methods: Mapping[str, Mapping[str, float]], **extra) -> str:
   """Atomically writes ``workdir/results.json`` and ``results.md``; returns the markdown table."""
-  clean = {m: {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
-           for m, d in methods.items()}
-  sio.write_text(os.path.join(workdir, "results.json"), json.dumps({"methods": clean, **extra}, indent=2))
+  def clean(v):  # NaN ("not evaluated") becomes null, so the file is strict JSON
+    if isinstance(v, Mapping):
+      return {k: clean(x) for k, x in v.items()}
+    return None if isinstance(v, float) and math.isnan(v) else v
+  sio.write_text(os.path.join(workdir, "results.json"), json.dumps(clean({"methods": methods, **extra}), indent=2))
   table = markdown_table(methods)
   sio.write_text(os.path.join(workdir, "results.md"), table + "\n")
   return table

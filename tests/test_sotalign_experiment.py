@@ -97,3 +97,16 @@ def test_eight_fake_devices_give_the_single_device_metrics(cache, tmp_path):
   lb = [json.loads(l) for l in open(tmp_path / "eight" / "metrics.jsonl")]
   loss = lambda ls: [l["train/sotalign/loss"] for l in ls if "train/sotalign/loss" in l]
   np.testing.assert_allclose(loss(la), loss(lb), rtol=1e-4)
+
+
+def test_n_pairs_sweep_writes_per_size_results_and_plot(cache, tmp_path):
+  out = subprocess.run(launch(tmp_path, cache, "--config.methods=teacher_cca,teacher_ridge",
+                              "--config.data.n_pairs_sweep=32,100"), capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  res = json.load(open(tmp_path / "results.json"))
+  assert sorted(res["by_n_pairs"], key=int) == ["32", "64", "100"]
+  assert res["methods"] == res["by_n_pairs"]["64"]  # the main table is config.data.n_pairs
+  # more pairs make a better ridge teacher on the planted structure
+  assert res["by_n_pairs"]["100"]["teacher_ridge"]["i2t_r5"] > res["by_n_pairs"]["32"]["teacher_ridge"]["i2t_r5"]
+  assert (tmp_path / "r1_vs_n_pairs.png").stat().st_size > 1000
+  assert "100 pairs:" in open(tmp_path / "results_by_n_pairs.md").read()
