@@ -90,11 +90,17 @@ def n_pairs_list(cfg) -> list[int]:
 # ================================================================================================================
 def open_cache(path: str, what: str):
   try:
-    return load_cache(path)
+    cache = load_cache(path)
   except FileNotFoundError as e:
     raise FileNotFoundError(
         f"{what}: {e}\nBuild it with `make demo` (which embeds the default data) or `python -m sotalign_jax.embed "
         f"--dataset ... --out {path}`, or point config.{what} elsewhere.") from None
+  for name, emb in (("image_embeddings.npy", cache.image_emb), ("text_embeddings.npy", cache.text_emb)):
+    if emb is not None and not np.isfinite(emb).all():
+      bad = int((~np.isfinite(emb).all(1)).sum())
+      raise ValueError(f"config.{what}: {os.path.join(path, name)} has {bad} rows with NaN/Inf; rebuild the cache "
+                       "(delete it and rerun `python -m sotalign_jax.embed ...`)")
+  return cache
 
 
 def make_pools(cache, cfg, n_pairs: int) -> dict:
@@ -147,9 +153,9 @@ def retrieval_set(cache, split: str) -> dict:
 def eval_sets(cache, cfg) -> dict:
   sets = {"main": retrieval_set(cache, cfg.eval.split)}
   if cfg.eval.tuxpaint_cache and os.path.exists(os.path.join(cfg.eval.tuxpaint_cache, "manifest.json")):
-    sets["tuxpaint"] = retrieval_set(load_cache(cfg.eval.tuxpaint_cache), None)
+    sets["tuxpaint"] = retrieval_set(open_cache(cfg.eval.tuxpaint_cache, "eval.tuxpaint_cache"), None)
   if cfg.eval.fashion_mnist_cache and os.path.exists(os.path.join(cfg.eval.fashion_mnist_cache, "manifest.json")):
-    fm = load_cache(cfg.eval.fashion_mnist_cache)
+    fm = open_cache(cfg.eval.fashion_mnist_cache, "eval.fashion_mnist_cache")
     labels = np.array(fm.labels())
     classes = sorted(set(labels))
     prompt_row = [int(np.where(labels == c)[0][0]) for c in classes]  # every caption of a class is its prompt
