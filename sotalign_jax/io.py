@@ -32,6 +32,12 @@ __all__ = [
 ]
 
 
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
 def _fsync_dir(directory: str) -> None:
   try:
     fd = os.open(directory, os.O_RDONLY)
@@ -70,6 +76,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", *, encoding: str | No
       yield f
       f.flush()
       os.fsync(f.fileno())
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the final file the usual permissions
     os.replace(tmp, path)
   except BaseException:
     with contextlib.suppress(OSError):

@@ -221,3 +221,12 @@ def test_bad_input_raises_value_error_naming_the_argument(pair, call, match):
   x, y = pair
   with pytest.raises(ValueError, match=match):
     call(x, y)
+
+
+def test_concrete_array_captured_inside_jit_and_vmap(rng):
+  layers = rng.normal(size=(3, 30, 6)).astype(np.float32)
+  target = rng.normal(size=(30, 5)).astype(np.float32)
+  got = jax.jit(jax.vmap(lambda h: cka.linear_cka(h, target)))(layers)
+  np.testing.assert_allclose(got, [float(cka.linear_cka(h, target)) for h in layers], rtol=1e-5)
+  np.testing.assert_allclose(jax.jit(lambda a: cka.median_bandwidth(a))(layers[0]), cka.median_bandwidth(layers[0]),
+                             rtol=1e-6)
