@@ -61,10 +61,10 @@ scores: $(STAMP)
 	$(PY) experiments/alignment_scores.py --config configs/alignment_scores.py:quick --workdir $(WORKDIR)/scores_quick
 
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" -n 2 --dist loadfile
+	$(PY) -m pytest -q -m "not slow" -n 2 --dist loadfile --nbmake tests notebooks
 
 test-all: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 2 --dist loadfile --nbmake tests notebooks
 
 bench: $(STAMP)
 	for b in cka encoders text_encoders sotalign_step qap local_cka scores; do \

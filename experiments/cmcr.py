@@ -35,6 +35,7 @@ from tqdm import tqdm
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs.cmcr import METHODS  # noqa: E402
 from sotalign_jax import cmcr, losses, metrics, teachers, workdir as wd  # noqa: E402
+from sotalign_jax import distributed  # noqa: E402
 from sotalign_jax import io as sio  # noqa: E402
 from sotalign_jax.data.splits import stable_uniform  # noqa: E402
 from sotalign_jax.embed import load_cache  # noqa: E402
@@ -330,6 +331,9 @@ def run(cfg, workdir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
   sio.write_text(os.path.join(workdir, "config.json"), cfg.to_json_best_effort(indent=2))
   spaces, info = load_spaces(cfg)
+  if cfg.batch_size > len(spaces["b"]):
+    raise ValueError(f"config.batch_size={cfg.batch_size} exceeds the {len(spaces['b'])} shared texts: lower it "
+                     "(a batch drawn with replacement repeats texts, which InfoNCE counts as false negatives)")
   if "supervised" in methods and "a_train" not in spaces:
     raise ValueError("config.methods includes 'supervised' but there are no A–C training pairs")
   spaces.update(pseudo_embeddings(spaces, cfg))
@@ -395,6 +399,7 @@ def plot_curves(metrics_path: str, methods: list[str], path: str):
 
 
 def main(argv):
+  distributed.maybe_initialize()  # a no-op on one host; see README, Multi-host
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if _CONFIG.value is None or _WORKDIR.value is None:

@@ -49,6 +49,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs.match import METHODS  # noqa: E402
+from sotalign_jax import distributed  # noqa: E402
 from sotalign_jax import io as sio  # noqa: E402
 from sotalign_jax import matching, workdir as wd  # noqa: E402
 from sotalign_jax.data.splits import SPLITS  # noqa: E402
@@ -482,6 +483,7 @@ def plot_sweeps(by_base: dict, by_query: dict, methods: list[str], path: str, cf
 
 
 def main(argv):
+  distributed.maybe_initialize()  # a no-op on one host; see README, Multi-host
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if _CONFIG.value is None or _WORKDIR.value is None:
