@@ -139,3 +139,21 @@ def test_demo_without_caches_says_how_to_build_them(tmp_path):
                        capture_output=True, text=True, timeout=300)
   assert out.returncode != 0
   assert "python -m sotalign_jax.embed --dataset openclipart --image-encoder efficientnet-lite0" in out.stderr
+
+
+def test_eight_fake_devices_give_the_single_device_metrics(files, tmp_path):
+  args = ["--config.methods=cmcr", "--config.steps=20"]
+  env8 = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  one = subprocess.run(launch(tmp_path / "one", files, *args), capture_output=True, text=True, timeout=600)
+  eight = subprocess.run(launch(tmp_path / "eight", files, *args), capture_output=True, text=True, timeout=600,
+                         env=env8)
+  assert one.returncode == 0, one.stderr[-3000:]
+  assert eight.returncode == 0, eight.stderr[-3000:]
+  a = json.load(open(tmp_path / "one" / "results.json"))["methods"]["cmcr"]
+  b = json.load(open(tmp_path / "eight" / "results.json"))["methods"]["cmcr"]
+  assert a.keys() == b.keys()
+  # the losses agree to float precision; a recall can move by near-ties flipping (here 2 queries of 200 = 0.01)
+  loss = lambda w: [json.loads(l)["train/cmcr/loss"] for l in open(tmp_path / w / "metrics.jsonl")
+                    if "train/cmcr/loss" in l]
+  np.testing.assert_allclose(loss("one"), loss("eight"), rtol=1e-5)
+  np.testing.assert_allclose([a[k] for k in sorted(a)], [b[k] for k in sorted(a)], atol=0.0101)
