@@ -101,24 +101,25 @@ def bench_step(batches: list[int], opt_name: str) -> list[dict]:
 # --------------------------------------------------------------------------------------------- 2. KLOT gradient
 
 
+def plain_sinkhorn(k, *, epsilon, num_iters):
+  """Log-plan after a plain log-domain Sinkhorn ``fori_loop`` (the ott-jax-like baseline; differentiable)."""
+  n, m = k.shape
+  ks = k / epsilon
+
+  def body(_, fg):
+    f, g = fg
+    g = -jnp.log(m) - jax.nn.logsumexp(ks + f[:, None], axis=0)
+    f = -jnp.log(n) - jax.nn.logsumexp(ks + g[None, :], axis=1)
+    return f, g
+
+  f, g = jax.lax.fori_loop(0, num_iters, body, (jnp.zeros(n), jnp.zeros(m)))
+  return ks + f[:, None] + g[None, :]
+
+
 def unrolled_klot(k_student, k_teacher, *, eps_student, eps_teacher, num_iters):
   """KLOT with plain autodiff through a log-domain Sinkhorn ``fori_loop`` (the baseline of Theorem 5.1)."""
-
-  def log_plan(k, eps):
-    n, m = k.shape
-    ks = k / eps
-
-    def body(_, fg):
-      f, g = fg
-      g = -jnp.log(m) - jax.nn.logsumexp(ks + f[:, None], axis=0)
-      f = -jnp.log(n) - jax.nn.logsumexp(ks + g[None, :], axis=1)
-      return f, g
-
-    f, g = jax.lax.fori_loop(0, num_iters, body, (jnp.zeros(n), jnp.zeros(m)))
-    return ks + f[:, None] + g[None, :]
-
-  lp_t = jax.lax.stop_gradient(log_plan(k_teacher, eps_teacher))
-  return jnp.sum(jnp.exp(lp_t) * (lp_t - log_plan(k_student, eps_student)))
+  lp_t = jax.lax.stop_gradient(plain_sinkhorn(k_teacher, epsilon=eps_teacher, num_iters=num_iters))
+  return jnp.sum(jnp.exp(lp_t) * (lp_t - plain_sinkhorn(k_student, epsilon=eps_student, num_iters=num_iters)))
 
 
 def bench_klot_grad(n: int, iters: int) -> list[dict]:
@@ -137,20 +138,6 @@ def bench_klot_grad(n: int, iters: int) -> list[dict]:
 
 
 # --------------------------------------------------------------------------------------------- 3. Sinkhorn
-
-
-def plain_sinkhorn(k, *, epsilon, num_iters):
-  n, m = k.shape
-  ks = k / epsilon
-
-  def body(_, fg):
-    f, g = fg
-    g = -jnp.log(m) - jax.nn.logsumexp(ks + f[:, None], axis=0)
-    f = -jnp.log(n) - jax.nn.logsumexp(ks + g[None, :], axis=1)
-    return f, g
-
-  f, g = jax.lax.fori_loop(0, num_iters, body, (jnp.zeros(n), jnp.zeros(m)))
-  return ks + f[:, None] + g[None, :]
 
 
 def bench_sinkhorn(n: int, iters: int, pot_iters: int) -> list[dict]:

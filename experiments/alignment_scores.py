@@ -27,7 +27,6 @@ import numpy as np
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from sotalign_jax import distributed  # noqa: E402
 from sotalign_jax import io as sio  # noqa: E402
 from sotalign_jax import scores, workdir as wd  # noqa: E402
 
@@ -230,11 +229,7 @@ def run(cfg, workdir: str) -> dict:
 
 
 def main(argv):
-  distributed.maybe_initialize()  # a no-op on one host; see README, Multi-host
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if _CONFIG.value is None or _WORKDIR.value is None:
-    raise app.UsageError("both --config configs/alignment_scores.py[:variant] and --workdir DIR are required")
+  wd.start_experiment(argv, _CONFIG.value, _WORKDIR.value, config_file="configs/alignment_scores.py")
   run(_CONFIG.value, _WORKDIR.value)
 
 

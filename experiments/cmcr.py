@@ -35,7 +35,6 @@ from tqdm import tqdm
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs.cmcr import METHODS  # noqa: E402
 from sotalign_jax import cmcr, losses, metrics, teachers, workdir as wd  # noqa: E402
-from sotalign_jax import distributed  # noqa: E402
 from sotalign_jax import io as sio  # noqa: E402
 from sotalign_jax.data.splits import stable_uniform  # noqa: E402
 from sotalign_jax.embed import load_cache  # noqa: E402
@@ -399,11 +398,7 @@ def plot_curves(metrics_path: str, methods: list[str], path: str):
 
 
 def main(argv):
-  distributed.maybe_initialize()  # a no-op on one host; see README, Multi-host
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if _CONFIG.value is None or _WORKDIR.value is None:
-    raise app.UsageError("both --config configs/cmcr.py[:variant] and --workdir DIR are required")
+  wd.start_experiment(argv, _CONFIG.value, _WORKDIR.value, config_file="configs/cmcr.py")
   run(_CONFIG.value, _WORKDIR.value)
 
 

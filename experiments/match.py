@@ -49,7 +49,6 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs.match import METHODS  # noqa: E402
-from sotalign_jax import distributed  # noqa: E402
 from sotalign_jax import io as sio  # noqa: E402
 from sotalign_jax import matching, workdir as wd  # noqa: E402
 from sotalign_jax.data.splits import SPLITS  # noqa: E402
@@ -483,11 +482,7 @@ def plot_sweeps(by_base: dict, by_query: dict, methods: list[str], path: str, cf
 
 
 def main(argv):
-  distributed.maybe_initialize()  # a no-op on one host; see README, Multi-host
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if _CONFIG.value is None or _WORKDIR.value is None:
-    raise app.UsageError("both --config configs/match.py[:variant] and --workdir DIR are required")
+  wd.start_experiment(argv, _CONFIG.value, _WORKDIR.value, config_file="configs/match.py")
   logging.set_verbosity(logging.WARNING)
   run(_CONFIG.value, _WORKDIR.value)
 

@@ -35,7 +35,6 @@ from tqdm import tqdm
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs.sotalign import METHODS  # noqa: E402
 from sotalign_jax import evaluate as evaluate_lib  # noqa: E402
-from sotalign_jax import distributed  # noqa: E402
 from sotalign_jax import io as sio  # noqa: E402
 from sotalign_jax import losses, metrics, objectives, teachers, workdir as wd  # noqa: E402
 from sotalign_jax.data.splits import stable_uniform  # noqa: E402
@@ -377,11 +376,7 @@ def plot_sweep(by_size: dict, path: str):
 
 
 def main(argv):
-  distributed.maybe_initialize()  # a no-op on one host; see README, Multi-host
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if _CONFIG.value is None or _WORKDIR.value is None:
-    raise app.UsageError("both --config configs/sotalign.py[:variant] and --workdir DIR are required")
+  wd.start_experiment(argv, _CONFIG.value, _WORKDIR.value, config_file="configs/sotalign.py")
   logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save INFO lines out of the progress output
   run(_CONFIG.value, _WORKDIR.value)
 

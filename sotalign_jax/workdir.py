@@ -25,10 +25,24 @@ import numpy as np
 
 from sotalign_jax import io as sio
 
-__all__ = ["itstime", "MetricWriter", "checkpoint_manager", "restore_latest", "write_results", "markdown_table",
+__all__ = ["start_experiment", "itstime", "MetricWriter", "checkpoint_manager", "restore_latest", "write_results", "markdown_table",
            "check_finite", "atomic_write_text", "NonFiniteError"]
 
 log = logging.getLogger(__name__)
+
+
+def start_experiment(argv, config, workdir, *, config_file: str):
+  """The launch checks every experiment's ``main`` does first; starts ``jax.distributed`` on several hosts.
+
+  Raises ``absl.app.UsageError`` on stray arguments or a missing ``--config`` / ``--workdir``.
+  """
+  from absl import app
+  from sotalign_jax import distributed
+  distributed.maybe_initialize()  # a no-op on one host; see README, Multi-host
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if config is None or workdir is None:
+    raise app.UsageError(f"both --config {config_file}[:variant] and --workdir DIR are required")
 
 
 def itstime(step: int, every: int, total: int, *, first: bool = False) -> bool:
