@@ -13,15 +13,17 @@ same command runs on a laptop and on every host of a cluster:
   Cloud TPU pod slice (GCE), whose hosts are found through the metadata server; ``SOTALIGN_DISTRIBUTED=0``
   turns initialisation off whatever the environment says.
 
-Data: :func:`host_shard` / :func:`host_rows` give the contiguous block of rows this process reads from an
-embedding cache, and :func:`global_batch_from_host_shards` assembles the per-host blocks into one global
-``jax.Array`` sharded over all devices (``jax.make_array_from_process_local_data``).
+Data: :func:`shard_rows` builds one global ``jax.Array`` of a large row set (an embedding pool) sharded by rows over
+a mesh axis, each process reading only the block its devices hold: the experiments' unpaired pools never exist in
+full on any host. :func:`host_shard` / :func:`host_rows` give the contiguous block of rows a process reads (e.g. to
+split a scan of a file over hosts), and :func:`global_batch_from_host_shards` assembles per-host blocks of equal
+size into one global array (``jax.make_array_from_process_local_data``).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Mapping, Optional
+from typing import Callable, Mapping, Optional, Union
 
 import jax
 import numpy as np
@@ -183,3 +185,67 @@ def global_batch_from_host_shards(local: np.ndarray, *, axis_name: str = "data")
   sharding = NamedSharding(Mesh(np.asarray(jax.devices()), (axis_name,)), PartitionSpec(axis_name))
   global_shape = (local.shape[0] * jax.process_count(),) + local.shape[1:]
   return jax.make_array_from_process_local_data(sharding, local, global_shape)
+
+
+def shard_rows(source: Union[np.ndarray, Callable[[int, int], np.ndarray]], n_rows: int, *, mesh: Mesh,
+               axis_name: str = "data") -> jax.Array:
+  r"""Rows ``[0, n_rows)`` of ``source`` as one global array sharded by rows, each process reading only its block.
+
+  The global array has :math:`\lceil n / s \rceil s` rows, :math:`s` the size of axis ``axis_name``: the
+  ``n_rows`` rows of ``source`` followed by zero rows, so every device holds the same number. Each process calls
+  ``source`` only for the rows its own devices hold (one contiguous block), so a memory-mapped cache, or a pool
+  computed row by row, is read or computed once across all hosts. Sample rows among the first ``n_rows`` only
+  (e.g. ``jax.random.choice(key, n_rows, ...)``): a gather from the sharded array inside ``jax.jit`` gives exactly
+  what it gives from the unsharded one.
+
+  Args:
+    source: an array-like with ``source[start:stop]`` (a ``np.memmap`` reads only those rows), or a function
+      ``read(start, stop) -> [stop - start, ...]``.
+    n_rows: number of real rows, ``>= 1``.
+    mesh: the device mesh; every process must hold a contiguous run of the axis (true of a 1-D mesh over
+      ``jax.devices()``).
+    axis_name: the mesh axis the rows are split over; other axes replicate.
+
+  Returns:
+    ``[padded_rows(n_rows, mesh, axis_name), ...]`` ``jax.Array`` with ``NamedSharding(mesh, P(axis_name))``.
+
+  Raises:
+    ValueError: if ``n_rows < 1``, ``axis_name`` is not a mesh axis, ``read`` returns the wrong number of rows,
+      or this process' devices do not hold one contiguous block of rows.
+  """
+  if isinstance(n_rows, bool) or not isinstance(n_rows, (int, np.integer)) or n_rows < 1:
+    raise ValueError(f"n_rows must be a positive integer, got {n_rows!r} (an empty pool cannot be sharded)")
+  if axis_name not in mesh.axis_names:
+    raise ValueError(f"axis_name {axis_name!r} is not an axis of the mesh {mesh.axis_names}")
+  read = source if callable(source) else (lambda a, b: np.asarray(source[a:b]))
+  n_pad = padded_rows(n_rows, mesh, axis_name)
+  start, stop = _local_block(n_pad, mesh, axis_name)
+  real = max(0, min(stop, n_rows) - start)
+  rows = np.asarray(read(start, start + real) if real else read(0, 1)[:0])  # a block of padding only: no rows
+  if rows.ndim < 1 or rows.shape[0] != real:
+    raise ValueError(f"read({start}, {start + real}) returned shape {rows.shape}, expected {real} rows")
+  global_shape = (n_pad,) + rows.shape[1:]
+  local = np.concatenate([rows, np.zeros((stop - start - real,) + rows.shape[1:], rows.dtype)])
+  return jax.make_array_from_process_local_data(NamedSharding(mesh, PartitionSpec(axis_name)), local, global_shape)
+
+
+def _local_block(n_pad: int, mesh: Mesh, axis_name: str) -> tuple[int, int]:
+  sharding = NamedSharding(mesh, PartitionSpec(axis_name))
+  blocks = sorted({(s[0].start or 0, n_pad if s[0].stop is None else s[0].stop)
+                   for s in sharding.addressable_devices_indices_map((n_pad,)).values()})
+  if any(b[0] != a[1] for a, b in zip(blocks, blocks[1:])):
+    raise ValueError(f"process {jax.process_index()} holds non-contiguous row blocks {blocks} of mesh axis "
+                     f"{axis_name!r}: order the mesh's devices by process (e.g. Mesh(np.array(jax.devices()), ...))")
+  return blocks[0][0], blocks[-1][1]
+
+
+def local_row_range(n_rows: int, *, mesh: Mesh, axis_name: str = "data") -> tuple[int, int]:
+  """``(start, stop)``: the real rows (of ``n_rows``) that this process reads in :func:`shard_rows`."""
+  start, stop = _local_block(padded_rows(n_rows, mesh, axis_name), mesh, axis_name)
+  return min(start, n_rows), min(stop, n_rows)
+
+
+def padded_rows(n_rows: int, mesh: Mesh, axis_name: str = "data") -> int:
+  """``n_rows`` rounded up to a multiple of the size of ``mesh``'s axis ``axis_name``: the rows of :func:`shard_rows`."""
+  size = mesh.shape[axis_name]
+  return -(-int(n_rows) // size) * size

@@ -9,6 +9,10 @@ Kept apart from the math modules, which never touch files; atomic writes come fr
 * :func:`write_results` — atomic ``results.json`` (``{"methods": {method: {metric: value}}}``) plus the same
   as a markdown table.
 * :func:`check_finite` — a NaN/Inf loss or input raises with the step and the quantity's name.
+
+On several hosts every process runs the same program; only process 0 writes files (:func:`is_primary`), Orbax
+checkpoints are written by all processes together, and :func:`sync` is the barrier before others read what
+process 0 wrote. The workdir must be on a filesystem all hosts share (as Orbax requires).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import numpy as np
 
 from sotalign_jax import io as sio
 
-__all__ = ["start_experiment", "itstime", "MetricWriter", "checkpoint_manager", "restore_latest", "write_results", "markdown_table",
+__all__ = ["start_experiment", "is_primary", "sync", "itstime", "MetricWriter", "checkpoint_manager", "restore_latest", "write_results", "markdown_table",
            "check_finite", "atomic_write_text", "NonFiniteError"]
 
 log = logging.getLogger(__name__)
@@ -43,6 +47,18 @@ def start_experiment(argv, config, workdir, *, config_file: str):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if config is None or workdir is None:
     raise app.UsageError(f"both --config {config_file}[:variant] and --workdir DIR are required")
+
+
+def is_primary() -> bool:
+  """True in the process that writes results, metrics and plots (process 0; the only one on a single host)."""
+  return jax.process_index() == 0
+
+
+def sync(name: str):
+  """Waits until every process reaches this point (a no-op on one host); ``name`` must be the same on all."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
 
 
 def itstime(step: int, every: int, total: int, *, first: bool = False) -> bool:
@@ -70,16 +86,18 @@ class MetricWriter:
   """Appends scalar metrics to ``workdir/metrics.jsonl`` and TensorBoard (``workdir/tb``)."""
 
   def __init__(self, workdir: str, *, tensorboard: bool = True):
+    self._jsonl = self._tb = None
+    if not is_primary():
+      return
     os.makedirs(workdir, exist_ok=True)
     self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-    self._tb = None
-    if tensorboard and jax.process_index() == 0:
+    if tensorboard:
       from tensorboardX import SummaryWriter
       self._tb = SummaryWriter(os.path.join(workdir, "tb"))
 
   def write(self, step: int, metrics: Mapping[str, Any], *, prefix: str = ""):
     scalars = {f"{prefix}{k}": float(np.asarray(jax.device_get(v))) for k, v in metrics.items()}
-    if jax.process_index() == 0:
+    if self._jsonl is not None:
       self._jsonl.write(json.dumps({"step": int(step), **scalars}) + "\n")
       self._jsonl.flush()
       if self._tb is not None:
@@ -89,7 +107,8 @@ class MetricWriter:
     return scalars
 
   def close(self):
-    self._jsonl.close()
+    if self._jsonl is not None:
+      self._jsonl.close()
     if self._tb is not None:
       self._tb.close()
 
@@ -136,10 +155,11 @@ def restore_latest(manager, target):
 # Results.
 # ------------------------------------------------------------------------------------------------------------
 def save_figure(fig, path: str, *, dpi: int = 120):
-  """Saves a matplotlib figure as PNG atomically (never a half-written image) and closes it."""
+  """Saves a matplotlib figure as PNG atomically (never a half-written image; process 0 only) and closes it."""
   import matplotlib.pyplot as plt
-  with sio.atomic_open(path, "wb") as fh:
-    fig.savefig(fh, format="png", dpi=dpi)
+  if is_primary():
+    with sio.atomic_open(path, "wb") as fh:
+      fig.savefig(fh, format="png", dpi=dpi)
   plt.close(fig)
 
 
@@ -157,12 +177,13 @@ def markdown_table(methods: Mapping[str, Mapping[str, float]]) -> str:
 
 
 def write_results(workdir: str, methods: Mapping[str, Mapping[str, float]], **extra) -> str:
-  """Atomically writes ``workdir/results.json`` and ``results.md``; returns the markdown table."""
+  """Atomically writes ``workdir/results.json`` and ``results.md`` (process 0 only); returns the markdown table."""
   def clean(v):  # NaN ("not evaluated") becomes null, so the file is strict JSON
     if isinstance(v, Mapping):
       return {k: clean(x) for k, x in v.items()}
     return None if isinstance(v, float) and math.isnan(v) else v
-  sio.write_text(os.path.join(workdir, "results.json"), json.dumps(clean({"methods": methods, **extra}), indent=2))
   table = markdown_table(methods)
-  sio.write_text(os.path.join(workdir, "results.md"), table + "\n")
+  if is_primary():
+    sio.write_text(os.path.join(workdir, "results.json"), json.dumps(clean({"methods": methods, **extra}), indent=2))
+    sio.write_text(os.path.join(workdir, "results.md"), table + "\n")
   return table

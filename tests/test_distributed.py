@@ -1,7 +1,7 @@
 """Tests of sotalign_jax.distributed: launcher detection, initialisation, and per-host row blocks."""
 
+import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -12,7 +12,7 @@ import pytest
 
 from sotalign_jax import distributed
 
-from conftest import REPO
+from conftest import REPO, run_processes, run_with_fake_devices
 
 SLURM_2 = {"SLURM_JOB_ID": "17", "SLURM_STEP_NODELIST": "node[1-2]", "SLURM_NTASKS": "2", "SLURM_PROCID": "1",
            "SLURM_LOCALID": "0"}
@@ -168,26 +168,86 @@ _WORKER = textwrap.dedent("""
 """)
 
 
-def _free_port() -> int:
-  with socket.socket() as sock:
-    sock.bind(("localhost", 0))
-    return sock.getsockname()[1]
-
-
 def test_two_processes_on_localhost():
-  port = _free_port()
-  procs = []
-  for i in range(2):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
-               JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i))
-    env.pop("XLA_FLAGS", None)
-    procs.append(subprocess.Popen([sys.executable, "-c", _WORKER], env=env, cwd=REPO, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True))
-  outs = []
-  for p in procs:
-    out, err = p.communicate(timeout=120)
-    assert p.returncode == 0, err[-3000:]
-    outs.append(out.strip().splitlines()[-1])
+  outs = [out.strip().splitlines()[-1] for out in run_processes([sys.executable, "-c", _WORKER], 2)]
   expected = np.arange(20, dtype=np.float32)
   assert outs[0] == f"0 2 0 5 10 {expected[:10].tolist()}"
   assert outs[1] == f"1 2 5 10 10 {expected[10:].tolist()}"
+
+
+_SHARD_ROWS_WORKER = textwrap.dedent("""
+    import json
+    import numpy as np
+    from sotalign_jax import distributed
+    distributed.maybe_initialize()
+    import jax
+    from jax.sharding import Mesh
+    data = np.arange(21, dtype=np.float32).reshape(7, 3)
+    reads = []
+    def read(a, b):
+      reads.append([a, b])
+      return data[a:b]
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    g = distributed.shard_rows(read, 7, mesh=mesh)
+    idx = np.array([6, 0, 3, 3, 5, 1])
+    picked = jax.jit(lambda g, i: g[i], out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))(g, idx)
+    print(json.dumps({"process": jax.process_index(), "reads": reads, "shape": list(g.shape),
+                      "range": list(distributed.local_row_range(7, mesh=mesh)),
+                      "picked": np.asarray(picked.addressable_data(0)).tolist()}))
+""")
+
+
+def test_shard_rows_two_processes_each_read_only_their_block():
+  outs = [json.loads(o.strip().splitlines()[-1])
+          for o in run_processes([sys.executable, "-c", _SHARD_ROWS_WORKER], 2, devices_per_process=2)]
+  data = np.arange(21, dtype=np.float32).reshape(7, 3)
+  # 7 rows padded to 8 over 4 devices: process 0's two devices hold rows 0-3, process 1's hold 4-7 (7 is padding)
+  assert [o["reads"] for o in outs] == [[[0, 4]], [[4, 7]]]
+  assert [o["range"] for o in outs] == [[0, 4], [4, 7]]
+  for o in outs:
+    assert o["shape"] == [8, 3]
+    np.testing.assert_array_equal(o["picked"], data[[6, 0, 3, 3, 5, 1]])
+
+
+def test_shard_rows_on_eight_devices_pads_and_gathers_like_numpy():
+  out = run_with_fake_devices("""
+      import numpy as np, jax
+      from jax.sharding import Mesh
+      from sotalign_jax import distributed
+      x = np.random.default_rng(0).normal(size=(13, 5)).astype(np.float32)
+      mesh = Mesh(np.array(jax.devices()), ("data",))
+      g = distributed.shard_rows(x, 13, mesh=mesh)
+      idx = np.random.default_rng(1).integers(0, 13, 40)
+      picked = jax.jit(lambda g, i: g[i] * 2.0)(g, idx)
+      assert g.shape == (16, 5) and len(g.addressable_shards) == 8, g.shape
+      assert all(s.data.shape == (2, 5) for s in g.addressable_shards)
+      full = np.asarray(g)
+      assert np.array_equal(full[:13], x) and not full[13:].any()
+      assert np.array_equal(np.asarray(picked), x[idx] * 2.0)
+      print("ok", distributed.local_row_range(13, mesh=mesh))
+  """)
+  assert out.strip().splitlines()[-1] == "ok (0, 13)"
+
+
+def test_shard_rows_single_process_reads_all_rows_once():
+  from jax.sharding import Mesh
+  mesh = Mesh(np.array(jax.devices()), ("data",))
+  calls = []
+  x = np.arange(10, dtype=np.float32).reshape(5, 2)
+  g = distributed.shard_rows(lambda a, b: calls.append((a, b)) or x[a:b], 5, mesh=mesh)
+  assert calls == [(0, 5)]
+  np.testing.assert_array_equal(np.asarray(g), x)
+  np.testing.assert_array_equal(np.asarray(distributed.shard_rows(x, 5, mesh=mesh)), x)  # an array source
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"n_rows": 0}, "n_rows"),
+    ({"n_rows": 5, "axis_name": "model"}, "axis_name"),
+    ({"n_rows": 5, "source": lambda a, b: np.zeros((b - a + 1, 2))}, "expected 5 rows"),
+])
+def test_shard_rows_bad_input(kwargs, match):
+  from jax.sharding import Mesh
+  mesh = Mesh(np.array(jax.devices()), ("data",))
+  kwargs = {"source": np.zeros((5, 2)), **kwargs}
+  with pytest.raises(ValueError, match=match):
+    distributed.shard_rows(kwargs.pop("source"), mesh=mesh, **kwargs)

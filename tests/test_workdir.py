@@ -60,3 +60,23 @@ def test_metric_writer_jsonl_and_tensorboard(tmp_path):
   line = json.loads(open(tmp_path / "metrics.jsonl").read())
   assert line["step"] == 1 and line["train/loss"] == 2.0
   assert any(f.startswith("events") for f in os.listdir(tmp_path / "tb"))
+
+
+def test_only_process_zero_writes_results_metrics_and_figures(tmp_path, monkeypatch):
+  import jax
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  monkeypatch.setattr(jax, "process_index", lambda: 1)  # what every host but the first sees
+  assert not wd.is_primary()
+  table = wd.write_results(str(tmp_path), {"m": {"r1": 0.5}})
+  assert "| m | 0.5000 |" in table  # still returned, for printing
+  writer = wd.MetricWriter(str(tmp_path / "w"))
+  assert writer.write(3, {"loss": jnp.float32(2.0)}, prefix="train/") == {"train/loss": 2.0}
+  writer.close()
+  wd.save_figure(plt.figure(), str(tmp_path / "fig.png"))
+  wd.sync("noop")  # one process: returns at once
+  assert os.listdir(tmp_path) == []
+  monkeypatch.setattr(jax, "process_index", lambda: 0)
+  wd.write_results(str(tmp_path), {"m": {"r1": 0.5}})
+  assert sorted(os.listdir(tmp_path)) == ["results.json", "results.md"]
