@@ -126,8 +126,9 @@ def features(name: str, kind: str, records, cfg, workdir: str) -> dict:
   else:
     layers, names = text_layers(name, records, cfg)
     rows = np.arange(len(records))
-  sio.save_npz(path, n_layers=len(layers), names=np.array(names), rows=rows,
-               **{f"layer{i}": a for i, a in enumerate(layers)})
+  if wd.is_primary():
+    sio.save_npz(path, n_layers=len(layers), names=np.array(names), rows=rows,
+                 **{f"layer{i}": a for i, a in enumerate(layers)})
   print(f"  {name}: {len(layers)} layers, widths {[a.shape[1] for a in layers]} ({time.time() - t0:.0f} s)")
   return {"layers": layers, "names": names, "rows": rows}
 
@@ -195,8 +196,9 @@ def plot_grids(method: str, grids: dict, path: str):
 # ================================================================================================================
 def run(cfg, workdir: str) -> dict:
   metrics = check_config(cfg)
-  os.makedirs(workdir, exist_ok=True)
-  sio.write_text(os.path.join(workdir, "config.json"), cfg.to_json_best_effort(indent=2))
+  if wd.is_primary():  # on several hosts each computes everything (small); process 0 alone writes
+    os.makedirs(workdir, exist_ok=True)
+    sio.write_text(os.path.join(workdir, "config.json"), cfg.to_json_best_effort(indent=2))
   image_names = [s.strip() for s in cfg.image_encoders.split(",") if s.strip()]
   text_names = [s.strip() for s in cfg.text_encoders.split(",") if s.strip()]
   records = None if cfg.synthetic else select_records(cfg)
@@ -216,12 +218,14 @@ def run(cfg, workdir: str) -> dict:
         row, grids = score_pair(fx, fy, metrics, cfg)
         plot_grids(method, grids, os.path.join(workdir, f"{method}.png"))
         saved = {"row": row, "grids": grids}
-        sio.write_json(done, saved)
+        if wd.is_primary():
+          sio.write_json(done, saved)
       results[method], all_grids[method] = saved["row"], saved["grids"]
       r = saved["row"]
       print(f"  {method:16s} best {cfg.primary} {r['best_cka']:.4f} at {r['best_layer_pair']}  z {r['best_z']:.1f}"
             f"  p {r['best_p']:.4f}  CI [{r['best_ci_low']:.3f}, {r['best_ci_high']:.3f}]")
-  sio.write_json(os.path.join(workdir, "grids.json"), all_grids)
+  if wd.is_primary():
+    sio.write_json(os.path.join(workdir, "grids.json"), all_grids)
   table = wd.write_results(workdir, results, dataset=cfg.dataset, primary=cfg.primary, n_perm=cfg.n_perm,
                            seconds=round(time.time() - t_start, 1))
   print(f"\nBest layer pairs ({cfg.dataset}, primary metric {cfg.primary}):\n\n{table}")

@@ -8,6 +8,10 @@ step, loop with Orbax checkpoints → A↔C retrieval on held-out pairs → ``re
 Method keys: ``cmcr``, ``supervised``, ``no_connection``, ``cmcr_no_noise``, ``cmcr_no_pseudo``,
 ``cmcr_no_intra``; metrics ``a2c_r1``, ``a2c_r5``, ``c2a_r1``, ``c2a_r5``.
 
+Data-parallel over all devices: texts, pseudo embeddings (and A–C pairs) are row-sharded over a 1-D mesh
+(:func:`distributed.shard_rows`), the batches too. On several hosts each computes the pseudo embeddings of its own
+block of texts only, and process 0 alone writes files.
+
 A rerun with the same workdir resumes: finished methods are read back from ``done/``, an interrupted one
 restarts from its latest checkpoint (resume order: workdir checkpoint > scratch) and, because every step's
 randomness is ``fold_in(seed, step)``, reaches the same final metrics as an uninterrupted run.
@@ -20,7 +24,7 @@ import json
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 from absl import app, flags
 import jax
@@ -34,7 +38,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs.cmcr import METHODS  # noqa: E402
-from sotalign_jax import cmcr, losses, metrics, teachers, workdir as wd  # noqa: E402
+from sotalign_jax import cmcr, distributed, losses, metrics, teachers, workdir as wd  # noqa: E402
 from sotalign_jax import io as sio  # noqa: E402
 from sotalign_jax.data.splits import stable_uniform  # noqa: E402
 from sotalign_jax.embed import load_cache  # noqa: E402
@@ -190,19 +194,38 @@ def load_spaces(cfg) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
   return spaces, info
 
 
-def pseudo_embeddings(spaces: dict, cfg) -> dict[str, np.ndarray]:
-  """Semantic consistency: each text's pseudo A (space 1) and pseudo C (space 2), retrieved once."""
+def pseudo_embeddings(spaces: dict, cfg, rows: slice) -> dict[str, np.ndarray]:
+  """Semantic consistency: the pseudo A (space 1) and pseudo C (space 2) of texts ``rows``, retrieved once.
+
+  Each host computes the rows it holds in training (:func:`distributed.local_row_range`); retrieval is row-wise.
+  """
   out = {}
   for name, q, mem in (("pseudo_a", "b", "a_memory"), ("pseudo_c", "b_prime", "c_memory")):
     chunk = int(max(1, min(4096, 2**28 // len(spaces[mem]))))  # ≤ 1 GiB of logits at a time
     fn = jax.jit(functools.partial(cmcr.soft_retrieve, temperature=cfg.retrieval_temperature, chunk_size=chunk))
-    out[name] = np.asarray(fn(spaces[q], spaces[mem]))
+    out[name] = np.asarray(fn(spaces[q][rows], spaces[mem]))
   return out
 
 
 # ================================================================================================================
 # Training one method
 # ================================================================================================================
+class HostRows(NamedTuple):
+  """Rows ``[start, start + len(rows))`` of an ``n``-row array of which this host holds only that block."""
+  n: int
+  start: int
+  rows: np.ndarray
+
+  def __len__(self) -> int:
+    return self.n
+
+  def read(self, a: int, b: int) -> np.ndarray:
+    if not self.start <= a <= b <= self.start + len(self.rows):
+      raise ValueError(f"rows [{a}, {b}) are not on this host (it holds [{self.start}, "
+                       f"{self.start + len(self.rows)}))")
+    return self.rows[a - self.start:b - self.start]
+
+
 class TrainState(train_state.TrainState):
   batch_stats: Any = None
 
@@ -218,13 +241,16 @@ def _project(f, name, params, stats, x):
   return z, {**stats, name: upd["batch_stats"]}
 
 
-def train_step(state, data, rng, *, f1, f2, method, cfg_static, sharding):
-  """One update: C-MCR (and ablations) on a batch of texts, or `supervised` on a batch of A–C pairs."""
+def train_step(state, data, rng, *, f1, f2, method, n, cfg_static, sharding):
+  """One update: C-MCR (and ablations) on a batch of texts, or `supervised` on a batch of A–C pairs.
+
+  The arrays of ``data`` are row-sharded and zero-padded (:func:`distributed.shard_rows`); rows are sampled
+  among the first ``n``, the real ones.
+  """
   batch, variance, temperature, intra_weight, pseudo_weight = cfg_static
   ki, kn = jax.random.split(rng)
   keys = jax.random.split(kn, 4)
   names = ("a_train", "c_train") if method == "supervised" else ("b", "b_prime", "pseudo_a", "pseudo_c")
-  n = data[names[0]].shape[0]
   idx = jax.random.choice(ki, n, (batch,), replace=batch > n)
   xs = [cmcr.semantic_noise(k, jax.lax.with_sharding_constraint(data[name][idx], sharding), variance=variance)
         for k, name in zip(keys, names)]
@@ -269,16 +295,19 @@ def train(method: str, spaces: dict, cfg, run_dir: str, writer: wd.MetricWriter)
     print(f"[{method}] resuming from step {start}")
 
   if method == "supervised":
-    data = {k: spaces[k] for k in ("a_train", "c_train")}
+    names = ("a_train", "c_train")
     variance, pseudo_weight, intra_weight = cfg.noise_variance, 0.0, 0.0
   else:
     noise, wp, wi = ABLATIONS[method]
-    data = {k: spaces[k] for k in ("b", "b_prime", "pseudo_a", "pseudo_c")}
+    names = ("b", "b_prime", "pseudo_a", "pseudo_c")
     variance, pseudo_weight, intra_weight = cfg.noise_variance * noise, cfg.pseudo_weight * wp, cfg.intra_weight * wi
-  data = jax.device_put(data, replicated)
+  # row-sharded over the devices; a host's pseudo embeddings exist only for its own rows (see `run`)
+  n = len(spaces[names[0]])
+  data = {k: distributed.shard_rows(spaces[k].read if isinstance(spaces[k], HostRows) else spaces[k], n, mesh=mesh)
+          for k in names}
   batch = cfg.batch_size - cfg.batch_size % len(jax.devices()) or len(jax.devices())
   step_fn = jax.jit(functools.partial(
-      train_step, f1=f1, f2=f2, method=method, sharding=batch_sharding,
+      train_step, f1=f1, f2=f2, method=method, n=n, sharding=batch_sharding,
       cfg_static=(batch, float(variance), float(cfg.temperature), float(intra_weight), float(pseudo_weight))),
       donate_argnums=0)
 
@@ -292,7 +321,8 @@ def train(method: str, spaces: dict, cfg, run_dir: str, writer: wd.MetricWriter)
     if wd.itstime(step, cfg.ckpt_every, cfg.steps):
       manager.save(step, args=_save_args(state))
   manager.wait_until_finished()
-  variables = lambda name: {"params": state.params[name], "batch_stats": state.batch_stats[name]}
+  local = jax.tree.map(lambda a: np.asarray(a.addressable_data(0)), (state.params, state.batch_stats))
+  variables = lambda name: {"params": local[0][name], "batch_stats": local[1][name]}
   embed_a = jax.jit(lambda x: f1.apply(variables("f1"), x, train=False))
   embed_c = jax.jit(lambda x: f2.apply(variables("f2"), x, train=False))
   return embed_a, embed_c
@@ -327,15 +357,21 @@ def no_connection(spaces: dict) -> dict[str, float]:
 def run(cfg, workdir: str) -> dict:
   check_config(cfg)
   methods = parse_methods(cfg.methods)
-  os.makedirs(workdir, exist_ok=True)
-  sio.write_text(os.path.join(workdir, "config.json"), cfg.to_json_best_effort(indent=2))
+  if wd.is_primary():
+    os.makedirs(workdir, exist_ok=True)
+    sio.write_text(os.path.join(workdir, "config.json"), cfg.to_json_best_effort(indent=2))
   spaces, info = load_spaces(cfg)
   if cfg.batch_size > len(spaces["b"]):
     raise ValueError(f"config.batch_size={cfg.batch_size} exceeds the {len(spaces['b'])} shared texts: lower it "
                      "(a batch drawn with replacement repeats texts, which InfoNCE counts as false negatives)")
   if "supervised" in methods and "a_train" not in spaces:
     raise ValueError("config.methods includes 'supervised' but there are no A–C training pairs")
-  spaces.update(pseudo_embeddings(spaces, cfg))
+  n_texts = len(spaces["b"])
+  lo, hi = distributed.local_row_range(n_texts, mesh=Mesh(np.array(jax.devices()), ("data",)))
+  if jax.process_count() > 1:
+    print(f"process {jax.process_index()}/{jax.process_count()} holds texts [{lo}, {hi}) of {n_texts}")
+  pseudo = pseudo_embeddings(spaces, cfg, slice(lo, hi))
+  spaces.update({k: HostRows(n_texts, lo, v) for k, v in pseudo.items()})
   print(f"space 1: {len(spaces['a_memory'])} A-memory rows, dim {spaces['b'].shape[1]}; space 2: "
         f"{len(spaces['c_memory'])} C-memory rows, dim {spaces['b_prime'].shape[1]}; {len(spaces['b'])} shared "
         f"texts; {len(spaces['a_eval'])} A–C evaluation pairs")
@@ -354,7 +390,9 @@ def run(cfg, workdir: str) -> dict:
       embed_a, embed_c = train(method, spaces, cfg, os.path.join(workdir, "runs", method), writer)
       result = evaluate(np.asarray(embed_a(spaces["a_eval"])), np.asarray(embed_c(spaces["c_eval"])))
     writer.write(cfg.steps, result, prefix=f"eval/{method}/")
-    sio.write_json(done, result)
+    if wd.is_primary():
+      sio.write_json(done, result)
+    wd.sync(f"done:{method}")
     results[method] = result
     print(f"  {method:16s} A→C R@1 {result['a2c_r1']:.4f}  C→A R@1 {result['c2a_r1']:.4f}")
   writer.close()
@@ -365,9 +403,11 @@ def run(cfg, workdir: str) -> dict:
     extra["cmcr_over_supervised_r1"] = round(
         (results["cmcr"]["a2c_r1"] + results["cmcr"]["c2a_r1"])
         / (results["supervised"]["a2c_r1"] + results["supervised"]["c2a_r1"]), 4)
+  table = wd.write_results(workdir, results, **extra)
+  if not wd.is_primary():
+    return results
   plot_curves(os.path.join(workdir, "metrics.jsonl"), [m for m in methods if m != "no_connection"],
               os.path.join(workdir, "training_curves.png"))
-  table = wd.write_results(workdir, results, **extra)
   print(f"\nC-MCR results (A↔C retrieval over {len(spaces['a_eval'])} held-out pairs):\n")
   print(table)
   return results

@@ -8,6 +8,10 @@ checkpoints → evaluation → ``results.json`` + markdown table + plot. Method 
 ``structure`` and ``pseudo_label`` (semi-supervised baselines), ``sotalign`` (SigLIP + α·KLOT on unpaired data)
 and ``upper_bound`` (SigLIP on every training pair).
 
+Data-parallel over all devices: the pools are row-sharded over a 1-D mesh (:func:`distributed.shard_rows`), the
+batches too. On several hosts each reads from the memory-mapped cache only the pool rows its devices hold, and
+process 0 alone writes files (README, Multi-device and multi-host).
+
 A rerun with the same workdir resumes: finished methods are read back from ``done/``, an interrupted one
 restarts from its latest checkpoint (resume order: workdir checkpoint > scratch) and, because every step's
 randomness is ``fold_in(seed, step)``, reaches the same final metrics as an uninterrupted run.
@@ -20,6 +24,7 @@ import json
 import os
 import sys
 import time
+from typing import NamedTuple
 
 from absl import app, flags, logging
 import jax
@@ -36,7 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs.sotalign import METHODS  # noqa: E402
 from sotalign_jax import evaluate as evaluate_lib  # noqa: E402
 from sotalign_jax import io as sio  # noqa: E402
-from sotalign_jax import losses, metrics, objectives, teachers, workdir as wd  # noqa: E402
+from sotalign_jax import distributed, losses, metrics, objectives, teachers, workdir as wd  # noqa: E402
 from sotalign_jax.data.splits import stable_uniform  # noqa: E402
 from sotalign_jax.embed import load_cache  # noqa: E402
 from sotalign_jax.heads import init_head  # noqa: E402
@@ -89,22 +94,69 @@ def n_pairs_list(cfg) -> list[int]:
 # Data: pools of pairs, unpaired images, unpaired texts, and evaluation sets, from embedding caches
 # ================================================================================================================
 def open_cache(path: str, what: str):
+  """The cache at ``path``, memory-mapped: rows are read from disk only when a pool or eval set takes them.
+
+  The NaN/Inf scan is split over hosts (each scans :func:`distributed.host_shard` of the rows).
+  """
   try:
-    cache = load_cache(path)
+    cache = load_cache(path, mmap=True)
   except FileNotFoundError as e:
     raise FileNotFoundError(
         f"{what}: {e}\nBuild it with `make demo` (which embeds the default data) or `python -m sotalign_jax.embed "
         f"--dataset ... --out {path}`, or point config.{what} elsewhere.") from None
   for name, emb in (("image_embeddings.npy", cache.image_emb), ("text_embeddings.npy", cache.text_emb)):
-    if emb is not None and not np.isfinite(emb).all():
-      bad = int((~np.isfinite(emb).all(1)).sum())
+    if emb is None:
+      continue
+    block = distributed.host_shard(len(emb))
+    bad = sum(int((~np.isfinite(emb[a:min(a + 65536, block.stop)])).any(1).sum())
+              for a in range(block.start, block.stop, 65536))
+    if bad:
       raise ValueError(f"config.{what}: {os.path.join(path, name)} has {bad} rows with NaN/Inf; rebuild the cache "
                        "(delete it and rerun `python -m sotalign_jax.embed ...`)")
   return cache
 
 
-def make_pools(cache, cfg, n_pairs: int) -> dict:
-  """Pairs, unpaired images and unpaired texts from the training images; the eval split from ``cfg.eval.split``."""
+class Pool(NamedTuple):
+  """Rows ``idx`` of each array of ``parts = ((array, idx), ...)``, concatenated, read only on demand.
+
+  The arrays are memory-mapped caches, so a host that reads one block of a pool (:func:`distributed.shard_rows`)
+  never loads the rest.
+  """
+  parts: tuple
+
+  @classmethod
+  def of(cls, array, idx=None) -> "Pool":
+    return cls(((array, np.arange(len(array)) if idx is None else np.asarray(idx, np.int64)),))
+
+  def __len__(self) -> int:
+    return sum(len(idx) for _, idx in self.parts)
+
+  def __add__(self, other: "Pool") -> "Pool":
+    return Pool(self.parts + other.parts)
+
+  def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """Rows ``[start, stop)`` of the concatenation as a float32 ``[stop - start, d]`` array."""
+    stop = len(self) if stop is None else stop
+    out, offset = [], 0
+    for array, idx in self.parts:
+      lo, hi = max(start - offset, 0), min(stop - offset, len(idx))
+      if lo < hi:
+        out.append(np.asarray(array[idx[lo:hi]], np.float32))
+      offset += len(idx)
+    return np.concatenate(out)
+
+  def subset(self, positions: np.ndarray) -> "Pool":
+    """The rows at sorted ``positions`` of the concatenation."""
+    parts, offset = [], 0
+    for array, idx in self.parts:
+      mine = positions[(positions >= offset) & (positions < offset + len(idx))] - offset
+      parts.append((array, idx[mine]))
+      offset += len(idx)
+    return Pool(tuple(parts))
+
+
+def make_pools(cache, cfg, n_pairs: int) -> dict[str, Pool]:
+  """Pairs, unpaired images and unpaired texts from the training images (as :class:`Pool` s of cache rows)."""
   ids = np.array([r["image_id"] for r in cache.index])
   split = np.array([r["split"] for r in cache.index])
   img_of = np.array([r["image"] for r in cache.index])
@@ -119,20 +171,21 @@ def make_pools(cache, cfg, n_pairs: int) -> dict:
                      f"{cfg.data.cache} (the rest form the unpaired pools)")
   paired_imgs, unpaired_imgs = train_imgs[:n_pairs], train_imgs[n_pairs:]
   unpaired_caps = train_caps[np.isin(img_of[train_caps], unpaired_imgs)]
+  x, y = cache.image_emb, cache.text_emb
   pools = {
-      "pair_x": cache.image_emb[paired_imgs], "pair_y": cache.text_emb[first_cap[:n_pairs]],
-      "unp_x": cache.image_emb[unpaired_imgs], "unp_y": cache.text_emb[unpaired_caps],
-      "all_x": cache.image_emb[img_of[train_caps]], "all_y": cache.text_emb[train_caps],  # upper bound: every pair
+      "pair_x": Pool.of(x, paired_imgs), "pair_y": Pool.of(y, first_cap[:n_pairs]),
+      "unp_x": Pool.of(x, unpaired_imgs), "unp_y": Pool.of(y, unpaired_caps),
+      "all_x": Pool.of(x, img_of[train_caps]), "all_y": Pool.of(y, train_caps),  # upper bound: every pair
   }
   for path in filter(None, (p.strip() for p in cfg.data.extra_unpaired_text.split(","))):
-    pools["unp_y"] = np.concatenate([pools["unp_y"], open_cache(path, "data.extra_unpaired_text").text_emb])
+    pools["unp_y"] += Pool.of(open_cache(path, "data.extra_unpaired_text").text_emb)
   for path in filter(None, (p.strip() for p in cfg.data.extra_unpaired_images.split(","))):
-    pools["unp_x"] = np.concatenate([pools["unp_x"], open_cache(path, "data.extra_unpaired_images").image_emb])
+    pools["unp_x"] += Pool.of(open_cache(path, "data.extra_unpaired_images").image_emb)
   if cfg.data.max_unpaired > 0:
     rng = np.random.default_rng(cfg.seed)
     for k in ("unp_x", "unp_y"):
       if len(pools[k]) > cfg.data.max_unpaired:
-        pools[k] = pools[k][np.sort(rng.choice(len(pools[k]), cfg.data.max_unpaired, replace=False))]
+        pools[k] = pools[k].subset(np.sort(rng.choice(len(pools[k]), cfg.data.max_unpaired, replace=False)))
   for k in ("unp_x", "unp_y"):
     if len(pools[k]) == 0:
       raise ValueError(f"the unpaired pool {k} is empty: lower config.data.n_pairs or add extra unpaired data")
@@ -146,7 +199,7 @@ def retrieval_set(cache, split: str) -> dict:
     raise ValueError(f"the cache has no captions in split {split!r}")
   img_rows = cache.caption_image_rows(split)
   imgs, owner = np.unique(img_rows, return_inverse=True)
-  return {"x": cache.image_emb[imgs], "y": cache.text_emb[caps], "t2i": owner,
+  return {"x": np.asarray(cache.image_emb[imgs]), "y": np.asarray(cache.text_emb[caps]), "t2i": owner,
           "i2t": [np.where(owner == i)[0].tolist() for i in range(len(imgs))]}
 
 
@@ -160,7 +213,7 @@ def eval_sets(cache, cfg) -> dict:
     classes = sorted(set(labels))
     prompt_row = [int(np.where(labels == c)[0][0]) for c in classes]  # every caption of a class is its prompt
     img = fm.caption_image_rows()
-    sets["fashion"] = {"x": fm.image_emb[img], "y": fm.text_emb[prompt_row],
+    sets["fashion"] = {"x": np.asarray(fm.image_emb[img]), "y": np.asarray(fm.text_emb[prompt_row]),
                        "labels": np.searchsorted(classes, labels)}
   return sets
 
@@ -190,7 +243,7 @@ def evaluate(embed_x, embed_y, sets: dict) -> dict[str, float]:
 # ================================================================================================================
 def fit_teacher(name: str, pools: dict, cfg) -> teachers.LinearTeacher:
   n = len(pools["pair_x"])
-  return teachers.fit(name, pools["pair_x"], pools["pair_y"], dim=min(cfg.teacher.cca_dim, n - 1),
+  return teachers.fit(name, pools["pair_x"].read(), pools["pair_y"].read(), dim=min(cfg.teacher.cca_dim, n - 1),
                       reg=cfg.teacher.cca_reg, lam=cfg.teacher.ridge_lam)
 
 
@@ -202,10 +255,14 @@ def make_optimizer(cfg):
   return getattr(optax, cfg.optimizer)(learning_rate=schedule, weight_decay=cfg.weight_decay)
 
 
-def train_step(state, data, rng, *, f, g, term, term_cfg, alpha, batch_paired, batch_unpaired, sharding):
-  """One update on a random paired batch and (for semi-supervised methods) a random unpaired batch."""
+def train_step(state, data, rng, *, f, g, term, term_cfg, alpha, sizes, batch_paired, batch_unpaired, sharding):
+  """One update on a random paired batch and (for semi-supervised methods) a random unpaired batch.
+
+  The pools in ``data`` are row-sharded and zero-padded (:func:`distributed.shard_rows`); ``sizes`` holds their
+  real row counts, the only rows sampled.
+  """
   kp, kx, ky = jax.random.split(rng, 3)
-  n_pairs, n_ux, n_uy = data["pair_x"].shape[0], data["unp_x"].shape[0], data["unp_y"].shape[0]
+  n_pairs, n_ux, n_uy = sizes
   sample = lambda k, n, b: jax.random.choice(k, n, (b,), replace=b > n)
   ip = sample(kp, n_pairs, batch_paired)
   xp, yp = (jax.lax.with_sharding_constraint(data[k][ip], sharding) for k in ("pair_x", "pair_y"))
@@ -249,21 +306,24 @@ def train(method: str, pools: dict, teacher: teachers.LinearTeacher, cfg, run_di
   if start:
     print(f"[{method}] resuming from step {start}")
 
-  if method == "upper_bound":
-    pair_x, pair_y = pools["all_x"], pools["all_y"]
-  else:
-    pair_x, pair_y = pools["pair_x"], pools["pair_y"]
-  data = jax.device_put({
-      "pair_x": pair_x, "pair_y": pair_y, "unp_x": pools["unp_x"], "unp_y": pools["unp_y"],
-      "teacher_wx": teacher.wx, "teacher_wy": teacher.wy, "teacher_mx": teacher.mx, "teacher_my": teacher.my,
-  }, replicated)
+  # every pool row-sharded over the devices, each host reading only the rows its devices hold
+  pair = ("all_x", "all_y") if method == "upper_bound" else ("pair_x", "pair_y")
+  named = dict(zip(("pair_x", "pair_y", "unp_x", "unp_y"), pair + ("unp_x", "unp_y")))
+  data = {k: distributed.shard_rows(pools[p].read, len(pools[p]), mesh=mesh) for k, p in named.items()}
+  data.update(jax.device_put({"teacher_wx": teacher.wx, "teacher_wy": teacher.wy, "teacher_mx": teacher.mx,
+                              "teacher_my": teacher.my}, replicated))
+  sizes = (len(pools[pair[0]]), len(pools["unp_x"]), len(pools["unp_y"]))
+  if jax.process_count() > 1:
+    print(f"[{method}] process {jax.process_index()}/{jax.process_count()} reads rows " + ", ".join(
+        f"{k} [{a}, {b})" for k in ("unp_x", "unp_y")
+        for a, b in [distributed.local_row_range(len(pools[k]), mesh=mesh)]))
   term_name = cfg.sotalign.divergence if method == "sotalign" else UNPAIRED_TERM[method]
   term_cfg = getattr(cfg, TERM_CONFIG[method]) if method in TERM_CONFIG else None
   alpha = {"sotalign": cfg.sotalign.alpha, "structure": cfg.structure.weight,
            "pseudo_label": cfg.pseudo_label.weight}.get(method, 0.0)
   step_fn = jax.jit(functools.partial(
       train_step, f=f, g=g, term=objectives.UNPAIRED_TERMS[term_name], term_cfg=term_cfg, alpha=alpha,
-      batch_paired=cfg.batch_paired, batch_unpaired=cfg.batch_unpaired, sharding=batch_sharding),
+      sizes=sizes, batch_paired=cfg.batch_paired, batch_unpaired=cfg.batch_unpaired, sharding=batch_sharding),
       donate_argnums=0)
 
   state = jax.device_put(state, replicated)
@@ -281,12 +341,18 @@ def train(method: str, pools: dict, teacher: teachers.LinearTeacher, cfg, run_di
 
 
 def save_heads(run_dir: str, params: dict, *, hidden: int):
-  """Writes the heads as ``heads.msgpack`` + ``heads.json`` (read by ``python -m sotalign_jax.evaluate``)."""
-  w = params["f"]["linear"]["kernel"]
+  """Writes the heads as ``heads.msgpack`` + ``heads.json`` (read by ``python -m sotalign_jax.evaluate``).
+
+  Process 0 writes; every process returns once the files are there (the heads are replicated on all devices).
+  """
+  local = jax.tree.map(lambda a: np.asarray(a.addressable_data(0) if isinstance(a, jax.Array) else a), params)
+  w = local["f"]["linear"]["kernel"]
   meta = {"dim": int(w.shape[1]), "hidden": hidden, "d_x": int(w.shape[0]),
-          "d_y": int(params["g"]["linear"]["kernel"].shape[0])}
-  sio.write_bytes(os.path.join(run_dir, "heads.msgpack"), flax.serialization.to_bytes(jax.device_get(params)))
-  sio.write_json(os.path.join(run_dir, "heads.json"), meta)
+          "d_y": int(local["g"]["linear"]["kernel"].shape[0])}
+  if wd.is_primary():
+    sio.write_bytes(os.path.join(run_dir, "heads.msgpack"), flax.serialization.to_bytes(local))
+    sio.write_json(os.path.join(run_dir, "heads.json"), meta)
+  wd.sync(f"heads:{run_dir}")
 
 
 def teacher_heads(teacher: teachers.LinearTeacher, run_dir: str):
@@ -308,8 +374,9 @@ def _save_args(state):
 def run(cfg, workdir: str) -> dict:
   check_config(cfg)
   methods = parse_methods(cfg.methods)
-  os.makedirs(workdir, exist_ok=True)
-  sio.write_text(os.path.join(workdir, "config.json"), cfg.to_json_best_effort(indent=2))
+  if wd.is_primary():
+    os.makedirs(workdir, exist_ok=True)
+    sio.write_text(os.path.join(workdir, "config.json"), cfg.to_json_best_effort(indent=2))
   cache = open_cache(cfg.data.cache, "data.cache")
   sets = eval_sets(cache, cfg)
   writer = wd.MetricWriter(workdir)
@@ -338,7 +405,9 @@ def run(cfg, workdir: str) -> dict:
         embed_x, embed_y = train(method, pools, fitted[tname], cfg, run_dir, writer)
       result = evaluate(embed_x, embed_y, sets)
       writer.write(n_pairs, result, prefix=f"eval/{method}/")
-      sio.write_json(done, result)
+      if wd.is_primary():
+        sio.write_json(done, result)
+      wd.sync(f"done:{method}_n{n_pairs}")
       by_size[n_pairs][method] = result
       print(f"  {method:20s} i2t R@1 {result['i2t_r1']:.4f}  t2i R@1 {result['t2i_r1']:.4f}")
   writer.close()
@@ -349,11 +418,14 @@ def run(cfg, workdir: str) -> dict:
     extra["by_n_pairs"] = {str(n): r for n, r in by_size.items()}
     plot_sweep(by_size, os.path.join(workdir, "r1_vs_n_pairs.png"))
   table = wd.write_results(workdir, by_size[main_size], **extra)
+  if not wd.is_primary():
+    return by_size[main_size]
   print(f"\nSOTAlign results ({cfg.eval.split} split, {main_size} pairs, data {cfg.data.cache}):\n")
   print(table)
   if len(sizes) > 1:  # methods × metrics × n_pairs
     sweep = "\n\n".join(f"{n} pairs:\n\n{wd.markdown_table(by_size[n])}" for n in sizes)
-    sio.write_text(os.path.join(workdir, "results_by_n_pairs.md"), sweep + "\n")
+    if wd.is_primary():
+      sio.write_text(os.path.join(workdir, "results_by_n_pairs.md"), sweep + "\n")
     print("\n" + sweep)
   return by_size[main_size]
 
