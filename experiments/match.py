@@ -27,6 +27,12 @@ cell (the minimum over trials: the first trial of each shape also compiles). Eve
 For reference, the paper's COCO matching accuracy (their encoders, 320 base, 500 queries), QAP / local CKA:
 none 48.8 / 48.5, stretch 57.3 / 56.7, cluster 56.2 / 55.1, both 65.5 / 63.3.
 
+Devices: every device of the host is used. Each QAP cell's FAQ restarts are split over a 1-D ``("data",)`` mesh of
+``jax.local_devices()`` (``config.qap.batch_size`` restarts per call, rounded down to a multiple of the device
+count); restart ``i`` starts from the ``i``-th split of the cell's key whatever the batching, so 1 and 8 devices give
+the same numbers. ``results.json`` records ``n_devices``. Launched on several hosts, each host computes every cell
+(the work is small) and process 0 alone writes files.
+
 A rerun with the same workdir resumes: every finished cell is saved atomically under ``done/`` and read back.
 Every cell's randomness is derived from ``(seed, trial, sizes)`` alone, so a resumed run gives the same numbers.
 Cells are named by method and sizes only: after changing any other setting, use a fresh workdir.
@@ -43,6 +49,7 @@ from typing import Any, Callable, NamedTuple
 
 from absl import app, flags, logging
 import jax
+from jax.sharding import Mesh
 from ml_collections import config_flags
 import numpy as np
 from tqdm import tqdm
@@ -142,6 +149,29 @@ def check_config(cfg):
   if set(parse_splits(cfg.data.base_splits, "")) & set(parse_splits(cfg.data.query_splits, "")):
     raise ValueError(f"config.data.base_splits ({cfg.data.base_splits}) and config.data.query_splits "
                      f"({cfg.data.query_splits}) must not share a split: base and query images must differ")
+
+
+def qap_batch_size(n_init: int, batch_size: int, n_devices: int) -> int:
+  """Restarts per FAQ call when each call's restarts are split over ``n_devices`` devices.
+
+  :func:`sotalign_jax.qap.faq` needs the batch to be a multiple of the device count; this rounds ``batch_size``
+  (at most ``n_init``) down to one (never above the memory the config asked for), or up to ``n_devices`` when it
+  is smaller (fewer restarts than devices: faq pads the one batch and drops the padding). Which restarts run does
+  not depend on it (restart ``i`` always starts from the ``i``-th split of the cell's key; the padding of a last,
+  short batch is dropped), so any device count gives the same matching.
+
+  Args:
+    n_init: FAQ restarts of one cell (``config.qap.n_init``).
+    batch_size: restarts per call asked for (``config.qap.batch_size``).
+    n_devices: devices the restarts are split over.
+
+  Returns:
+    The batch size to pass to FAQ (``batch_size`` itself for one device).
+  """
+  if n_devices == 1:
+    return batch_size
+  b = min(batch_size, n_init)
+  return b - b % n_devices or n_devices
 
 
 # ================================================================================================================
@@ -256,15 +286,20 @@ def ranking_metrics(scores: np.ndarray, truth: np.ndarray, ks=(1, 5, 10)) -> dic
   return {f"r{k}": float(np.mean(rank < k)) for k in ks}
 
 
-def evaluate(method: Method, xb, yb, xq, yq, truth, cfg, key) -> dict[str, float]:
-  """Matching accuracy and retrieval of one method on one draw (``yq[truth[i]]`` is the caption of ``xq[i]``)."""
+def evaluate(method: Method, xb, yb, xq, yq, truth, cfg, key, *, mesh: Mesh | None = None,
+             batch_size: int | None = None) -> dict[str, float]:
+  """Matching accuracy and retrieval of one method on one draw (``yq[truth[i]]`` is the caption of ``xq[i]``).
+
+  QAP's restarts are split over ``mesh`` (``None``: one device), ``batch_size`` of them per call (default
+  ``config.qap.batch_size``; see :func:`qap_batch_size`).
+  """
   if method.stretch:
     xb, xq = stretched(xb, xq)
     yb, yq = stretched(yb, yq)
   if method.family == "qap":
     perm = matching.qap_match(xb, yb, xq, yq, kernel=cfg.qap.kernel, n_init=cfg.qap.n_init, key=key,
-                              maxiter=cfg.qap.maxiter, tol=cfg.qap.tol, batch_size=cfg.qap.batch_size,
-                              lap=cfg.qap.lap)
+                              maxiter=cfg.qap.maxiter, tol=cfg.qap.tol, batch_size=batch_size or cfg.qap.batch_size,
+                              lap=cfg.qap.lap, mesh=mesh)
     acc = float(np.mean(np.asarray(perm) == truth))
     return {"match_acc": acc, "r1": acc, "r5": float("nan"), "r10": float("nan")}
   scores = np.asarray(score_fn(method.family, cfg)(xb, yb, xq, yq))
@@ -310,8 +345,15 @@ def aggregate(results: list[dict[str, float]]) -> tuple[dict[str, float], dict[s
 def run(cfg, workdir: str) -> dict:
   check_config(cfg)
   methods = parse_methods(cfg.methods)
-  os.makedirs(workdir, exist_ok=True)
-  sio.write_text(os.path.join(workdir, "config.json"), cfg.to_json_best_effort(indent=2))
+  # data parallelism: each cell's FAQ restarts are split over every visible device (the other methods are a few
+  # small matrix products per cell and run on the default device)
+  devices = jax.local_devices()
+  mesh = Mesh(np.array(devices), ("data",)) if len(devices) > 1 else None
+  uses_qap = any(parse_method(m).family == "qap" for m in methods)
+  batch_size = qap_batch_size(cfg.qap.n_init, cfg.qap.batch_size, len(devices)) if uses_qap else None
+  if wd.is_primary():
+    os.makedirs(workdir, exist_ok=True)
+    sio.write_text(os.path.join(workdir, "config.json"), cfg.to_json_best_effort(indent=2))
   t_start = time.time()
 
   # --- pools ---------------------------------------------------------------------------------------------------
@@ -320,6 +362,8 @@ def run(cfg, workdir: str) -> dict:
   keep = capped(len(base_x), cfg.data.max_base_pool, cfg.seed, 3)
   base_x, base_y = base_x[keep], base_y[keep]
   query_x, query_y = image_caption_pool(cache, parse_splits(cfg.data.query_splits, ""), "config.data.query_splits")
+  split = f"; FAQ restarts split over them, {batch_size} per call" if mesh is not None and uses_qap else ""
+  print(f"devices: {len(devices)} x {devices[0].platform}{split}")
   print(f"base pool: {len(base_x)} images ({cfg.data.base_splits}); query pool: {len(query_x)} images "
         f"({cfg.data.query_splits}); data {cfg.data.cache}")
 
@@ -383,9 +427,10 @@ def run(cfg, workdir: str) -> dict:
       px, py = (query_x, query_y) if cell.kind == "main" else (xd_x, xd_y)
       xq, yq, truth = draw_queries(px, py, cell.n_query, seed=cfg.seed + (0 if cell.kind == "main" else 7919),
                                    trial=cell.trial, what="config.n_query")
-      res = evaluate(method, xb, yb, xq, yq, truth, cfg, key)
+      res = evaluate(method, xb, yb, xq, yq, truth, cfg, key, mesh=mesh, batch_size=batch_size)
     res["seconds"] = round(time.time() - t0, 3)
-    sio.write_json(path, nan_to_none(res))
+    if wd.is_primary():
+      sio.write_json(path, nan_to_none(res))
     writer.write(cell.trial, res, prefix=f"eval/{cell.kind}/{cell.method}/b{cell.n_base}_q{cell.n_query}/")
     results[cell] = res
   writer.close()
@@ -406,6 +451,7 @@ def run(cfg, workdir: str) -> dict:
   by_query = {q: table("main", cfg.n_base, q)[0] for q in query_sizes}
   extra: dict[str, Any] = {
       "n_base": cfg.n_base, "n_query": cfg.n_query, "n_trials": cfg.n_trials, "data": cfg.data.cache,
+      "n_devices": len(devices),
       "chance_match_acc": 1.0 / cfg.n_query, "std": main_std,
       "by_n_base": {str(m): r for m, r in by_base.items()}, "by_n_query": {str(q): r for q, r in by_query.items()},
   }

@@ -312,8 +312,9 @@ def faq(a, b, *, seeds=None, n_init: int = 1, maxiter: int = 30, tol: float = 1e
     key: PRNG key of the random starts (default ``jax.random.key(0)``).
     lap: linear assignment solver, ``"scipy"`` (host callback, fast on CPU) or ``"hungarian"`` (pure XLA).
     batch_size: restarts per batched call (default: all at once). Memory is ``≈ 8 · batch · q² · 4`` bytes.
-    mesh: optional device mesh; restarts of each batch are split over its ``axis_name`` axis (``batch_size``,
-      or ``n_init``, must then be a multiple of that axis' size).
+    mesh: optional device mesh; restarts of each batch are split over its ``axis_name`` axis. ``batch_size``
+      must then be a multiple of that axis' size, unless it covers all ``n_init`` restarts: that one batch is
+      padded to the axis size and the padding dropped.
     axis_name: mesh axis of the restarts (default: the mesh's first axis).
 
   Returns:
@@ -344,8 +345,11 @@ def faq(a, b, *, seeds=None, n_init: int = 1, maxiter: int = 30, tol: float = 1e
     axis_name = axis_name or mesh.axis_names[0]
     if axis_name not in mesh.axis_names:
       raise ValueError(f"axis_name {axis_name!r} is not an axis of mesh {mesh.axis_names}")
-    if batch_size % mesh.shape[axis_name]:
-      raise ValueError(f"batch_size (or n_init) = {batch_size} must be a multiple of the mesh axis size "
+    split = mesh.shape[axis_name]
+    if batch_size == n_init:  # all restarts in one call: pad it to the axis size (the padding is dropped)
+      batch_size = -(-n_init // split) * split
+    if batch_size % split:
+      raise ValueError(f"batch_size = {batch_size} must be a multiple of the mesh axis size "
                        f"{mesh.shape[axis_name]}")
   key = jax.random.key(0) if key is None else key
 

@@ -159,3 +159,56 @@ for key, value in cases:
   assert out.returncode == 0, out.stderr[-3000:]
   assert "ACCEPTED" not in out.stdout and out.stdout.count("ok ") == 14, out.stdout
   assert not (tmp_path / "results.json").exists()
+
+
+def test_qap_batch_size_splits_restarts_evenly_over_devices(caches, tmp_path):
+  code = r"""
+import sys
+sys.argv = ["x"]
+sys.path.insert(0, "experiments")
+import match
+for n_init, batch, n_dev, want in [(500, 100, 1, 100), (500, 100, 8, 96), (20, 20, 8, 16), (8, 8, 8, 8),
+                                   (16, 4, 8, 8), (500, 1000, 8, 496), (3, 7, 1, 7), (4, 4, 8, 8), (1, 9, 2, 2)]:
+  got = match.qap_batch_size(n_init, batch, n_dev)
+  assert got == want, (n_init, batch, n_dev, got, want)
+  assert got % n_dev == 0 and 0 < got <= max(n_init, batch, n_dev)
+print("ok")
+"""
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO, env=ENV)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.stdout.split() == ["ok"], out.stdout
+
+
+def test_eight_fake_devices_give_the_single_device_metrics(caches, tmp_path):
+  # QAP with and without stretch + k-means base (the sharded path), local CKA (unsharded) alongside. With 4 base
+  # pairs the matching found depends on the restarts' random starts, so this also checks that 1 and 8 devices run
+  # the same restarts. One base size (one FAQ shape to compile); 8 restarts, one per device per call.
+  args = ["--config.methods=qap_none,qap_both,localcka_none,localcka_both", "--config.n_base=4",
+          "--config.n_base_sweep=", "--config.qap.n_init=8", "--config.qap.batch_size=8"]
+  env8 = dict(ENV, XLA_FLAGS=ENV["XLA_FLAGS"] + " --xla_force_host_platform_device_count=8")
+  runs = {}
+  for name, env in (("one", ENV), ("eight", env8)):
+    out = subprocess.run(launch(tmp_path / name, caches, *args), capture_output=True, text=True, timeout=600,
+                         cwd=REPO, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    runs[name] = (json.load(open(tmp_path / name / "results.json")), out.stdout)
+  (one, out1), (eight, out8) = runs["one"], runs["eight"]
+  assert one["n_devices"] == 1 and eight["n_devices"] == 8
+  assert "devices: 1 x cpu\n" in out1
+  assert "devices: 8 x cpu; FAQ restarts split over them, 8 per call" in out8
+  for section in ("methods", "cross_domain", "zeroshot"):
+    assert set(one[section]) == set(eight[section]), section
+    for m, r in one[section].items():
+      for k, v in r.items():
+        if k == "seconds":
+          continue
+        w = eight[section][m][k]
+        if v is None:
+          assert w is None, (section, m, k)
+        else:
+          assert w == pytest.approx(v, abs=1e-6), (section, m, k, v, w)
+  assert {"qap_none", "qap_both"} <= set(one["methods"]) and one["methods"]["qap_both"]["r5"] is None
+  for k in ("match_acc", "r1", "r5", "r10"):
+    assert k in one["std"]["localcka_both"] and k in one["methods"]["localcka_both"]
+    assert eight["std"]["localcka_both"][k] == pytest.approx(one["std"]["localcka_both"][k], abs=1e-6)
+  assert eight["std"]["qap_both"]["match_acc"] == pytest.approx(one["std"]["qap_both"]["match_acc"], abs=1e-6)

@@ -122,6 +122,11 @@ def test_sharded_restarts_equal_single_device():
       r8 = qap.faq(a, b, seeds=seeds, n_init=16, key=jax.random.key(0), mesh=mesh)
       np.testing.assert_allclose(r1.fun_per_init, r8.fun_per_init, rtol=1e-5)
       np.testing.assert_array_equal(r1.col_ind, r8.col_ind)
+      # fewer restarts than devices: one padded batch, the same 3 restarts as on one device
+      r1 = qap.faq(a, b, seeds=seeds, n_init=3, key=jax.random.key(1))
+      r8 = qap.faq(a, b, seeds=seeds, n_init=3, key=jax.random.key(1), mesh=mesh)
+      assert r8.fun_per_init.shape == (3,)
+      np.testing.assert_allclose(r1.fun_per_init, r8.fun_per_init, rtol=1e-5)
       print("OK")
   """)
   assert "OK" in out
