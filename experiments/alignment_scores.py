@@ -9,7 +9,9 @@ score_grid`), then the best pair calibrated with more permutations and a bootstr
 (:func:`sotalign_jax.scores.calibrated`) → ``results.json`` (``{"methods": {"lite0_x_minilm": {...}}}``), the
 markdown table, ``grids.json`` (every grid, z and p) and one heatmap png per encoder pair.
 
-Finished encoder pairs are read back from ``done/`` on a rerun. The k-NN metrics use L2-normalised features
+Every device of the host is used: each batch of permutations and bootstrap resamples is split over them (the
+numbers do not depend on the device count; ``results.json`` records ``n_devices``). Finished encoder pairs are
+read back from ``done/`` on a rerun. The k-NN metrics use L2-normalised features
 (cosine neighbourhoods, as in Huh et al., 2024); the CKA metrics use the raw features.
 """
 
@@ -23,6 +25,7 @@ import zlib
 
 from absl import app, flags
 import jax
+from jax.sharding import Mesh
 import numpy as np
 from ml_collections import config_flags
 
@@ -140,8 +143,12 @@ def unit(a: np.ndarray) -> np.ndarray:
   return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
 
 
-def score_pair(fx: dict, fy: dict, metrics: list[str], cfg) -> tuple[dict, dict]:
-  """Grids (with null) and the calibrated best pair for every metric: (results row, grids for grids.json)."""
+def score_pair(fx: dict, fy: dict, metrics: list[str], cfg, mesh=None) -> tuple[dict, dict]:
+  """Grids (with null) and the calibrated best pair for every metric: (results row, grids for grids.json).
+
+  Permutations and bootstrap resamples are split over ``mesh`` (``None``: one device); the numbers do not depend
+  on it.
+  """
   rows = np.intersect1d(fx["rows"], fy["rows"])  # samples whose image decoded
   pick = lambda f: [a[np.searchsorted(f["rows"], rows)] for a in f["layers"]]
   xs, ys = pick(fx), pick(fy)
@@ -150,10 +157,11 @@ def score_pair(fx: dict, fy: dict, metrics: list[str], cfg) -> tuple[dict, dict]
   for m in metrics:
     a, b = (xs, ys) if m not in ("mutual_knn", "cknna") else ([unit(v) for v in xs], [unit(v) for v in ys])
     kg, kc = jax.random.split(jax.random.fold_in(key, scores.METRICS.index(m)))
-    g = scores.score_grid(a, b, metric=m, k=cfg.k, block_size=cfg.block_size, n_perm=cfg.n_perm_grid, key=kg)
+    g = scores.score_grid(a, b, metric=m, k=cfg.k, block_size=cfg.block_size, n_perm=cfg.n_perm_grid, key=kg,
+                          mesh=mesh)
     i, j = g.best
     c = scores.calibrated(m, a[i], b[j], n_perm=cfg.n_perm, n_boot=cfg.n_boot, key=kc, k=cfg.k,
-                          block_size=cfg.block_size)
+                          block_size=cfg.block_size, mesh=mesh)
     grids[m] = {"scores": np.asarray(g.scores).tolist(), "best": [i, j],
                 "z": None if g.z is None else np.asarray(g.z).tolist(),
                 "p_value": None if g.p_value is None else np.asarray(g.p_value).tolist()}
@@ -203,6 +211,9 @@ def run(cfg, workdir: str) -> dict:
   text_names = [s.strip() for s in cfg.text_encoders.split(",") if s.strip()]
   records = None if cfg.synthetic else select_records(cfg)
   t_start = time.time()
+  devices = jax.local_devices()  # every host computes everything (small); its devices split the permutations
+  mesh = Mesh(np.array(devices), ("data",)) if len(devices) > 1 else None
+  print(f"devices: {len(devices)} x {devices[0].platform}" + (", permutations split over them" if mesh else ""))
   results, all_grids = {}, {}
   for iname in image_names:
     for tname in text_names:
@@ -215,7 +226,7 @@ def run(cfg, workdir: str) -> dict:
         print(f"{method}:")
         fx = features(iname, "image", records, cfg, workdir)
         fy = features(tname, "text", records, cfg, workdir)
-        row, grids = score_pair(fx, fy, metrics, cfg)
+        row, grids = score_pair(fx, fy, metrics, cfg, mesh)
         plot_grids(method, grids, os.path.join(workdir, f"{method}.png"))
         saved = {"row": row, "grids": grids}
         if wd.is_primary():
@@ -227,7 +238,7 @@ def run(cfg, workdir: str) -> dict:
   if wd.is_primary():
     sio.write_json(os.path.join(workdir, "grids.json"), all_grids)
   table = wd.write_results(workdir, results, dataset=cfg.dataset, primary=cfg.primary, n_perm=cfg.n_perm,
-                           seconds=round(time.time() - t_start, 1))
+                           n_devices=len(devices), seconds=round(time.time() - t_start, 1))
   print(f"\nBest layer pairs ({cfg.dataset}, primary metric {cfg.primary}):\n\n{table}")
   return results
 

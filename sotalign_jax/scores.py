@@ -50,6 +50,7 @@ from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import numpy as np
 
 from sotalign_jax import cka as _cka
@@ -475,8 +476,40 @@ def _grid_fn(metric: str, xs, ys, bx, by, k: int, dim: int, block: int):
   return svcca
 
 
-@functools.partial(jax.jit, static_argnames=("metric", "n_perm", "k", "dim", "block", "batch"))
-def _grid_null(xs, ys, bx, by, key, raw, *, metric: str, n_perm: int, k: int, dim: int, block: int, batch: int):
+def _split_over(mesh: Mesh | None, keys: jax.Array) -> jax.Array:
+  """``keys`` (a batch of permutation keys) split over the first axis of ``mesh``: each device its share."""
+  if mesh is None:
+    return keys
+  auto = Mesh(mesh.devices, mesh.axis_names)  # the same devices with automatic axes (jax.make_mesh's are explicit)
+  return jax.lax.with_sharding_constraint(keys, NamedSharding(auto, PartitionSpec(mesh.axis_names[0])))
+
+
+def _batch_for(batch: int, total: int, mesh: Mesh | None) -> int:
+  """``min(batch, total)``, rounded up to a multiple of the mesh's first axis (whole batches split evenly)."""
+  b = max(1, min(batch, total))
+  if mesh is None:
+    return b
+  size = mesh.shape[mesh.axis_names[0]]
+  return -(-b // size) * size
+
+
+def _map_batches(fn, keys: jax.Array, batch: int, mesh: Mesh | None) -> jax.Array:
+  """``jax.lax.map(fn, keys, batch_size=batch)`` with each batch of keys split over ``mesh``."""
+  n = keys.shape[0]
+  nb = n // batch
+  out = []
+  if nb:
+    _, full = jax.lax.scan(lambda c, kk: (c, jax.vmap(fn)(_split_over(mesh, kk))), None,
+                           keys[:nb * batch].reshape((nb, batch) + keys.shape[1:]))
+    out.append(full.reshape((nb * batch,) + full.shape[2:]))
+  if n > nb * batch:
+    out.append(jax.vmap(fn)(keys[nb * batch:]))
+  return jnp.concatenate(out)
+
+
+@functools.partial(jax.jit, static_argnames=("metric", "n_perm", "k", "dim", "block", "batch", "mesh"))
+def _grid_null(xs, ys, bx, by, key, raw, *, metric: str, n_perm: int, k: int, dim: int, block: int, batch: int,
+               mesh: Mesh | None):
   n = xs[0].shape[0]
   grid = _grid_fn(metric, xs, ys, bx, by, k, dim, block)
 
@@ -485,7 +518,8 @@ def _grid_null(xs, ys, bx, by, key, raw, *, metric: str, n_perm: int, k: int, di
     return g, g * g, (g >= raw).astype(jnp.float32)
 
   def body(acc, kk):
-    return jax.tree.map(jnp.add, acc, jax.tree.map(lambda a: a.sum(0), jax.vmap(one)(kk))), None
+    stats = jax.vmap(one)(_split_over(mesh, kk))
+    return jax.tree.map(jnp.add, acc, jax.tree.map(lambda a: a.sum(0), stats)), None
 
   keys = jax.random.split(key, n_perm)
   nb = n_perm // batch
@@ -504,7 +538,7 @@ def _grid_null(xs, ys, bx, by, key, raw, *, metric: str, n_perm: int, k: int, di
 # ----------------------------------------------------------------------------------------------------------------
 def score_grid(xs, ys, *, metric: str = "linear_cka", k: int = 10, bandwidth: float | None = None,
                dim: int = 10, block_size: int = 1024, n_perm: int = 0, key: jax.Array | None = None,
-               batch_size: int = 8) -> ScoreGrid:
+               batch_size: int = 8, mesh: Mesh | None = None) -> ScoreGrid:
   r"""Alignment score of every pair of layers of two encoders, in one compiled call.
 
   .. math:: G_{ij} = \mathrm{score}(X_i, Y_j), \qquad (i^*, j^*) = \arg\max_{ij} G_{ij}.
@@ -532,6 +566,8 @@ def score_grid(xs, ys, *, metric: str = "linear_cka", k: int = 10, bandwidth: fl
       does not depend on it (linear self terms, k-NN lists of ``xs``, ...) is computed once.
     key: PRNG key of the permutations; default ``jax.random.key(0)``.
     batch_size: permutations vmapped together.
+    mesh: optional device mesh; each batch of permutations is split over its first axis (``batch_size`` is
+      rounded up to a multiple of that axis' size). The permutations are the same with or without it.
 
   Returns:
     A :class:`ScoreGrid`.
@@ -566,7 +602,7 @@ def score_grid(xs, ys, *, metric: str = "linear_cka", k: int = 10, bandwidth: fl
     return ScoreGrid(g, best, metric)
   key = jax.random.key(0) if key is None else key
   null = _grid_null(xs, ys, bx, by, key, g, metric=metric, n_perm=int(n_perm), k=int(k), dim=int(dim),
-                    block=block, batch=int(min(batch_size, n_perm)))
+                    block=block, batch=_batch_for(int(batch_size), int(n_perm), mesh), mesh=mesh)
   return ScoreGrid(g, best, metric, *null)
 
 
@@ -641,23 +677,23 @@ def _parts(metric: str, x, y, bw, *, k: int, dim: int, block: int):
   return _svcca_parts(x, y, dim)
 
 
-@functools.partial(jax.jit, static_argnames=("metric", "n_perm", "n_boot", "batch", "k", "dim", "block"))
+@functools.partial(jax.jit, static_argnames=("metric", "n_perm", "n_boot", "batch", "k", "dim", "block", "mesh"))
 def _calibrate(x, y, bw, key, ci, *, metric: str, n_perm: int, n_boot: int, batch: int, k: int, dim: int,
-               block: int):
+               block: int, mesh: Mesh | None):
   n = x.shape[0]
   kp, kb = jax.random.split(key)
   opts = dict(k=k, dim=dim, block=block)
   score = _parts(metric, x, y, bw, **opts)
   raw = score(jnp.arange(n))
-  null = jax.lax.map(lambda kk: score(jax.random.permutation(kk, n)), jax.random.split(kp, n_perm),
-                     batch_size=min(batch, n_perm))
+  null = _map_batches(lambda kk: score(jax.random.permutation(kk, n)), jax.random.split(kp, n_perm),
+                      _batch_for(batch, n_perm, mesh), mesh)
   null_mean, null_std = null.mean(), null.std()
   p = (1.0 + jnp.sum(null >= raw)) / (1.0 + n_perm)
   if n_boot:
     def boot_one(kk):
       rows = jax.random.choice(kk, n, (n,), replace=True)
       return _parts(metric, x[rows], y[rows], bw, **opts)(jnp.arange(n))
-    boot = jax.lax.map(boot_one, jax.random.split(kb, n_boot), batch_size=min(batch, n_boot))
+    boot = _map_batches(boot_one, jax.random.split(kb, n_boot), _batch_for(batch, n_boot, mesh), mesh)
     lo, hi = jnp.nanquantile(boot, jnp.stack([(1.0 - ci) / 2, (1.0 + ci) / 2]))
   else:
     lo = hi = jnp.float32(jnp.nan)
@@ -679,7 +715,7 @@ def _default_batch(metric: str, n: int, dx: int, dy: int, k: int, block: int) ->
 
 def calibrated(metric: str, x, y, *, n_perm: int = 1000, n_boot: int = 200, key: jax.Array | None = None,
                ci: float = 0.95, k: int = 10, bandwidth: float | None = None, dim: int = 10,
-               block_size: int = 1024, batch_size: int | None = None) -> Calibrated:
+               block_size: int = 1024, batch_size: int | None = None, mesh: Mesh | None = None) -> Calibrated:
   r"""A score with its permutation null (``y``'s rows shuffled) and a percentile bootstrap interval.
 
   .. math::
@@ -705,6 +741,8 @@ def calibrated(metric: str, x, y, *, n_perm: int = 1000, n_boot: int = 200, key:
     ci: coverage of the bootstrap interval, in (0, 1).
     k, bandwidth, dim, block_size: as in :func:`score_grid` (``bandwidth`` is fixed from the full data).
     batch_size: permutations / resamples evaluated together; default keeps them near 256 MiB.
+    mesh: optional device mesh; each batch of permutations / resamples is split over its first axis (as in
+      :func:`score_grid`).
 
   Returns:
     A :class:`Calibrated`.
@@ -728,7 +766,7 @@ def calibrated(metric: str, x, y, *, n_perm: int = 1000, n_boot: int = 200, key:
   batch = int(batch_size or _default_batch(metric, n, x.shape[1], y.shape[1], k, block))
   key = jax.random.key(0) if key is None else key
   out = _calibrate(x, y, bw, key, jnp.float32(ci), metric=metric, n_perm=int(n_perm), n_boot=int(n_boot),
-                   batch=batch, k=int(k), dim=int(dim), block=block)
+                   batch=batch, k=int(k), dim=int(dim), block=block, mesh=mesh)
   return Calibrated(*out, metric=metric)
 
 

@@ -1,5 +1,6 @@
 """Layer grids and calibrated scores against the Platonic-Representation definitions written plainly in numpy."""
 
+import json
 import os
 import sys
 
@@ -203,6 +204,16 @@ def test_experiment_smoke_variant_writes_results_and_resumes(tmp_path):
     assert (tmp_path / f).exists(), f
   again = alignment_scores.run(cfg, str(tmp_path))  # resumes from done/
   assert again == res
+  # the same run on 8 fake devices (permutations and resamples split over them) gives the same results
+  from conftest import run_on_devices  # pylint: disable=g-import-not-at-top
+  run_on_devices([sys.executable, os.path.join(REPO, "experiments", "alignment_scores.py"), "--config",
+                  os.path.join(REPO, "configs", "alignment_scores.py") + ":smoke", "--workdir", str(tmp_path / "eight")],
+                 8)
+  eight = json.load(open(tmp_path / "eight" / "results.json"))
+  assert eight["n_devices"] == 8 and json.load(open(tmp_path / "results.json"))["n_devices"] == 1
+  for k, v in res["syn0_x_syn1"].items():
+    w = eight["methods"]["syn0_x_syn1"][k]
+    assert w == v if isinstance(v, str) else np.isclose(w, v, rtol=1e-5, atol=1e-6), (k, v, w)
 
 
 @pytest.mark.parametrize("metric", ["unbiased_linear_cka", "cknna"])
@@ -219,3 +230,31 @@ def test_grid_null_is_the_metric_of_permuted_ys(layers, metric):
     np.testing.assert_allclose(g.null_std[i, j], null.std(), rtol=1e-3, atol=1e-6)
     np.testing.assert_allclose(g.p_value[i, j], (1 + np.sum(null >= raw - 1e-6)) / 24, rtol=1e-6)
   np.testing.assert_allclose(g.z, (g.scores - g.null_mean) / g.null_std, rtol=1e-5)
+
+
+def test_eight_devices_split_the_permutations_and_give_the_single_device_null():
+  from conftest import run_with_fake_devices  # pylint: disable=g-import-not-at-top
+  out = run_with_fake_devices("""
+      import jax, numpy as np
+      from sotalign_jax import scores
+      assert jax.device_count() == 8
+      r = np.random.default_rng(0)
+      z = r.normal(size=(48, 4))
+      xs = [(z @ r.normal(size=(4, d)) + r.normal(size=(48, d))).astype(np.float32) for d in (6, 9)]
+      ys = [(np.tanh(z @ r.normal(size=(4, d))) + r.normal(size=(48, d))).astype(np.float32) for d in (5, 7, 3)]
+      mesh = jax.make_mesh((8,), ("perm",))
+      key = jax.random.key(3)
+      for metric in ("linear_cka", "cknna"):
+        # 21 permutations in batches of 5: rounded to 8 on the mesh (2 whole batches split 8 ways + 5 left over)
+        one = scores.score_grid(xs, ys, metric=metric, k=4, n_perm=21, key=key, batch_size=5)
+        eight = scores.score_grid(xs, ys, metric=metric, k=4, n_perm=21, key=key, batch_size=5, mesh=mesh)
+        for a, b in zip(one[3:], eight[3:]):  # null_mean, null_std, z, p_value
+          np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+        c1 = scores.calibrated(metric, xs[1], ys[0], n_perm=19, n_boot=11, key=key, k=4, batch_size=3)
+        c8 = scores.calibrated(metric, xs[1], ys[0], n_perm=19, n_boot=11, key=key, k=4, batch_size=3, mesh=mesh)
+        np.testing.assert_allclose(np.asarray(c1.null), np.asarray(c8.null), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose([c1.ci_low, c1.ci_high, c1.p_value], [c8.ci_low, c8.ci_high, c8.p_value],
+                                   rtol=1e-5)
+      print("OK")
+  """)
+  assert out.strip().splitlines()[-1] == "OK"
