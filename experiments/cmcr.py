@@ -26,7 +26,7 @@ import sys
 import time
 from typing import Any, NamedTuple
 
-from absl import app, flags
+from absl import app, flags, logging
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -439,6 +439,7 @@ def plot_curves(metrics_path: str, methods: list[str], path: str):
 
 def main(argv):
   wd.start_experiment(argv, _CONFIG.value, _WORKDIR.value, config_file="configs/cmcr.py")
+  logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save INFO lines out of the progress output
   run(_CONFIG.value, _WORKDIR.value)
 
 
