@@ -1,7 +1,7 @@
 """Tests for the EfficientNet-Lite JAX encoders and the torch-pickle reader.
 
-Oracles: fixtures written once by ``scripts/make_efficientnet_reference.py`` from the ORIGINAL PyTorch model
-(``efficientnet_lite_pytorch`` in a throw-away venv), plain-numpy convolution / BatchNorm / crop arithmetic, and
+Oracles: fixtures computed once from the ORIGINAL PyTorch model (``efficientnet_lite_pytorch``, outside the
+repository; see tests/fixtures/README.md), plain-numpy convolution / BatchNorm / crop arithmetic, and
 checkpoints written by real ``torch.save`` whose values are rebuilt here with numpy.
 """
 
@@ -28,7 +28,7 @@ BANANA = "/usr/share/openclipart/png/food/fruit/banana.png"
 
 
 def make_inputs(resolution: int) -> np.ndarray:
-  """Same deterministic inputs as ``scripts/make_efficientnet_reference.py``."""
+  """The deterministic inputs the reference fixtures were computed on (tests/fixtures/README.md)."""
   i = np.arange(resolution, dtype=np.float64)[:, None, None]
   j = np.arange(resolution, dtype=np.float64)[None, :, None]
   c = np.arange(3, dtype=np.float64)[None, None, :]

@@ -1,8 +1,8 @@
 """Tests for sotalign_jax.encoders.text / mpnet against the original PyTorch models.
 
 The reference vectors in tests/fixtures/text_reference*.{json,npy} were computed by
-scripts/make_text_reference.py with transformers' PyTorch BertModel / MPNetModel and the
-sentence-transformers head written out; the oracles for the small pieces are plain numpy here.
+transformers' PyTorch BertModel / MPNetModel with the sentence-transformers head written out, outside the
+repository (tests/fixtures/README.md); the oracles for the small pieces are plain numpy here.
 """
 
 import io
