@@ -41,18 +41,11 @@ SHORT = {"efficientnet-lite0": "lite0", "efficientnet-lite1": "lite1", "efficien
 
 
 def check_config(cfg) -> list[str]:
-  metrics = [m.strip() for m in cfg.metrics.split(",") if m.strip()]
-  bad = [m for m in metrics if m not in scores.METRICS]
-  if bad or not metrics:
-    raise ValueError(f"config.metrics: unknown metric(s) {bad}; choose from {scores.METRICS}")
+  metrics = wd.parse_list(cfg, "metrics", scores.METRICS, what="metric")
   if cfg.primary not in metrics:
     raise ValueError(f"config.primary={cfg.primary!r} must be one of config.metrics {metrics}")
-  for key in ("n_images", "n_perm", "k", "batch_size", "block_size"):
-    if not isinstance(cfg[key], int) or cfg[key] < 1:
-      raise ValueError(f"config.{key} must be a positive integer, got {cfg[key]!r}")
-  for key in ("n_perm_grid", "n_boot"):
-    if not isinstance(cfg[key], int) or cfg[key] < 0:
-      raise ValueError(f"config.{key} must be an integer >= 0, got {cfg[key]!r}")
+  wd.check_ints(cfg, ("n_images", "n_perm", "k", "batch_size", "block_size"))
+  wd.check_ints(cfg, ("n_perm_grid", "n_boot"), minimum=0)
   return metrics
 
 

@@ -55,28 +55,12 @@ NPY_KEYS = ("a_memory", "b", "b_prime", "c_memory", "a_eval", "c_eval", "a_train
 # ================================================================================================================
 # Config checks
 # ================================================================================================================
-def parse_methods(spec: str) -> list[str]:
-  methods = [m.strip() for m in spec.split(",") if m.strip()]
-  bad = [m for m in methods if m not in METHODS]
-  if bad or not methods:
-    raise ValueError(f"config.methods: unknown method(s) {bad}; choose from {list(METHODS)}")
-  return methods
-
-
 def check_config(cfg):
-  for key in ("steps", "batch_size", "out", "demo.cca_dim"):
-    v = functools.reduce(getattr, key.split("."), cfg)
-    if not isinstance(v, int) or v < 1:
-      raise ValueError(f"config.{key} must be a positive integer, got {v!r}")
+  wd.check_ints(cfg, ("steps", "batch_size", "out", "demo.cca_dim"))
   if not isinstance(cfg.hidden, int) or cfg.hidden < 0:
     raise ValueError(f"config.hidden must be a non-negative integer (0: no hidden layer), got {cfg.hidden!r}")
-  for key in ("lr", "temperature", "retrieval_temperature", "demo.cca_reg", "demo.ridge_lam"):
-    v = functools.reduce(getattr, key.split("."), cfg)
-    if not v > 0:
-      raise ValueError(f"config.{key} must be > 0, got {v!r}")
-  for key in ("noise_variance", "intra_weight", "pseudo_weight", "weight_decay"):
-    if not getattr(cfg, key) >= 0:
-      raise ValueError(f"config.{key} must be >= 0, got {getattr(cfg, key)!r}")
+  wd.check_positive(cfg, ("lr", "temperature", "retrieval_temperature", "demo.cca_reg", "demo.ridge_lam"))
+  wd.check_nonnegative(cfg, ("noise_variance", "intra_weight", "pseudo_weight", "weight_decay"))
   if cfg.data.source not in ("demo", "npy"):
     raise ValueError(f"config.data.source must be 'demo' or 'npy', got {cfg.data.source!r}")
   if cfg.demo.teacher not in teachers.TEACHERS:
@@ -87,7 +71,7 @@ def check_config(cfg):
     missing = [k for k in NPY_KEYS[:6] if not getattr(cfg.data, k)]
     if missing:
       raise ValueError(f"config.data.source='npy' needs config.data.{{{','.join(missing)}}}: paths of .npy files")
-    if "supervised" in parse_methods(cfg.methods) and not (cfg.data.a_train and cfg.data.c_train):
+    if "supervised" in wd.parse_list(cfg, "methods", METHODS) and not (cfg.data.a_train and cfg.data.c_train):
       raise ValueError("config.methods includes 'supervised', which needs A–C training pairs: set "
                        "config.data.a_train and config.data.c_train, or drop it from config.methods")
 
@@ -356,7 +340,7 @@ def no_connection(spaces: dict) -> dict[str, float]:
 # ================================================================================================================
 def run(cfg, workdir: str) -> dict:
   check_config(cfg)
-  methods = parse_methods(cfg.methods)
+  methods = wd.parse_list(cfg, "methods", METHODS)
   if wd.is_primary():
     os.makedirs(workdir, exist_ok=True)
     sio.write_text(os.path.join(workdir, "config.json"), cfg.to_json_best_effort(indent=2))

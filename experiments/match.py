@@ -85,14 +85,6 @@ def parse_method(name: str) -> Method:
 # ================================================================================================================
 # Config checks
 # ================================================================================================================
-def parse_methods(spec: str) -> list[str]:
-  methods = [m.strip() for m in spec.split(",") if m.strip()]
-  bad = [m for m in methods if m not in METHODS]
-  if bad or not methods:
-    raise ValueError(f"config.methods: unknown method(s) {bad}; choose from {list(METHODS)}")
-  return methods
-
-
 def parse_sizes(spec: str, key: str) -> list[int]:
   try:
     sizes = [int(s) for s in spec.split(",") if s.strip()]
@@ -114,19 +106,10 @@ def parse_splits(spec: str, key: str) -> list[str] | None:
 
 def check_config(cfg):
   get = lambda key: functools.reduce(getattr, key.split("."), cfg)
-  for key in ("n_trials", "qap.n_init", "qap.maxiter", "qap.batch_size"):
-    v = get(key)
-    if not isinstance(v, int) or v < 1:
-      raise ValueError(f"config.{key} must be a positive integer, got {v!r}")
-  for key in ("n_base", "n_query"):
-    v = get(key)
-    if not isinstance(v, int) or v < 2:
-      raise ValueError(f"config.{key} must be an integer >= 2, got {v!r}")
-  for key in ("qap.tol", "linreg.lam"):
-    if not get(key) > 0:
-      raise ValueError(f"config.{key} must be > 0, got {get(key)!r}")
-  if not isinstance(cfg.cluster.n_iter, int) or cfg.cluster.n_iter < 0:
-    raise ValueError(f"config.cluster.n_iter must be a non-negative integer, got {cfg.cluster.n_iter!r}")
+  wd.check_ints(cfg, ("n_trials", "qap.n_init", "qap.maxiter", "qap.batch_size"))
+  wd.check_ints(cfg, ("n_base", "n_query"), minimum=2)
+  wd.check_positive(cfg, ("qap.tol", "linreg.lam"))
+  wd.check_ints(cfg, ("cluster.n_iter",), minimum=0)
   for key in ("data.max_base_pool", "zeroshot.max_images"):
     v = get(key)
     if not isinstance(v, int) or not (v == -1 or v >= 2):
@@ -138,7 +121,7 @@ def check_config(cfg):
     raise ValueError(f"config.qap.lap must be 'scipy' or 'hungarian', got {cfg.qap.lap!r}")
   if cfg.cluster.space not in ("image", "text"):
     raise ValueError(f"config.cluster.space must be 'image' or 'text', got {cfg.cluster.space!r}")
-  parse_methods(cfg.methods)
+  wd.parse_list(cfg, "methods", METHODS)
   parse_sizes(cfg.n_base_sweep, "n_base_sweep")
   parse_sizes(cfg.n_query_sweep, "n_query_sweep")
   for key in ("data.base_splits", "data.query_splits", "cross_domain.splits", "zeroshot.splits"):
@@ -344,7 +327,7 @@ def aggregate(results: list[dict[str, float]]) -> tuple[dict[str, float], dict[s
 
 def run(cfg, workdir: str) -> dict:
   check_config(cfg)
-  methods = parse_methods(cfg.methods)
+  methods = wd.parse_list(cfg, "methods", METHODS)
   # data parallelism: each cell's FAQ restarts are split over every visible device (the other methods are a few
   # small matrix products per cell and run on the default device)
   devices = jax.local_devices()

@@ -56,23 +56,10 @@ TERM_CONFIG = {"structure": "structure", "pseudo_label": "pseudo_label", "sotali
 # ================================================================================================================
 # Config checks
 # ================================================================================================================
-def parse_methods(spec: str) -> list[str]:
-  methods = [m.strip() for m in spec.split(",") if m.strip()]
-  bad = [m for m in methods if m not in METHODS]
-  if bad or not methods:
-    raise ValueError(f"config.methods: unknown method(s) {bad}; choose from {list(METHODS)}")
-  return methods
-
-
 def check_config(cfg):
-  for key in ("steps", "batch_paired", "batch_unpaired", "data.n_pairs", "teacher.cca_dim", "sotalign.sinkhorn_iters"):
-    v = functools.reduce(getattr, key.split("."), cfg)
-    if not isinstance(v, int) or v < 1:
-      raise ValueError(f"config.{key} must be a positive integer, got {v!r}")
-  for key in ("lr", "sotalign.eps_student", "sotalign.eps_teacher", "teacher.ridge_lam"):
-    v = functools.reduce(getattr, key.split("."), cfg)
-    if not v > 0:
-      raise ValueError(f"config.{key} must be > 0, got {v!r}")
+  wd.check_ints(cfg, ("steps", "batch_paired", "batch_unpaired", "data.n_pairs", "teacher.cca_dim",
+                      "sotalign.sinkhorn_iters"))
+  wd.check_positive(cfg, ("lr", "sotalign.eps_student", "sotalign.eps_teacher", "teacher.ridge_lam"))
   if cfg.head not in ("linear", "mlp"):
     raise ValueError(f"config.head must be 'linear' or 'mlp', got {cfg.head!r}")
   if cfg.teacher.name not in teachers.TEACHERS:
@@ -373,7 +360,7 @@ def _save_args(state):
 # ================================================================================================================
 def run(cfg, workdir: str) -> dict:
   check_config(cfg)
-  methods = parse_methods(cfg.methods)
+  methods = wd.parse_list(cfg, "methods", METHODS)
   if wd.is_primary():
     os.makedirs(workdir, exist_ok=True)
     sio.write_text(os.path.join(workdir, "config.json"), cfg.to_json_best_effort(indent=2))

@@ -17,19 +17,20 @@ process 0 wrote. The workdir must be on a filesystem all hosts share (as Orbax r
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import os
 import shutil
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import jax
 import numpy as np
 
 from sotalign_jax import io as sio
 
-__all__ = ["start_experiment", "is_primary", "sync", "itstime", "MetricWriter", "checkpoint_manager", "restore_latest", "write_results", "markdown_table",
+__all__ = ["start_experiment", "parse_list", "check_ints", "check_positive", "check_nonnegative", "is_primary", "sync", "itstime", "MetricWriter", "checkpoint_manager", "restore_latest", "write_results", "markdown_table",
            "check_finite", "atomic_write_text", "NonFiniteError"]
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,42 @@ def start_experiment(argv, config, workdir, *, config_file: str):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if config is None or workdir is None:
     raise app.UsageError(f"both --config {config_file}[:variant] and --workdir DIR are required")
+
+
+def _get(cfg, key: str):
+  return functools.reduce(getattr, key.split("."), cfg)
+
+
+def parse_list(cfg, key: str, choices: Sequence[str], *, what: str = "method") -> list[str]:
+  """The comma-separated ``config.<key>`` as a list; raises naming the key if it is empty or has unknown entries."""
+  items = [m.strip() for m in _get(cfg, key).split(",") if m.strip()]
+  bad = [m for m in items if m not in choices]
+  if bad or not items:
+    raise ValueError(f"config.{key}: unknown {what}(s) {bad}; choose from {list(choices)}")
+  return items
+
+
+def check_ints(cfg, keys: Iterable[str], *, minimum: int = 1):
+  """Raises naming the first ``config.<key>`` (dotted) that is not an integer ``>= minimum``."""
+  for key in keys:
+    v = _get(cfg, key)
+    if not isinstance(v, int) or v < minimum:
+      need = {1: "a positive integer", 0: "an integer >= 0"}.get(minimum, f"an integer >= {minimum}")
+      raise ValueError(f"config.{key} must be {need}, got {v!r}")
+
+
+def check_positive(cfg, keys: Iterable[str]):
+  """Raises naming the first ``config.<key>`` (dotted) that is not ``> 0``."""
+  for key in keys:
+    if not _get(cfg, key) > 0:
+      raise ValueError(f"config.{key} must be > 0, got {_get(cfg, key)!r}")
+
+
+def check_nonnegative(cfg, keys: Iterable[str]):
+  """Raises naming the first ``config.<key>`` (dotted) that is not ``>= 0``."""
+  for key in keys:
+    if not _get(cfg, key) >= 0:
+      raise ValueError(f"config.{key} must be >= 0, got {_get(cfg, key)!r}")
 
 
 def is_primary() -> bool:

@@ -80,3 +80,25 @@ def test_only_process_zero_writes_results_metrics_and_figures(tmp_path, monkeypa
   monkeypatch.setattr(jax, "process_index", lambda: 0)
   wd.write_results(str(tmp_path), {"m": {"r1": 0.5}})
   assert sorted(os.listdir(tmp_path)) == ["results.json", "results.md"]
+
+
+def test_config_checks_name_the_dotted_key():
+  import ml_collections
+  cfg = ml_collections.ConfigDict({"methods": "a, c,", "steps": 0, "opt": {"lr": -1.0, "wd": -0.1, "n": 1.5}})
+  with pytest.raises(ValueError, match=r"config.methods: unknown method\(s\) \['c'\]; choose from \['a', 'b'\]"):
+    wd.parse_list(cfg, "methods", ("a", "b"))
+  assert wd.parse_list(ml_collections.ConfigDict({"m": " b,a "}), "m", ("a", "b")) == ["b", "a"]
+  with pytest.raises(ValueError, match=r"config.m: unknown metric\(s\) \[\]"):  # empty
+    wd.parse_list(ml_collections.ConfigDict({"m": " , "}), "m", ("a",), what="metric")
+  with pytest.raises(ValueError, match="config.steps must be a positive integer, got 0"):
+    wd.check_ints(cfg, ("steps",))
+  wd.check_ints(cfg, ("steps",), minimum=0)
+  with pytest.raises(ValueError, match="config.opt.n must be an integer >= 0, got 1.5"):
+    wd.check_ints(cfg, ("steps", "opt.n"), minimum=0)
+  with pytest.raises(ValueError, match="config.steps must be an integer >= 2"):
+    wd.check_ints(cfg, ("steps",), minimum=2)
+  with pytest.raises(ValueError, match="config.opt.lr must be > 0, got -1.0"):
+    wd.check_positive(cfg, ("opt.lr",))
+  with pytest.raises(ValueError, match="config.opt.wd must be >= 0, got -0.1"):
+    wd.check_nonnegative(cfg, ("opt.wd",))
+  wd.check_nonnegative(cfg, ("steps",))
