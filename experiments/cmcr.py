@@ -24,7 +24,7 @@ import json
 import os
 import sys
 import time
-from typing import Any, NamedTuple
+from typing import Any
 
 from absl import app, flags, logging
 import jax
@@ -194,20 +194,13 @@ def pseudo_embeddings(spaces: dict, cfg, rows: slice) -> dict[str, np.ndarray]:
 # ================================================================================================================
 # Training one method
 # ================================================================================================================
-class HostRows(NamedTuple):
-  """Rows ``[start, start + len(rows))`` of an ``n``-row array of which this host holds only that block."""
-  n: int
-  start: int
-  rows: np.ndarray
-
-  def __len__(self) -> int:
-    return self.n
-
-  def read(self, a: int, b: int) -> np.ndarray:
-    if not self.start <= a <= b <= self.start + len(self.rows):
-      raise ValueError(f"rows [{a}, {b}) are not on this host (it holds [{self.start}, "
-                       f"{self.start + len(self.rows)}))")
-    return self.rows[a - self.start:b - self.start]
+def host_block(start: int, rows: np.ndarray):
+  """``read(a, b)``: rows ``[a, b)`` of a larger array of which this host holds only ``rows``, from row ``start``."""
+  def read(a: int, b: int) -> np.ndarray:
+    if not start <= a <= b <= start + len(rows):
+      raise ValueError(f"rows [{a}, {b}) are not on this host (it holds [{start}, {start + len(rows)}))")
+    return rows[a - start:b - start]
+  return read
 
 
 class TrainState(train_state.TrainState):
@@ -287,8 +280,7 @@ def train(method: str, spaces: dict, cfg, run_dir: str, writer: wd.MetricWriter)
     variance, pseudo_weight, intra_weight = cfg.noise_variance * noise, cfg.pseudo_weight * wp, cfg.intra_weight * wi
   # row-sharded over the devices; a host's pseudo embeddings exist only for its own rows (see `run`)
   n = len(spaces[names[0]])
-  data = {k: distributed.shard_rows(spaces[k].read if isinstance(spaces[k], HostRows) else spaces[k], n, mesh=mesh)
-          for k in names}
+  data = {k: distributed.shard_rows(spaces[k], n, mesh=mesh) for k in names}
   batch = cfg.batch_size - cfg.batch_size % len(jax.devices()) or len(jax.devices())
   step_fn = jax.jit(functools.partial(
       train_step, f1=f1, f2=f2, method=method, n=n, sharding=batch_sharding,
@@ -355,7 +347,7 @@ def run(cfg, workdir: str) -> dict:
   if jax.process_count() > 1:
     print(f"process {jax.process_index()}/{jax.process_count()} holds texts [{lo}, {hi}) of {n_texts}")
   pseudo = pseudo_embeddings(spaces, cfg, slice(lo, hi))
-  spaces.update({k: HostRows(n_texts, lo, v) for k, v in pseudo.items()})
+  spaces.update({k: host_block(lo, v) for k, v in pseudo.items()})  # readers of this host's rows
   print(f"space 1: {len(spaces['a_memory'])} A-memory rows, dim {spaces['b'].shape[1]}; space 2: "
         f"{len(spaces['c_memory'])} C-memory rows, dim {spaces['b_prime'].shape[1]}; {len(spaces['b'])} shared "
         f"texts; {len(spaces['a_eval'])} A–C evaluation pairs")
