@@ -15,9 +15,8 @@ same command runs on a laptop and on every host of a cluster:
 
 Data: :func:`shard_rows` builds one global ``jax.Array`` of a large row set (an embedding pool) sharded by rows over
 a mesh axis, each process reading only the block its devices hold: the experiments' unpaired pools never exist in
-full on any host. :func:`host_shard` / :func:`host_rows` give the contiguous block of rows a process reads (e.g. to
-split a scan of a file over hosts), and :func:`global_batch_from_host_shards` assembles per-host blocks of equal
-size into one global array (``jax.make_array_from_process_local_data``).
+full on any host. :func:`host_shard` / :func:`host_rows` give a contiguous block of rows per process, independent of
+devices (e.g. to split a scan of a file over hosts).
 """
 
 from __future__ import annotations
@@ -129,8 +128,7 @@ def host_shard(n_rows: int, *, process_index: Optional[int] = None, process_coun
 
   Process :math:`i` of :math:`p` gets rows :math:`[\lfloor i n / p \rfloor, \lfloor (i + 1) n / p \rfloor)`:
   the blocks are disjoint, cover all rows in order, and their sizes differ by at most one. With ``even=True``
-  the last ``n_rows % p`` rows are dropped so that every block has ``n_rows // p`` rows (what
-  :func:`global_batch_from_host_shards` needs). On one host the slice is ``slice(0, n_rows)``.
+  the last ``n_rows % p`` rows are dropped so that every block has ``n_rows // p`` rows. On one host the slice is ``slice(0, n_rows)``.
 
   Args:
     n_rows: number of rows of the array (e.g. an embedding cache), ``>= 0``.
@@ -158,33 +156,6 @@ def host_rows(n: int, *, process_index: Optional[int] = None, process_count: Opt
   """Indices ``[k]`` (int64) of the rows of :func:`host_shard` (same arguments), e.g. for ``cache[host_rows(n)]``."""
   s = host_shard(n, process_index=process_index, process_count=process_count, even=even)
   return np.arange(s.start, s.stop, dtype=np.int64)
-
-
-def global_batch_from_host_shards(local: np.ndarray, *, axis_name: str = "data") -> jax.Array:
-  """One global ``jax.Array`` from each process' block of rows, sharded by rows over all devices.
-
-  Every process passes its own ``[k, ...]`` block (the same ``k`` on all processes, e.g. from
-  ``host_shard(n, even=True)``); the result has shape ``[k * process_count, ...]``, its rows in process order,
-  split over a 1-D mesh of all ``jax.devices()`` with axis ``axis_name``.
-
-  Args:
-    local: ``[k, ...]`` rows of this process; ``k`` must be a multiple of ``jax.local_device_count()``.
-    axis_name: name of the mesh axis.
-
-  Raises:
-    ValueError: if ``local`` has no leading axis or ``k`` is not a multiple of the local device count.
-  """
-  local = np.asarray(local)
-  if local.ndim < 1:
-    raise ValueError(f"local must have a leading row axis, got shape {local.shape}")
-  n_local = jax.local_device_count()
-  if local.shape[0] % n_local:
-    raise ValueError(f"local has {local.shape[0]} rows, not a multiple of this host's {n_local} devices: "
-                     f"pad or trim the block (e.g. host_shard(n, even=True) with n a multiple of "
-                     f"{n_local * jax.process_count()})")
-  sharding = NamedSharding(Mesh(np.asarray(jax.devices()), (axis_name,)), PartitionSpec(axis_name))
-  global_shape = (local.shape[0] * jax.process_count(),) + local.shape[1:]
-  return jax.make_array_from_process_local_data(sharding, local, global_shape)
 
 
 def shard_rows(source: Union[np.ndarray, Callable[[int, int], np.ndarray]], n_rows: int, *, mesh: Mesh,

@@ -143,15 +143,6 @@ def test_host_shard_bad_input(kwargs, match):
     distributed.host_shard(**kwargs)
 
 
-def test_global_batch_single_host():
-  local = np.arange(12, dtype=np.float32).reshape(6, 2)
-  out = distributed.global_batch_from_host_shards(local)
-  assert out.shape == (6, 2)
-  np.testing.assert_array_equal(np.asarray(out), local)
-  with pytest.raises(ValueError, match="local"):
-    distributed.global_batch_from_host_shards(np.float32(1.0))
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Two real processes on localhost.
 # ---------------------------------------------------------------------------------------------------------------
@@ -160,11 +151,12 @@ _WORKER = textwrap.dedent("""
     from sotalign_jax import distributed
     assert distributed.maybe_initialize()
     import jax
-    s = distributed.host_shard(10, even=True)
-    local = np.arange(20, dtype=np.float32).reshape(10, 2)[s]
-    g = distributed.global_batch_from_host_shards(local)
+    from jax.sharding import Mesh
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    g = distributed.shard_rows(np.arange(20, dtype=np.float32).reshape(10, 2), 10, mesh=mesh)
+    start, stop = distributed.local_row_range(10, mesh=mesh)
     mine = np.concatenate([np.asarray(sh.data) for sh in g.addressable_shards])
-    print(jax.process_index(), jax.process_count(), s.start, s.stop, g.shape[0], mine.ravel().tolist())
+    print(jax.process_index(), jax.process_count(), start, stop, g.shape[0], mine.ravel().tolist())
 """)
 
 
