@@ -10,7 +10,8 @@ score_grid`), then the best pair calibrated with more permutations and a bootstr
 markdown table, ``grids.json`` (every grid, z and p) and one heatmap png per encoder pair.
 
 Every device of the host is used: each batch of permutations and bootstrap resamples is split over them (the
-numbers do not depend on the device count; ``results.json`` records ``n_devices``). Finished encoder pairs are
+numbers do not depend on the device count; ``results.json`` records ``n_devices``). Launched on several hosts,
+each host computes everything (the work is small) and process 0 alone writes files. Finished encoder pairs are
 read back from ``done/`` on a rerun. The k-NN metrics use L2-normalised features
 (cosine neighbourhoods, as in Huh et al., 2024); the CKA metrics use the raw features.
 """
@@ -197,9 +198,7 @@ def plot_grids(method: str, grids: dict, path: str):
 # ================================================================================================================
 def run(cfg, workdir: str) -> dict:
   metrics = check_config(cfg)
-  if wd.is_primary():  # on several hosts each computes everything (small); process 0 alone writes
-    os.makedirs(workdir, exist_ok=True)
-    sio.write_text(os.path.join(workdir, "config.json"), cfg.to_json_best_effort(indent=2))
+  wd.save_config(workdir, cfg)
   image_names = [s.strip() for s in cfg.image_encoders.split(",") if s.strip()]
   text_names = [s.strip() for s in cfg.text_encoders.split(",") if s.strip()]
   records = None if cfg.synthetic else select_records(cfg)

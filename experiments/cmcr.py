@@ -333,9 +333,7 @@ def no_connection(spaces: dict) -> dict[str, float]:
 def run(cfg, workdir: str) -> dict:
   check_config(cfg)
   methods = wd.parse_list(cfg, "methods", METHODS)
-  if wd.is_primary():
-    os.makedirs(workdir, exist_ok=True)
-    sio.write_text(os.path.join(workdir, "config.json"), cfg.to_json_best_effort(indent=2))
+  wd.save_config(workdir, cfg)
   spaces, info = load_spaces(cfg)
   if cfg.batch_size > len(spaces["b"]):
     raise ValueError(f"config.batch_size={cfg.batch_size} exceeds the {len(spaces['b'])} shared texts: lower it "

@@ -334,9 +334,7 @@ def run(cfg, workdir: str) -> dict:
   mesh = Mesh(np.array(devices), ("data",)) if len(devices) > 1 else None
   uses_qap = any(parse_method(m).family == "qap" for m in methods)
   batch_size = qap_batch_size(cfg.qap.n_init, cfg.qap.batch_size, len(devices)) if uses_qap else None
-  if wd.is_primary():
-    os.makedirs(workdir, exist_ok=True)
-    sio.write_text(os.path.join(workdir, "config.json"), cfg.to_json_best_effort(indent=2))
+  wd.save_config(workdir, cfg)
   t_start = time.time()
 
   # --- pools ---------------------------------------------------------------------------------------------------

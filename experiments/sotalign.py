@@ -361,9 +361,7 @@ def _save_args(state):
 def run(cfg, workdir: str) -> dict:
   check_config(cfg)
   methods = wd.parse_list(cfg, "methods", METHODS)
-  if wd.is_primary():
-    os.makedirs(workdir, exist_ok=True)
-    sio.write_text(os.path.join(workdir, "config.json"), cfg.to_json_best_effort(indent=2))
+  wd.save_config(workdir, cfg)
   cache = open_cache(cfg.data.cache, "data.cache")
   sets = eval_sets(cache, cfg)
   writer = wd.MetricWriter(workdir)

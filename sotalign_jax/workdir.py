@@ -30,7 +30,7 @@ import numpy as np
 
 from sotalign_jax import io as sio
 
-__all__ = ["start_experiment", "parse_list", "check_ints", "check_positive", "check_nonnegative", "is_primary", "sync", "itstime", "MetricWriter", "checkpoint_manager", "restore_latest", "write_results", "markdown_table",
+__all__ = ["start_experiment", "save_config", "parse_list", "check_ints", "check_positive", "check_nonnegative", "is_primary", "sync", "itstime", "MetricWriter", "checkpoint_manager", "restore_latest", "write_results", "markdown_table",
            "check_finite", "atomic_write_text", "NonFiniteError"]
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,13 @@ def start_experiment(argv, config, workdir, *, config_file: str):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if config is None or workdir is None:
     raise app.UsageError(f"both --config {config_file}[:variant] and --workdir DIR are required")
+
+
+def save_config(workdir: str, cfg):
+  """Writes the run's resolved config to ``workdir/config.json`` (process 0; atomic)."""
+  if is_primary():
+    os.makedirs(workdir, exist_ok=True)
+    sio.write_text(os.path.join(workdir, "config.json"), cfg.to_json_best_effort(indent=2))
 
 
 def _get(cfg, key: str):
