@@ -23,11 +23,11 @@ CACHE    := data_cache
 SUFFIX   := efficientnet-lite0__all-MiniLM-L6-v2
 
 $(CACHE)/openclipart__$(SUFFIX)/manifest.json: | $(STAMP)
-	$(PY) -m sotalign_jax.embed --dataset openclipart $(ENCODERS) --out $(CACHE)/openclipart__$(SUFFIX)
+	$(PY) -m sotalign_jax.cli.embed --dataset openclipart $(ENCODERS) --out $(CACHE)/openclipart__$(SUFFIX)
 $(CACHE)/tuxpaint__$(SUFFIX)/manifest.json: | $(STAMP)
-	$(PY) -m sotalign_jax.embed --dataset tuxpaint $(ENCODERS) --out $(CACHE)/tuxpaint__$(SUFFIX)
+	$(PY) -m sotalign_jax.cli.embed --dataset tuxpaint $(ENCODERS) --out $(CACHE)/tuxpaint__$(SUFFIX)
 $(CACHE)/fashion_mnist__$(SUFFIX)/manifest.json: | $(STAMP)
-	$(PY) -m sotalign_jax.embed --dataset fashion_mnist --limit 2000 $(ENCODERS) --out $(CACHE)/fashion_mnist__$(SUFFIX)
+	$(PY) -m sotalign_jax.cli.embed --dataset fashion_mnist --limit 2000 $(ENCODERS) --out $(CACHE)/fashion_mnist__$(SUFFIX)
 
 DEMO_CACHES := $(CACHE)/openclipart__$(SUFFIX)/manifest.json $(CACHE)/tuxpaint__$(SUFFIX)/manifest.json \
                $(CACHE)/fashion_mnist__$(SUFFIX)/manifest.json
@@ -50,7 +50,7 @@ match: $(STAMP) $(CACHE)/openclipart__$(SUFFIX)/manifest.json
 
 # C-MCR offline demo: connects (Lite0, MiniLM) and (MPNet, Lite2) spaces through openclipart captions.
 $(CACHE)/openclipart__efficientnet-lite2__all-mpnet-base-v2/manifest.json: | $(STAMP)
-	$(PY) -m sotalign_jax.embed --dataset openclipart --image-encoder efficientnet-lite2 \
+	$(PY) -m sotalign_jax.cli.embed --dataset openclipart --image-encoder efficientnet-lite2 \
 	  --text-encoder all-mpnet-base-v2 --out $(CACHE)/openclipart__efficientnet-lite2__all-mpnet-base-v2
 cmcr: $(STAMP) $(CACHE)/openclipart__$(SUFFIX)/manifest.json \
       $(CACHE)/openclipart__efficientnet-lite2__all-mpnet-base-v2/manifest.json

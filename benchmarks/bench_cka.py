@@ -21,7 +21,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import blas_info, compiled_temp_mb, matmul_peak_gflops, peak_rss_mb, print_table, timeit  # noqa: E402
 
-from sotalign_jax import cka  # noqa: E402
+from sotalign_jax import _hsic, cka  # noqa: E402
 
 
 def numpy_linear_cka(x, y):
@@ -75,7 +75,7 @@ def main():
     rows.append(dict(kernel="rbf", n=n, numpy_s=t_np, jax_s=t_jax, speedup=t_np / t_jax,
                      gflops=rbf_flops / t_jax / 1e9, peak_frac=rbf_flops / t_jax / 1e9 / peak_best,
                      xla_temp_mb=compiled_temp_mb(
-                         jax.jit(lambda a, b: cka._rbf_cka(a, b, jnp.float32(sx), jnp.float32(sy), False, 512)),
+                         jax.jit(lambda a, b: _hsic.rbf_cka_stats(a, b, jnp.float32(sx), jnp.float32(sy), False, 512)),
                          jx, jy)))
   print_table(rows, ["kernel", "n", "numpy_s", "jax_s", "speedup", "gflops", "peak_frac", "numpy_peak_frac",
                      "xla_temp_mb"])

@@ -40,7 +40,7 @@ def synthetic(n: int, rng, dx=64, dy=48, latent=16, noise=0.3):
 
 def from_cache(path: str, n: int, rng):
   """``n`` random (image, caption) pairs of an embedding cache, in random order (the cache is sorted by category)."""
-  from sotalign_jax.embed import load_cache
+  from sotalign_jax.data.cache import load_cache
   cache = load_cache(path)
   caps = cache.caption_rows()
   imgs = cache.caption_image_rows()

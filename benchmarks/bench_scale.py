@@ -135,7 +135,7 @@ def plot(results: dict[str, list[dict]], path: str):
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  from sotalign_jax.workdir import save_figure
+  from sotalign_jax.runtime.workdir import save_figure
 
   fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
   for name, rows in results.items():

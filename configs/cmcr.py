@@ -27,7 +27,7 @@ Unknown keys in overrides are rejected by ml_collections (the config is locked).
 
 import ml_collections
 
-METHODS = ("cmcr", "supervised", "no_connection", "cmcr_no_noise", "cmcr_no_pseudo", "cmcr_no_intra")
+from sotalign_jax.cmcr import METHODS
 VARIANTS = ("demo", "byo", "smoke")
 
 
@@ -52,7 +52,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.c_train = ""            # [n_pairs, d2]
   c.data.normalize = True        # L2-normalise every row first (contrastive spaces are cosine spaces)
 
-  # --- demo: two openclipart caches written by `python -m sotalign_jax.embed` ------------------------------
+  # --- demo: two openclipart caches written by `python -m sotalign_jax.cli.embed` ------------------------------
   c.demo = ml_collections.ConfigDict()
   c.demo.cache_1 = "data_cache/openclipart__efficientnet-lite0__all-MiniLM-L6-v2"  # A = image, B = text
   c.demo.cache_2 = "data_cache/openclipart__efficientnet-lite2__all-mpnet-base-v2"  # B' = text, C = image

@@ -22,10 +22,7 @@ names of ``linreg_none`` and ``relrep_none``.
 
 import ml_collections
 
-FAMILIES = ("qap", "localcka", "linreg", "relrep")
-VARIANTS_OF_BASE = ("none", "stretch", "cluster", "both")
-METHODS = tuple(f"{f}_{v}" if not (f in ("linreg", "relrep") and v == "none") else f
-                for f in FAMILIES for v in VARIANTS_OF_BASE)
+from sotalign_jax.matching import METHODS
 VARIANTS = ("default", "quick", "smoke")
 
 
@@ -38,7 +35,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.methods = ",".join(METHODS)  # comma-separated subset of METHODS, in the order they run
   c.n_trials = 3                 # random draws of base and query sets, averaged (the paper averages seeds)
 
-  # --- data: embedding caches written by `python -m sotalign_jax.embed` ---------------------------------------
+  # --- data: embedding caches written by `python -m sotalign_jax.cli.embed` ---------------------------------------
   c.data = ml_collections.ConfigDict()
   c.data.cache = "data_cache/openclipart__efficientnet-lite0__all-MiniLM-L6-v2"
   c.data.base_splits = "paired,unpaired"  # splits whose images (one caption each) form the base pool

@@ -15,9 +15,8 @@ Unknown keys in overrides are rejected by ml_collections (the config is locked).
 
 import ml_collections
 
-METHODS = ("teacher_cca", "teacher_ridge", "teacher_procrustes", "sail", "structure", "pseudo_label", "sotalign",
-           "upper_bound")
-VARIANTS = ("demo", "full", "smoke") + METHODS[3:] + ("teachers",)
+from sotalign_jax.objectives import METHODS
+VARIANTS = ("demo", "full", "smoke", "teachers") + tuple(m for m in METHODS if not METHODS[m].teacher)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -28,7 +27,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.seed = 0
   c.methods = ",".join(METHODS)  # comma-separated subset of METHODS, in the order they run
 
-  # --- data: embedding caches written by `python -m sotalign_jax.embed` ---------------------------------------
+  # --- data: embedding caches written by `python -m sotalign_jax.cli.embed` ---------------------------------------
   c.data = ml_collections.ConfigDict()
   c.data.cache = "data_cache/openclipart__efficientnet-lite0__all-MiniLM-L6-v2"
   c.data.n_pairs = 500           # paired pool, taken from the training images in a fixed hash order
@@ -71,10 +70,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.sotalign.eps_teacher = 0.005
   c.sotalign.sinkhorn_iters = 100
   c.structure = ml_collections.ConfigDict()
-  c.structure.weight = 1.0
+  c.structure.alpha = 1.0
   c.structure.temperature = 0.05
   c.pseudo_label = ml_collections.ConfigDict()
-  c.pseudo_label.weight = 1.0
+  c.pseudo_label.alpha = 1.0
   c.pseudo_label.eps = 0.005
 
   # --- bookkeeping -------------------------------------------------------------------------------------------

@@ -30,9 +30,9 @@ from jax.sharding import Mesh
 import numpy as np
 from ml_collections import config_flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from sotalign_jax import io as sio  # noqa: E402
-from sotalign_jax import scores, workdir as wd  # noqa: E402
+from sotalign_jax.runtime import io as sio
+from sotalign_jax import scores
+from sotalign_jax.runtime import workdir as wd
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/alignment_scores.py[:variant]", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "where features, grids and results go (rerun resumes)")

@@ -36,12 +36,12 @@ import optax
 from flax.training import train_state
 from tqdm import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs.cmcr import METHODS  # noqa: E402
-from sotalign_jax import cmcr, distributed, losses, metrics, teachers, workdir as wd  # noqa: E402
-from sotalign_jax import io as sio  # noqa: E402
-from sotalign_jax.data.splits import stable_uniform  # noqa: E402
-from sotalign_jax.embed import load_cache  # noqa: E402
+from sotalign_jax import cmcr, losses, metrics, teachers
+from sotalign_jax.nn import projectors
+from sotalign_jax.runtime import distributed, workdir as wd
+from sotalign_jax.runtime import io as sio
+from sotalign_jax.data.splits import stable_uniform
+from sotalign_jax.data.cache import load_cache
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/cmcr.py[:variant]", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, metrics and results go (rerun resumes)")
@@ -71,7 +71,7 @@ def check_config(cfg):
     missing = [k for k in NPY_KEYS[:6] if not getattr(cfg.data, k)]
     if missing:
       raise ValueError(f"config.data.source='npy' needs config.data.{{{','.join(missing)}}}: paths of .npy files")
-    if "supervised" in wd.parse_list(cfg, "methods", METHODS) and not (cfg.data.a_train and cfg.data.c_train):
+    if "supervised" in wd.parse_list(cfg, "methods", cmcr.METHODS) and not (cfg.data.a_train and cfg.data.c_train):
       raise ValueError("config.methods includes 'supervised', which needs A–C training pairs: set "
                        "config.data.a_train and config.data.c_train, or drop it from config.methods")
 
@@ -96,8 +96,8 @@ def open_cache(path: str, what: str):
     return load_cache(path)
   except FileNotFoundError as e:
     enc = os.path.basename(path.rstrip("/")).split("__")
-    hint = (f"python -m sotalign_jax.embed --dataset openclipart --image-encoder {enc[1]} --text-encoder {enc[2]} "
-            f"--out {path}") if len(enc) == 3 else f"python -m sotalign_jax.embed ... --out {path}"
+    hint = (f"python -m sotalign_jax.cli.embed --dataset openclipart --image-encoder {enc[1]} --text-encoder {enc[2]} "
+            f"--out {path}") if len(enc) == 3 else f"python -m sotalign_jax.cli.embed ... --out {path}"
     raise FileNotFoundError(f"config.{what}: {e}\nBuild it with `{hint}` (several CPU minutes), or point "
                             f"config.{what} elsewhere.") from None
 
@@ -261,8 +261,8 @@ def train(method: str, spaces: dict, cfg, run_dir: str, writer: wd.MetricWriter)
   batch_sharding, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
   key = jax.random.key(cfg.seed)
   k1, k2, key = jax.random.split(key, 3)
-  f1, v1 = cmcr.init_projector(k1, spaces["b"].shape[1], hidden=cfg.hidden, out=cfg.out)
-  f2, v2 = cmcr.init_projector(k2, spaces["b_prime"].shape[1], hidden=cfg.hidden, out=cfg.out)
+  f1, v1 = projectors.init_projector(k1, spaces["b"].shape[1], hidden=cfg.hidden, out=cfg.out)
+  f2, v2 = projectors.init_projector(k2, spaces["b_prime"].shape[1], hidden=cfg.hidden, out=cfg.out)
   state = TrainState.create(apply_fn=None, params={"f1": v1["params"], "f2": v2["params"]},
                             batch_stats={"f1": v1["batch_stats"], "f2": v2["batch_stats"]}, tx=make_optimizer(cfg))
 
@@ -332,7 +332,7 @@ def no_connection(spaces: dict) -> dict[str, float]:
 # ================================================================================================================
 def run(cfg, workdir: str) -> dict:
   check_config(cfg)
-  methods = wd.parse_list(cfg, "methods", METHODS)
+  methods = wd.parse_list(cfg, "methods", cmcr.METHODS)
   wd.save_config(workdir, cfg)
   spaces, info = load_spaces(cfg)
   if cfg.batch_size > len(spaces["b"]):

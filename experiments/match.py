@@ -54,19 +54,18 @@ from ml_collections import config_flags
 import numpy as np
 from tqdm import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs.match import METHODS  # noqa: E402
-from sotalign_jax import io as sio  # noqa: E402
-from sotalign_jax import matching, workdir as wd  # noqa: E402
-from sotalign_jax.data.splits import SPLITS  # noqa: E402
-from sotalign_jax.embed import load_cache  # noqa: E402
+from sotalign_jax.runtime import io as sio
+from sotalign_jax import matching
+from sotalign_jax.runtime import workdir as wd
+from sotalign_jax.data.splits import SPLITS
+from sotalign_jax.data.cache import load_cache
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/match.py[:variant]", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "where metrics, finished cells and results go (rerun resumes)")
 
 METRICS = ("match_acc", "r1", "r5", "r10")
 ZEROSHOT_FAMILIES = ("localcka", "linreg", "relrep")  # QAP needs as many captions as images: no zero-shot
-EMBED_HINT = ("python -m sotalign_jax.embed --dataset {dataset} --image-encoder efficientnet-lite0 "
+EMBED_HINT = ("python -m sotalign_jax.cli.embed --dataset {dataset} --image-encoder efficientnet-lite0 "
               "--text-encoder all-MiniLM-L6-v2 --out {path}")
 
 
@@ -121,7 +120,7 @@ def check_config(cfg):
     raise ValueError(f"config.qap.lap must be 'scipy' or 'hungarian', got {cfg.qap.lap!r}")
   if cfg.cluster.space not in ("image", "text"):
     raise ValueError(f"config.cluster.space must be 'image' or 'text', got {cfg.cluster.space!r}")
-  wd.parse_list(cfg, "methods", METHODS)
+  wd.parse_list(cfg, "methods", matching.METHODS)
   parse_sizes(cfg.n_base_sweep, "n_base_sweep")
   parse_sizes(cfg.n_query_sweep, "n_query_sweep")
   for key in ("data.base_splits", "data.query_splits", "cross_domain.splits", "zeroshot.splits"):
@@ -327,7 +326,7 @@ def aggregate(results: list[dict[str, float]]) -> tuple[dict[str, float], dict[s
 
 def run(cfg, workdir: str) -> dict:
   check_config(cfg)
-  methods = wd.parse_list(cfg, "methods", METHODS)
+  methods = wd.parse_list(cfg, "methods", matching.METHODS)
   # data parallelism: each cell's FAQ restarts are split over every visible device (the other methods are a few
   # small matrix products per cell and run on the default device)
   devices = jax.local_devices()

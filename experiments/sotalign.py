@@ -33,24 +33,20 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 import numpy as np
 import optax
-import flax.serialization
 from flax.training import train_state
 from tqdm import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs.sotalign import METHODS  # noqa: E402
-from sotalign_jax import evaluate as evaluate_lib  # noqa: E402
-from sotalign_jax import io as sio  # noqa: E402
-from sotalign_jax import distributed, losses, metrics, objectives, teachers, workdir as wd  # noqa: E402
-from sotalign_jax.data.splits import stable_uniform  # noqa: E402
-from sotalign_jax.embed import load_cache  # noqa: E402
-from sotalign_jax.heads import init_head  # noqa: E402
+from sotalign_jax.runtime import io as sio
+from sotalign_jax import losses, metrics, objectives, teachers
+from sotalign_jax.runtime import distributed, workdir as wd
+from sotalign_jax.data.splits import stable_uniform
+from sotalign_jax.data.cache import load_cache
+from sotalign_jax.nn.heads import init_head, linear_params, load_heads, save_heads
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/sotalign.py[:variant]", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, metrics and results go (rerun resumes)")
 
-UNPAIRED_TERM = {"sail": "none", "upper_bound": "none", "structure": "structure", "pseudo_label": "pseudo_label"}
-TERM_CONFIG = {"structure": "structure", "pseudo_label": "pseudo_label", "sotalign": "sotalign"}
+METHODS = objectives.METHODS
 
 
 # ================================================================================================================
@@ -89,7 +85,7 @@ def open_cache(path: str, what: str):
     cache = load_cache(path, mmap=True)
   except FileNotFoundError as e:
     raise FileNotFoundError(
-        f"{what}: {e}\nBuild it with `make demo` (which embeds the default data) or `python -m sotalign_jax.embed "
+        f"{what}: {e}\nBuild it with `make demo` (which embeds the default data) or `python -m sotalign_jax.cli.embed "
         f"--dataset ... --out {path}`, or point config.{what} elsewhere.") from None
   for name, emb in (("image_embeddings.npy", cache.image_emb), ("text_embeddings.npy", cache.text_emb)):
     if emb is None:
@@ -99,7 +95,7 @@ def open_cache(path: str, what: str):
               for a in range(block.start, block.stop, 65536))
     if bad:
       raise ValueError(f"config.{what}: {os.path.join(path, name)} has {bad} rows with NaN/Inf; rebuild the cache "
-                       "(delete it and rerun `python -m sotalign_jax.embed ...`)")
+                       "(delete it and rerun `python -m sotalign_jax.cli.embed ...`)")
   return cache
 
 
@@ -242,7 +238,18 @@ def make_optimizer(cfg):
   return getattr(optax, cfg.optimizer)(learning_rate=schedule, weight_decay=cfg.weight_decay)
 
 
-def train_step(state, data, rng, *, f, g, term, term_cfg, alpha, sizes, batch_paired, batch_unpaired, sharding):
+def unpaired_term(method: str, cfg):
+  """``(term, alpha)``: the method's unpaired term with its config options bound, and its weight."""
+  spec = METHODS[method]
+  if spec.section is None:
+    return objectives.UNPAIRED_TERMS["none"], 0.0
+  options = dict(cfg[spec.section])
+  alpha = options.pop("alpha")
+  name = options.pop("divergence", spec.term)
+  return functools.partial(objectives.UNPAIRED_TERMS[name], **options), alpha
+
+
+def train_step(state, data, rng, *, f, g, term, alpha, sizes, batch_paired, batch_unpaired, sharding):
   """One update on a random paired batch and (for semi-supervised methods) a random unpaired batch.
 
   The pools in ``data`` are row-sharded and zero-padded (:func:`distributed.shard_rows`); ``sizes`` holds their
@@ -259,13 +266,13 @@ def train_step(state, data, rng, *, f, g, term, term_cfg, alpha, sizes, batch_pa
   def loss_fn(params):
     zx = f.apply({"params": params["f"]}, xp)
     zy = g.apply({"params": params["g"]}, yp)
-    pair_loss = losses.siglip_loss(objectives._unit(zx), objectives._unit(zy), t_log=params["t_log"],
+    pair_loss = losses.siglip_loss(zx, zy, t_log=params["t_log"],
                                    bias=params["bias"])
     unpaired = objectives.UnpairedBatch(
         xu, yu, f.apply({"params": params["f"]}, xu), g.apply({"params": params["g"]}, yu),
         (xu - data["teacher_mx"]) @ data["teacher_wx"], (yu - data["teacher_my"]) @ data["teacher_wy"],
         jnp.exp(params["t_log"]))
-    unpaired_loss = term(unpaired, term_cfg)
+    unpaired_loss = term(unpaired)
     return pair_loss + alpha * unpaired_loss, {"pair_loss": pair_loss, "unpaired_loss": unpaired_loss}
 
   (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -294,7 +301,7 @@ def train(method: str, pools: dict, teacher: teachers.LinearTeacher, cfg, run_di
     print(f"[{method}] resuming from step {start}")
 
   # every pool row-sharded over the devices, each host reading only the rows its devices hold
-  pair = ("all_x", "all_y") if method == "upper_bound" else ("pair_x", "pair_y")
+  pair = ("all_x", "all_y") if METHODS[method].all_pairs else ("pair_x", "pair_y")
   named = dict(zip(("pair_x", "pair_y", "unp_x", "unp_y"), pair + ("unp_x", "unp_y")))
   data = {k: distributed.shard_rows(pools[p].read, len(pools[p]), mesh=mesh) for k, p in named.items()}
   data.update(jax.device_put({"teacher_wx": teacher.wx, "teacher_wy": teacher.wy, "teacher_mx": teacher.mx,
@@ -304,12 +311,9 @@ def train(method: str, pools: dict, teacher: teachers.LinearTeacher, cfg, run_di
     print(f"[{method}] process {jax.process_index()}/{jax.process_count()} reads rows " + ", ".join(
         f"{k} [{a}, {b})" for k in ("unp_x", "unp_y")
         for a, b in [distributed.local_row_range(len(pools[k]), mesh=mesh)]))
-  term_name = cfg.sotalign.divergence if method == "sotalign" else UNPAIRED_TERM[method]
-  term_cfg = getattr(cfg, TERM_CONFIG[method]) if method in TERM_CONFIG else None
-  alpha = {"sotalign": cfg.sotalign.alpha, "structure": cfg.structure.weight,
-           "pseudo_label": cfg.pseudo_label.weight}.get(method, 0.0)
+  term, alpha = unpaired_term(method, cfg)
   step_fn = jax.jit(functools.partial(
-      train_step, f=f, g=g, term=objectives.UNPAIRED_TERMS[term_name], term_cfg=term_cfg, alpha=alpha,
+      train_step, f=f, g=g, term=term, alpha=alpha,
       sizes=sizes, batch_paired=cfg.batch_paired, batch_unpaired=cfg.batch_unpaired, sharding=batch_sharding),
       donate_argnums=0)
 
@@ -323,31 +327,21 @@ def train(method: str, pools: dict, teacher: teachers.LinearTeacher, cfg, run_di
     if wd.itstime(step, cfg.ckpt_every, cfg.steps):
       manager.save(step, args=_save_args(state))
   manager.wait_until_finished()
-  save_heads(run_dir, {"f": state.params["f"], "g": state.params["g"]}, hidden=hidden)
-  return evaluate_lib.load_heads(run_dir)
+  return write_heads(run_dir, {"f": state.params["f"], "g": state.params["g"]}, hidden=hidden)
 
 
-def save_heads(run_dir: str, params: dict, *, hidden: int):
-  """Writes the heads as ``heads.msgpack`` + ``heads.json`` (read by ``python -m sotalign_jax.evaluate``).
-
-  Process 0 writes; every process returns once the files are there (the heads are replicated on all devices).
-  """
-  local = jax.tree.map(lambda a: np.asarray(a.addressable_data(0) if isinstance(a, jax.Array) else a), params)
-  w = local["f"]["linear"]["kernel"]
-  meta = {"dim": int(w.shape[1]), "hidden": hidden, "d_x": int(w.shape[0]),
-          "d_y": int(local["g"]["linear"]["kernel"].shape[0])}
+def write_heads(run_dir: str, params: dict, *, hidden: int):
+  """Process 0 writes the heads (:func:`save_heads`); every process returns them once the files are there."""
   if wd.is_primary():
-    sio.write_bytes(os.path.join(run_dir, "heads.msgpack"), flax.serialization.to_bytes(local))
-    sio.write_json(os.path.join(run_dir, "heads.json"), meta)
+    save_heads(run_dir, params, hidden=hidden)
   wd.sync(f"heads:{run_dir}")
+  return load_heads(run_dir)
 
 
 def teacher_heads(teacher: teachers.LinearTeacher, run_dir: str):
   """A teacher is a pair of linear heads ``(x - m) W``: saved in the same format as trained heads."""
-  params = {side: {"linear": {"kernel": w, "bias": -m @ w}}
-            for side, w, m in (("f", teacher.wx, teacher.mx), ("g", teacher.wy, teacher.my))}
-  save_heads(run_dir, params, hidden=0)
-  return evaluate_lib.load_heads(run_dir)
+  params = {"f": linear_params(teacher.wx, teacher.mx), "g": linear_params(teacher.wy, teacher.my)}
+  return write_heads(run_dir, params, hidden=0)
 
 
 def _save_args(state):
@@ -380,11 +374,11 @@ def run(cfg, workdir: str) -> dict:
         with open(done) as fh:
           by_size[n_pairs][method] = json.load(fh)
         continue
-      tname = method[len("teacher_"):] if method.startswith("teacher_") else cfg.teacher.name
+      tname = METHODS[method].teacher or cfg.teacher.name
       if tname not in fitted:
         fitted[tname] = fit_teacher(tname, pools, cfg)
       run_dir = os.path.join(workdir, "runs", f"{method}_n{n_pairs}")
-      if method.startswith("teacher_"):
+      if METHODS[method].teacher:
         embed_x, embed_y = teacher_heads(fitted[tname], run_dir)
       else:
         embed_x, embed_y = train(method, pools, fitted[tname], cfg, run_dir, writer)

@@ -3,19 +3,19 @@
 The default cache is ``data_cache/openclipart__efficientnet-lite0__all-MiniLM-L6-v2`` under the repository root
 (built by ``make demo``); the environment variable ``SOTALIGN_NOTEBOOK_CACHE`` overrides that path. When the
 cache is missing (e.g. in CI) a small synthetic cache with a planted shared latent is written to a temporary
-folder with ``tests/fake_cache.py:make_fake_cache``, so every notebook runs anywhere.
+folder with :func:`sotalign_jax.data.fake.make_fake_cache`, so every notebook runs anywhere.
 """
 
 from __future__ import annotations
 
 import os
 import pathlib
-import sys
 import tempfile
 
 import numpy as np
 
-from sotalign_jax.embed import Cache, load_cache
+from sotalign_jax.data.cache import Cache, load_cache
+from sotalign_jax.data.fake import make_fake_cache
 
 DEFAULT_CACHE = "data_cache/openclipart__efficientnet-lite0__all-MiniLM-L6-v2"
 ENV_VAR = "SOTALIGN_NOTEBOOK_CACHE"
@@ -44,8 +44,6 @@ def open_cache(*, n_fake_images: int = 600) -> tuple[Cache, bool]:
     cache = load_cache(path)
     print(f"using the real cache {path} ({len(cache.index)} captions, {cache.image_emb.shape[0]} images)")
     return cache, True
-  sys.path.insert(0, str(root / "tests"))
-  from fake_cache import make_fake_cache  # pylint: disable=g-import-not-at-top
   out = make_fake_cache(tempfile.mkdtemp(prefix="sotalign_nb_"), n_images=n_fake_images)
   cache = load_cache(out)
   print(f"no cache at {path}: using a SYNTHETIC cache ({n_fake_images} images, planted shared latent); "

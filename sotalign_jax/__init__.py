@@ -1,5 +1,14 @@
 """sotalign-jax: align frozen unimodal encoders with little supervision, in JAX.
 
+The folders are the layers, each importing only from those before it:
+
+* the top level — pure math on arrays (``ot``, ``cka``, ``scores``, ``teachers``, ``losses``, ``objectives``,
+  ``metrics``, ``qap``, ``matching``, ``cmcr``); it imports nothing below;
+* ``nn`` — small Flax modules (alignment heads, C-MCR projectors) with their save/load;
+* ``data`` — datasets and the embedding cache every experiment reads; ``encoders`` — frozen image/text encoders;
+* ``runtime`` — workdirs (metrics, checkpoints, results), atomic file writes, multi-host launch;
+* ``cli`` — ``python -m sotalign_jax.cli.embed`` and ``python -m sotalign_jax.cli.evaluate``.
+
 Submodules are imported lazily so that ``from sotalign_jax import cka`` stays cheap.
 """
 
@@ -7,8 +16,8 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("cka", "teachers", "metrics", "ot", "losses", "compat", "qap", "matching", "cmcr", "heads", "objectives",
-               "encoders", "data", "embed", "io", "workdir")
+_SUBMODULES = ("cka", "scores", "teachers", "metrics", "ot", "losses", "qap", "matching", "cmcr", "objectives",
+               "nn", "data", "encoders", "runtime", "cli")
 
 
 def __getattr__(name):

@@ -30,15 +30,15 @@ inner-product neighbourhoods that exclude the sample itself.
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sotalign_jax._hsic import KernelStats, cka_from_stats, rbf_cka_stats, sq_dists
+
 __all__ = [
     "linear_cka", "rbf_cka", "median_bandwidth", "mutual_knn", "cknna", "svcca", "hsic_biased", "hsic_unbiased",
-    "score_grid", "calibrated",
 ]
 
 _HI = jax.lax.Precision.HIGHEST  # scores must not silently drop to TF32/bf16 on GPU/TPU
@@ -78,30 +78,6 @@ def _check_k(k: int, n: int, name: str = "k"):
 # ----------------------------------------------------------------------------------------------------------------
 # HSIC from sufficient statistics.
 # ----------------------------------------------------------------------------------------------------------------
-class KernelStats(NamedTuple):
-  """Sufficient statistics of a kernel pair for both HSIC estimators."""
-  sum_kl: jax.Array  # sum_ij K_ij L_ij
-  row_k: jax.Array   # [n] row sums of K
-  row_l: jax.Array   # [n] row sums of L
-  diag_k: jax.Array  # [n]
-  diag_l: jax.Array  # [n]
-
-
-def _hsic_from_stats(s: KernelStats, *, unbiased: bool) -> jax.Array:
-  n = s.row_k.shape[0]
-  if not unbiased:
-    # tr(KHLH) = sum K∘L - (2/n) rK·rL + (1ᵀK1)(1ᵀL1)/n²
-    return s.sum_kl - 2.0 / n * jnp.dot(s.row_k, s.row_l) + jnp.sum(s.row_k) * jnp.sum(s.row_l) / float(n)**2
-  tr_kl = s.sum_kl - jnp.dot(s.diag_k, s.diag_l)
-  rk, rl = s.row_k - s.diag_k, s.row_l - s.diag_l
-  return (tr_kl + jnp.sum(rk) * jnp.sum(rl) / (float(n - 1) * (n - 2)) - 2.0 / (n - 2) * jnp.dot(rk, rl)) / (float(n) * (n - 3))
-
-
-def _cka_from_stats(kl: KernelStats, kk: KernelStats, ll: KernelStats, *, unbiased: bool) -> jax.Array:
-  h = functools.partial(_hsic_from_stats, unbiased=unbiased)
-  return h(kl) / jnp.sqrt(h(kk) * h(ll))
-
-
 def hsic_biased(k, l) -> jax.Array:
   r"""Biased HSIC :math:`\operatorname{tr}(KHLH)` of two ``[n, n]`` kernel matrices (no 1/(n-1)² factor).
 
@@ -142,7 +118,7 @@ def _linear_cka(x, y, unbiased):
   # because the U-statistic only sees differences), so centring first only removes cancellation error.
   x = x - x.mean(0)
   y = y - y.mean(0)
-  return _cka_from_stats(_linear_stats(x, y), _linear_stats(x, x), _linear_stats(y, y), unbiased=unbiased)
+  return cka_from_stats(_linear_stats(x, y), _linear_stats(x, x), _linear_stats(y, y), unbiased=unbiased)
 
 
 def linear_cka(x, y, *, unbiased: bool = False) -> jax.Array:
@@ -172,11 +148,6 @@ def linear_cka(x, y, *, unbiased: bool = False) -> jax.Array:
 # ----------------------------------------------------------------------------------------------------------------
 # RBF CKA, accumulated over row blocks.
 # ----------------------------------------------------------------------------------------------------------------
-def _sq_dists(a: jax.Array, b: jax.Array) -> jax.Array:
-  d = jnp.sum(a * a, 1)[:, None] + jnp.sum(b * b, 1)[None, :] - 2.0 * jnp.matmul(a, b.T, precision=_HI)
-  return jnp.maximum(d, 0.0)
-
-
 MEDIAN_MAX_ROWS = 4096
 
 
@@ -193,9 +164,9 @@ def _median_positive(d: np.ndarray) -> np.float32:
 
 
 @jax.jit
-def _strided_sq_dists(x: jax.Array) -> jax.Array:
+def _stridedsq_dists(x: jax.Array) -> jax.Array:
   xs = x[::-(-x.shape[0] // MEDIAN_MAX_ROWS)]
-  return _sq_dists(xs, xs)
+  return sq_dists(xs, xs)
 
 
 def _median_positive_traced(d: jax.Array) -> jax.Array:
@@ -219,49 +190,8 @@ def median_bandwidth(x) -> jax.Array:
   """
   x = jnp.asarray(x, jnp.float32) if _is_concrete(x) else x
   if _is_concrete(x):
-    return jnp.sqrt(jnp.float32(_median_positive(np.asarray(_strided_sq_dists(x)))))
-  return jnp.sqrt(_median_positive_traced(_strided_sq_dists(x.astype(jnp.float32))))
-
-
-def _rbf_block_stats(x, y, sx, sy, block: int):
-  """Accumulates the KL, KK and LL stats of RBF kernels over the upper-triangular ``block × block`` tiles.
-
-  Kernels are symmetric, so only tiles ``(i, j)`` with ``i <= j`` are generated (half the work of full rows):
-  an off-diagonal tile counts twice in the sums and adds its column sums to block ``j``'s row sums.
-  """
-  n = x.shape[0]
-  pad = (-n) % block
-  nb = (n + pad) // block
-  xb = jnp.pad(x, ((0, pad), (0, 0))).reshape(nb, block, x.shape[1])
-  yb = jnp.pad(y, ((0, pad), (0, 0))).reshape(nb, block, y.shape[1])
-  valid = jnp.pad(jnp.ones(n, x.dtype), (0, pad)).reshape(nb, block)
-  gx, gy = -0.5 / sx**2, -0.5 / sy**2
-  ti, tj = np.triu_indices(nb)
-
-  def tile(carry, ij):
-    sums, rk, rl = carry
-    i, j = ij
-    mask = valid[i][:, None] * valid[j][None, :]
-    k = jnp.exp(gx * _sq_dists(xb[i], xb[j])) * mask
-    l = jnp.exp(gy * _sq_dists(yb[i], yb[j])) * mask
-    w = jnp.where(i == j, 1.0, 2.0)
-    sums = sums + w * jnp.stack([jnp.sum(k * l), jnp.sum(k * k), jnp.sum(l * l)])
-    off = jnp.where(i == j, 0.0, 1.0)
-    rk = rk.at[i].add(k.sum(1)).at[j].add(off * k.sum(0))
-    rl = rl.at[i].add(l.sum(1)).at[j].add(off * l.sum(0))
-    return (sums, rk, rl), None
-
-  init = (jnp.zeros(3, x.dtype), jnp.zeros((nb, block), x.dtype), jnp.zeros((nb, block), x.dtype))
-  (sums, rk, rl), _ = jax.lax.scan(tile, init, (jnp.asarray(ti), jnp.asarray(tj)))
-  rk, rl = rk.ravel()[:n], rl.ravel()[:n]
-  ones = jnp.ones(n, x.dtype)  # RBF kernels have a unit diagonal
-  return (KernelStats(sums[0], rk, rl, ones, ones), KernelStats(sums[1], rk, rk, ones, ones),
-          KernelStats(sums[2], rl, rl, ones, ones))
-
-
-@functools.partial(jax.jit, static_argnames=("unbiased", "block"))
-def _rbf_cka(x, y, sx, sy, unbiased, block):
-  return _cka_from_stats(*_rbf_block_stats(x, y, sx, sy, block), unbiased=unbiased)
+    return jnp.sqrt(jnp.float32(_median_positive(np.asarray(_stridedsq_dists(x)))))
+  return jnp.sqrt(_median_positive_traced(_stridedsq_dists(x.astype(jnp.float32))))
 
 
 def rbf_cka(x, y, *, bandwidth=None, unbiased: bool = False, block_size: int = 512) -> jax.Array:
@@ -289,7 +219,7 @@ def rbf_cka(x, y, *, bandwidth=None, unbiased: bool = False, block_size: int = 5
     if _is_concrete(s) and not 0 < float(s) < np.inf:
       raise ValueError(f"{name} must be finite and > 0, got {float(s)} (are all samples identical?)")
   block = int(min(block_size, x.shape[0]))
-  return _rbf_cka(x, y, jnp.float32(sx), jnp.float32(sy), unbiased, block)
+  return rbf_cka_stats(x, y, jnp.float32(sx), jnp.float32(sy), unbiased, block)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -381,16 +311,3 @@ def svcca(x, y, *, dim: int = 10) -> jax.Array:
     raise ValueError(f"dim must satisfy 1 <= dim <= min(n, dx, dy) = {min(x.shape[0], x.shape[1], y.shape[1])}, "
                      f"got {dim!r}")
   return _svcca(x, y, int(dim))
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Layer grids and calibrated scores live in sotalign_jax.scores; they are importable from here too.
-# ----------------------------------------------------------------------------------------------------------------
-_FROM_SCORES = ("score_grid", "calibrated", "ScoreGrid", "Calibrated", "linear_cka_null_mean", "METRICS")
-
-
-def __getattr__(name: str):
-  if name in _FROM_SCORES:  # lazy: sotalign_jax.scores imports this module
-    from sotalign_jax import scores  # pylint: disable=g-import-not-at-top
-    return getattr(scores, name)
-  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

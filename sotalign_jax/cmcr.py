@@ -7,8 +7,8 @@ text/audio). The same texts encoded in both spaces, :math:`b_i` (space 1) and :m
 only link. Two projectors :math:`f_1` (space 1 → shared) and :math:`f_2` (space 2 → shared) are trained so that
 ``A`` and ``C`` become comparable, although no ``A``–``C`` pair is ever seen.
 
-* :class:`Projector` — Linear → BatchNorm → ReLU → Linear → BatchNorm, L2-normalised output (paper: hidden 1024,
-  output 512); :func:`init_projector` builds one.
+* :class:`sotalign_jax.nn.projectors.Projector` — Linear → BatchNorm → ReLU → Linear → BatchNorm, L2-normalised
+  output (paper: hidden 1024, output 512); :func:`sotalign_jax.nn.projectors.init_projector` builds one.
 * :func:`semantic_noise` — semantic *completion*: :math:`\tilde x = \mathrm{norm}(x + \theta)`,
   :math:`\theta\sim\mathcal N(0, \sigma^2 I)` (paper :math:`\sigma^2 = 0.004`).
 * :func:`soft_retrieve` — semantic *consistency*: a pseudo embedding of the other modality of a text's own space,
@@ -39,15 +39,18 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from sotalign_jax.losses import info_nce
 
-__all__ = ["Projector", "init_projector", "semantic_noise", "soft_retrieve", "intra_alignment", "cmcr_objective",
+__all__ = ["semantic_noise", "soft_retrieve", "intra_alignment", "cmcr_objective",
            "CmcrLoss", "check_spaces", "normalize"]
+
+# The methods of the C-MCR experiment: the paper's objective, its three ablations (σ² = 0, no pseudo-pair term,
+# λ = 0), the same projectors trained on A–C pairs, and the raw spaces compared directly.
+METHODS = ("cmcr", "supervised", "no_connection", "cmcr_no_noise", "cmcr_no_pseudo", "cmcr_no_intra")
 
 _HI = jax.lax.Precision.HIGHEST
 
@@ -55,40 +58,6 @@ _HI = jax.lax.Precision.HIGHEST
 def normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
   """L2-normalises the rows of ``x: [n, d]``."""
   return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Projectors.
-# ------------------------------------------------------------------------------------------------------------
-class Projector(nn.Module):
-  """C-MCR projector: ``Linear → BatchNorm → ReLU → Linear → BatchNorm``, then L2 normalisation.
-
-  ``hidden=0`` gives a single ``Linear → BatchNorm`` layer. BatchNorm uses batch statistics when
-  ``train=True`` (pass ``mutable=["batch_stats"]``) and its running averages otherwise.
-  """
-  hidden: int = 1024
-  out: int = 512
-  momentum: float = 0.9
-
-  @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-    bn = lambda: nn.BatchNorm(use_running_average=not train, momentum=self.momentum, epsilon=1e-5)
-    if self.hidden:
-      x = nn.relu(bn()(nn.Dense(self.hidden)(x)))
-    x = bn()(nn.Dense(self.out)(x))
-    return normalize(x)
-
-
-def init_projector(key: jax.Array, dim_in: int, *, hidden: int = 1024, out: int = 512) -> tuple[Projector, dict]:
-  """Returns ``(module, variables)`` with ``variables = {"params": ..., "batch_stats": ...}``."""
-  for name, v in (("dim_in", dim_in), ("out", out)):
-    if not isinstance(v, (int, np.integer)) or v < 1:
-      raise ValueError(f"{name} must be a positive integer, got {v!r}")
-  if not isinstance(hidden, (int, np.integer)) or hidden < 0:
-    raise ValueError(f"hidden must be a non-negative integer (0: no hidden layer), got {hidden!r}")
-  module = Projector(hidden=int(hidden), out=int(out))
-  variables = module.init(key, jnp.zeros((2, int(dim_in)), jnp.float32), train=False)
-  return module, dict(variables)
 
 
 # ------------------------------------------------------------------------------------------------------------

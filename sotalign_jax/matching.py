@@ -33,6 +33,13 @@ __all__ = [
     "relative_match", "relative_retrieve", "match_scores", "retrieve_scores",
 ]
 
+# The methods of the training-free matching experiment: a matcher family × how the base pairs are prepared
+# ("stretch": every feature divided by its std over base + queries; "cluster": base pairs nearest to k-means
+# centroids; "both"), with ``linreg`` / ``relrep`` short for ``linreg_none`` / ``relrep_none``.
+FAMILIES = ("qap", "localcka", "linreg", "relrep")
+BASE_VARIANTS = ("none", "stretch", "cluster", "both")
+METHODS = tuple(f if f in ("linreg", "relrep") and v == "none" else f"{f}_{v}" for f in FAMILIES for v in BASE_VARIANTS)
+
 _HI = jax.lax.Precision.HIGHEST
 _KERNELS = ("linear", "rbf")
 

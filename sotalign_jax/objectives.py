@@ -22,8 +22,9 @@ import jax
 import jax.numpy as jnp
 
 from sotalign_jax import losses, ot
+from sotalign_jax._arrays import unit
 
-__all__ = ["UnpairedBatch", "UNPAIRED_TERMS", "cosine"]
+__all__ = ["UnpairedBatch", "UNPAIRED_TERMS", "Method", "METHODS"]
 
 
 class UnpairedBatch(NamedTuple):
@@ -36,31 +37,29 @@ class UnpairedBatch(NamedTuple):
   logit_scale: jax.Array  # exp(t'), the student's SigLIP temperature
 
 
-def _unit(a):
-  return a / jnp.linalg.norm(a, axis=-1, keepdims=True).clip(1e-12)
+def klot_term(b: UnpairedBatch, *, eps_student: float, eps_teacher: float, sinkhorn_iters: int) -> jax.Array:
+  """SOTAlign: KLOT between the teacher's (fixed) and the student's entropic plans of the unpaired batch."""
+  k_teacher = jax.lax.stop_gradient(ot.cosine_similarity(b.tx, b.ty))
+  return ot.klot(ot.cosine_similarity(b.zx, b.zy), k_teacher, eps_student=eps_student, eps_teacher=eps_teacher,
+                 num_iters=sinkhorn_iters)
 
 
-cosine = ot.cosine_similarity
+def sinkhorn_divergence_term(b: UnpairedBatch, *, eps_student: float, **unused) -> jax.Array:
+  """Ablation of SOTAlign: the debiased Sinkhorn divergence between the two embedded clouds (no teacher)."""
+  del unused
+  return ot.sinkhorn_divergence(unit(b.zx), unit(b.zy), epsilon=eps_student)
 
 
-def klot_term(b: UnpairedBatch, cfg) -> jax.Array:
-  k_teacher = jax.lax.stop_gradient(cosine(b.tx, b.ty))
-  return ot.klot(cosine(b.zx, b.zy), k_teacher, eps_student=cfg.eps_student, eps_teacher=cfg.eps_teacher,
-                 num_iters=cfg.sinkhorn_iters)
+def structure_term(b: UnpairedBatch, *, temperature: float) -> jax.Array:
+  """STRUCTURE: each modality keeps its frozen neighbourhood structure in the aligned space."""
+  return (losses.structure_regularizer(b.x, b.zx, temperature=temperature)
+          + losses.structure_regularizer(b.y, b.zy, temperature=temperature))
 
 
-def sinkhorn_divergence_term(b: UnpairedBatch, cfg) -> jax.Array:
-  return ot.sinkhorn_divergence(_unit(b.zx), _unit(b.zy), epsilon=cfg.eps_student)
-
-
-def structure_term(b: UnpairedBatch, cfg) -> jax.Array:
-  return (losses.structure_regularizer(b.x, b.zx, temperature=cfg.temperature)
-          + losses.structure_regularizer(b.y, b.zy, temperature=cfg.temperature))
-
-
-def pseudo_label_term(b: UnpairedBatch, cfg) -> jax.Array:
-  plan = jax.lax.stop_gradient(ot.sinkhorn(cosine(b.tx, b.ty), epsilon=cfg.eps, num_iters=100).plan)
-  logits = b.logit_scale * cosine(b.zx, b.zy)
+def pseudo_label_term(b: UnpairedBatch, *, eps: float) -> jax.Array:
+  """S-CLIP-style soft pseudo-captions: the teacher's OT plan is the target of the student's softmax."""
+  plan = jax.lax.stop_gradient(ot.sinkhorn(ot.cosine_similarity(b.tx, b.ty), epsilon=eps, num_iters=100).plan)
+  logits = b.logit_scale * ot.cosine_similarity(b.zx, b.zy)
   rows = plan / plan.sum(1, keepdims=True)
   cols = plan / plan.sum(0, keepdims=True)
   ce_i2t = -jnp.sum(rows * jax.nn.log_softmax(logits, axis=1), axis=1).mean()
@@ -68,15 +67,45 @@ def pseudo_label_term(b: UnpairedBatch, cfg) -> jax.Array:
   return 0.5 * (ce_i2t + ce_t2i)
 
 
-def no_term(b: UnpairedBatch, cfg) -> jax.Array:
-  del b, cfg
+def no_term(b: UnpairedBatch) -> jax.Array:
+  """No unpaired term (SAIL-style supervised training and the all-pairs upper bound)."""
+  del b
   return jnp.zeros((), jnp.float32)
 
 
-UNPAIRED_TERMS: dict[str, Callable[[UnpairedBatch, object], jax.Array]] = {
+UNPAIRED_TERMS: dict[str, Callable[..., jax.Array]] = {
     "klot": klot_term,
     "sinkhorn_divergence": sinkhorn_divergence_term,
     "structure": structure_term,
     "pseudo_label": pseudo_label_term,
     "none": no_term,
 }
+
+
+class Method(NamedTuple):
+  """How one method of the SOTAlign experiment is fitted.
+
+  Attributes:
+    teacher: the closed-form teacher it *is* (no training), or ``None`` for a trained method, whose heads start
+      from the configured teacher.
+    term: its unpaired term in :data:`UNPAIRED_TERMS`.
+    section: the config section holding the term's keyword options and its ``weight`` (``None``: no term).
+    all_pairs: trained on every training pair (the upper bound) instead of the ``n_pairs`` pairs.
+  """
+  teacher: str | None = None
+  term: str = "none"
+  section: str | None = None
+  all_pairs: bool = False
+
+
+METHODS: dict[str, Method] = {
+    "teacher_cca": Method(teacher="cca"),
+    "teacher_ridge": Method(teacher="ridge"),
+    "teacher_procrustes": Method(teacher="procrustes"),
+    "sail": Method(),
+    "structure": Method(term="structure", section="structure"),
+    "pseudo_label": Method(term="pseudo_label", section="pseudo_label"),
+    "sotalign": Method(term="klot", section="sotalign"),
+    "upper_bound": Method(all_pairs=True),
+}
+"""Every method of ``experiments/sotalign.py``, declared once."""

@@ -1,6 +1,6 @@
 r"""Layer-by-layer alignment grids and permutation-calibrated scores, with bounded memory.
 
-Two entry points (also importable from :mod:`sotalign_jax.cka`):
+Two entry points:
 
 * :func:`score_grid` — every (layer of encoder A) × (layer of encoder B) score in one compiled call.
 * :func:`calibrated` — a score with its permutation null (mean, std, z, p-value) and a bootstrap interval.
@@ -54,6 +54,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import numpy as np
 
 from sotalign_jax import cka as _cka
+from sotalign_jax import _hsic
 
 __all__ = ["METRICS", "ScoreGrid", "Calibrated", "score_grid", "calibrated", "linear_cka_null_mean",
            "topk_neighbours"]
@@ -174,7 +175,7 @@ def _bandwidths(layers, bandwidth, name: str) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# HSIC of every pair from sufficient statistics (see cka._hsic_from_stats for one pair).
+# HSIC of every pair from sufficient statistics (see _hsic.hsic_from_stats for one pair).
 # ----------------------------------------------------------------------------------------------------------------
 def _hsic_grid(s, rk, rl, dk, dl, *, unbiased: bool) -> jax.Array:
   """HSIC of all pairs: ``s [a, b]`` = ΣK∘L, row sums / diagonals ``rk, dk [a, n]`` and ``rl, dl [b, n]``."""
@@ -262,7 +263,7 @@ def _linear_grid(xs, ys, unbiased: bool, block: int) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# RBF CKA grid, over upper-triangular tiles (as cka._rbf_block_stats, for all layers at once).
+# RBF CKA grid, over upper-triangular tiles (as _hsic._rbf_block_stats, for all layers at once).
 # ----------------------------------------------------------------------------------------------------------------
 @functools.partial(jax.jit, static_argnames=("unbiased", "block"))
 def _rbf_grid(xs, ys, bx, by, unbiased: bool, block: int) -> jax.Array:
@@ -277,7 +278,7 @@ def _rbf_grid(xs, ys, bx, by, unbiased: bool, block: int) -> jax.Array:
   lx, ly = len(xs), len(ys)
 
   def kernels(blocks, gammas, i, j, mask):
-    return jnp.stack([jnp.exp(gammas[l] * _cka._sq_dists(b[i], b[j])) * mask for l, b in enumerate(blocks)])
+    return jnp.stack([jnp.exp(gammas[l] * _hsic.sq_dists(b[i], b[j])) * mask for l, b in enumerate(blocks)])
 
   def tile(carry, ij):
     s, sxx, syy, rk, rl = carry
@@ -653,7 +654,7 @@ def _knn_parts(x, y, metric: str, k: int, block: int):
 
 def _rbf_parts(x, y, sx, sy, unbiased: bool, block: int):
   def score(perm):
-    return _cka._rbf_cka(x, y[perm], sx, sy, unbiased, block)
+    return _hsic.rbf_cka_stats(x, y[perm], sx, sy, unbiased, block)
   return score
 
 

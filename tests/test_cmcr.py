@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from sotalign_jax import cmcr
+from sotalign_jax.nn import projectors
 
 
 def unit(x):
@@ -117,7 +118,7 @@ def test_semantic_noise_gives_unit_rows_at_the_expected_angle(rng):
 # ------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("train", [True, False])
 def test_projector_matches_numpy_forward(rng, train):
-  f, v = cmcr.init_projector(jax.random.key(1), 6, hidden=5, out=3)
+  f, v = projectors.init_projector(jax.random.key(1), 6, hidden=5, out=3)
   x = rng.normal(size=(16, 6)).astype(np.float32)
   p, s = v["params"], v["batch_stats"]
 
@@ -141,9 +142,9 @@ def test_projector_matches_numpy_forward(rng, train):
 
 def test_init_projector_rejects_bad_sizes():
   with pytest.raises(ValueError, match="dim_in"):
-    cmcr.init_projector(jax.random.key(0), 0)
+    projectors.init_projector(jax.random.key(0), 0)
   with pytest.raises(ValueError, match="hidden"):
-    cmcr.init_projector(jax.random.key(0), 4, hidden=-1)
+    projectors.init_projector(jax.random.key(0), 4, hidden=-1)
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -118,7 +118,7 @@ def test_bad_input_is_rejected_at_start_up_naming_it(tmp_path, change, override,
 
 def test_demo_path_joins_two_caches_and_connects_them(tmp_path):
   # Two fake caches of the same pictures and captions (same seed → same latents) with different "encoders".
-  from fake_cache import make_fake_cache
+  from sotalign_jax.data.fake import make_fake_cache
   splits = np.random.default_rng(1).choice(["paired", "unpaired", "val", "test"], size=500, p=[.3, .5, .1, .1])
   c1 = make_fake_cache(str(tmp_path / "c1"), n_images=500, dx=40, dy=24, noise=0.3, splits=splits)
   c2 = make_fake_cache(str(tmp_path / "c2"), n_images=500, dx=36, dy=28, noise=0.3, splits=splits)
@@ -138,7 +138,7 @@ def test_demo_without_caches_says_how_to_build_them(tmp_path):
                               f"--config.demo.cache_1={tmp_path}/openclipart__efficientnet-lite0__all-MiniLM-L6-v2"),
                        capture_output=True, text=True, timeout=300)
   assert out.returncode != 0
-  assert "python -m sotalign_jax.embed --dataset openclipart --image-encoder efficientnet-lite0" in out.stderr
+  assert "python -m sotalign_jax.cli.embed --dataset openclipart --image-encoder efficientnet-lite0" in out.stderr
 
 
 SHARDED_ARGS = ["--config.methods=cmcr", "--config.steps=20"]

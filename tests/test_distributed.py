@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from sotalign_jax import distributed
+from sotalign_jax.runtime import distributed
 
 from conftest import REPO, run_processes, run_with_fake_devices
 
@@ -148,7 +148,7 @@ def test_host_shard_bad_input(kwargs, match):
 # ---------------------------------------------------------------------------------------------------------------
 _WORKER = textwrap.dedent("""
     import numpy as np
-    from sotalign_jax import distributed
+    from sotalign_jax.runtime import distributed
     assert distributed.maybe_initialize()
     import jax
     from jax.sharding import Mesh
@@ -170,7 +170,7 @@ def test_two_processes_on_localhost():
 _SHARD_ROWS_WORKER = textwrap.dedent("""
     import json
     import numpy as np
-    from sotalign_jax import distributed
+    from sotalign_jax.runtime import distributed
     distributed.maybe_initialize()
     import jax
     from jax.sharding import Mesh
@@ -205,7 +205,7 @@ def test_shard_rows_on_eight_devices_pads_and_gathers_like_numpy():
   out = run_with_fake_devices("""
       import numpy as np, jax
       from jax.sharding import Mesh
-      from sotalign_jax import distributed
+      from sotalign_jax.runtime import distributed
       x = np.random.default_rng(0).normal(size=(13, 5)).astype(np.float32)
       mesh = Mesh(np.array(jax.devices()), ("data",))
       g = distributed.shard_rows(x, 13, mesh=mesh)

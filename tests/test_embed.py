@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sotalign_jax import embed
-from sotalign_jax import io as sio
+from sotalign_jax.cli import embed
+from sotalign_jax.data.cache import load_cache
+from sotalign_jax.runtime import io as sio
 from sotalign_jax.data import core, folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -79,7 +80,7 @@ def test_embed_folder_end_to_end_against_direct_encoding(tmp_path, fake):
   out = tmp_path / "out"
   manifest = embed.embed_dataset(ds, out_dir=out, image_encoder=img_enc, text_encoder=txt_enc, batch_size=4,
                                  chunk_size=4, workers=2, max_side=None, progress=False)
-  cache = embed.load_cache(out)
+  cache = load_cache(out)
   assert cache.image_emb.shape == (9, 16) and cache.image_emb.dtype == np.float32
   assert cache.text_emb.shape == (12, 12)  # 9 + 3 extra captions; broken/missing images dropped
   assert manifest["counts"]["images_skipped"] == 2
@@ -118,20 +119,20 @@ def test_fixed_splits_limit_and_text_only(tmp_path, fake):
   ds = core.Dataset("arrays", recs, {})
   m = embed.embed_dataset(ds, out_dir=tmp_path / "a", image_encoder=img_enc, text_encoder=txt_enc, batch_size=8,
                           split_fractions={"paired": 0.5, "unpaired": 0.5, "val": 0.0, "test": 0.0}, progress=False)
-  cache = embed.load_cache(tmp_path / "a")
+  cache = load_cache(tmp_path / "a")
   assert [r["image_id"] for r in cache.index if r["split"] == "test"] == ["i0", "i1", "i2"]
   assert m["splits"]["fixed_by_dataset"] == ["test"]
   embed.embed_dataset(ds, out_dir=tmp_path / "b", image_encoder=img_enc, text_encoder=txt_enc, limit=7,
                       progress=False)
-  small = embed.load_cache(tmp_path / "b")
+  small = load_cache(tmp_path / "b")
   assert small.image_emb.shape == (7, 16)
   again = embed.embed_dataset(ds, out_dir=tmp_path / "c", image_encoder=img_enc, text_encoder=txt_enc, limit=7,
                               progress=False)
   assert again["counts"]["images"] == 7
-  assert [r["image_id"] for r in embed.load_cache(tmp_path / "c").index] == [r["image_id"] for r in small.index]
+  assert [r["image_id"] for r in load_cache(tmp_path / "c").index] == [r["image_id"] for r in small.index]
   texts = core.Dataset("pool", [core.Record(f"t{k}", f"word {k}") for k in range(5)], {})
   m = embed.embed_dataset(texts, out_dir=tmp_path / "t", text_encoder=txt_enc, batch_size=2, progress=False)
-  tc = embed.load_cache(tmp_path / "t")
+  tc = load_cache(tmp_path / "t")
   assert tc.image_emb is None and tc.text_emb.shape == (5, 12) and m["files"]["image_embeddings"] is None
   assert not os.path.exists(tmp_path / "t" / "image_embeddings.npy")
   with pytest.raises(ValueError, match="text-only"):
@@ -139,7 +140,7 @@ def test_fixed_splits_limit_and_text_only(tmp_path, fake):
   with pytest.raises(ValueError, match="image encoder"):
     embed.embed_dataset(ds, out_dir=tmp_path / "x", text_encoder=txt_enc, progress=False)
   with pytest.raises(FileNotFoundError, match="complete"):
-    embed.load_cache(tmp_path / "x")
+    load_cache(tmp_path / "x")
 
 
 def test_cli_kill_and_resume_gives_identical_arrays(tmp_path, fake):
@@ -150,7 +151,7 @@ def test_cli_kill_and_resume_gives_identical_arrays(tmp_path, fake):
   embed.embed_dataset(ds, out_dir=ref, image_encoder=img_enc, text_encoder=txt_enc, batch_size=2, chunk_size=2,
                       progress=False)
   out = tmp_path / "out"
-  cmd = [sys.executable, "-m", "sotalign_jax.embed", "--folder", str(tmp_path / "ds"), "--image-encoder",
+  cmd = [sys.executable, "-m", "sotalign_jax.cli.embed", "--folder", str(tmp_path / "ds"), "--image-encoder",
          "fake_enc:image", "--text-encoder", "fake_enc:text", "--out", str(out), "--batch-size", "2",
          "--chunk-size", "2", "--workers", "2", "--quiet"]
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([fake_dir, ROOT]), JAX_PLATFORMS="cpu")
@@ -162,7 +163,7 @@ def test_cli_kill_and_resume_gives_identical_arrays(tmp_path, fake):
   done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert done.returncode == 0, done.stderr
   assert json.loads(done.stdout.strip().splitlines()[-1])["images_skipped"] == 2
-  a, b = embed.load_cache(ref), embed.load_cache(out)
+  a, b = load_cache(ref), load_cache(out)
   np.testing.assert_array_equal(a.image_emb, b.image_emb)
   np.testing.assert_array_equal(a.text_emb, b.text_emb)
   assert a.index == b.index

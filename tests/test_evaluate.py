@@ -1,4 +1,4 @@
-"""`python -m sotalign_jax.evaluate` on a folder, with fake encoders: it embeds the folder once with the run's
+"""`python -m sotalign_jax.cli.evaluate` on a folder, with fake encoders: it embeds the folder once with the run's
 encoders and reports the same recalls as the run's heads applied by hand."""
 
 import json
@@ -12,8 +12,8 @@ from PIL import Image
 from conftest import REPO
 from test_embed import FAKE_SRC
 from sotalign_jax import metrics
-from sotalign_jax.embed import load_cache
-from sotalign_jax.evaluate import load_heads
+from sotalign_jax.data.cache import load_cache
+from sotalign_jax.nn.heads import load_heads
 
 
 def test_evaluate_folder_cli(tmp_path):
@@ -31,7 +31,7 @@ def test_evaluate_folder_cli(tmp_path):
   cache = tmp_path / "cache"
   run = lambda *a: subprocess.run([sys.executable, *a], env=env, cwd=REPO, capture_output=True, text=True,
                                   timeout=600)
-  out = run("-m", "sotalign_jax.embed", "--folder", str(folder), "--image-encoder", "fake_enc:image",
+  out = run("-m", "sotalign_jax.cli.embed", "--folder", str(folder), "--image-encoder", "fake_enc:image",
             "--text-encoder", "fake_enc:text", "--out", str(cache), "--quiet")
   assert out.returncode == 0, out.stderr[-2000:]
   wd = tmp_path / "run"
@@ -40,7 +40,7 @@ def test_evaluate_folder_cli(tmp_path):
             "--config.teacher.cca_dim=8", "--config.eval.fashion_mnist_cache=", "--config.eval.tuxpaint_cache=")
   assert out.returncode == 0, out.stderr[-2000:]
 
-  out = run("-m", "sotalign_jax.evaluate", "--workdir", str(wd), "--folder", str(folder), "--method", "sail")
+  out = run("-m", "sotalign_jax.cli.evaluate", "--workdir", str(wd), "--folder", str(folder), "--method", "sail")
   assert out.returncode == 0, out.stderr[-2000:]
   got = json.loads(out.stdout.strip().splitlines()[-1])
   assert set(got) == {"i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"}
@@ -55,5 +55,5 @@ def test_evaluate_folder_cli(tmp_path):
     np.testing.assert_allclose(got[f"t2i_{k}"], ref[k])
   assert len(os.listdir(wd / "eval_cache")) == 1
 
-  bad = run("-m", "sotalign_jax.evaluate", "--workdir", str(wd), "--folder", str(folder), "--method", "structure")
+  bad = run("-m", "sotalign_jax.cli.evaluate", "--workdir", str(wd), "--folder", str(folder), "--method", "structure")
   assert bad.returncode == 2 and "structure" in bad.stderr

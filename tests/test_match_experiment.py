@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from fake_cache import make_fake_cache
-from sotalign_jax import io as sio
+from sotalign_jax.data.fake import make_fake_cache
+from sotalign_jax.runtime import io as sio
 
 SCRIPT = os.path.join(REPO, "experiments", "match.py")
 METHODS = {f"{f}_{v}" for f in ("qap", "localcka", "linreg", "relrep") for v in ("none", "stretch", "cluster", "both")}

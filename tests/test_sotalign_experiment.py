@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, run_on_devices, run_processes
-from fake_cache import make_fake_cache
+from sotalign_jax.data.fake import make_fake_cache
 
 SCRIPT = os.path.join(REPO, "experiments", "sotalign.py")
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sotalign_jax import workdir as wd
+from sotalign_jax.runtime import workdir as wd
 
 
 def test_corrupted_latest_checkpoint_falls_back_to_previous_step(tmp_path, capsys):

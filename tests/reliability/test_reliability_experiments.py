@@ -20,10 +20,10 @@ import pytest
 TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPO = os.path.dirname(TESTS)
 sys.path.insert(0, TESTS)
-from fake_cache import make_fake_cache  # noqa: E402  pylint: disable=g-import-not-at-top
+from sotalign_jax.data.fake import make_fake_cache  # noqa: E402  pylint: disable=g-import-not-at-top
 from test_cmcr import make_spaces  # noqa: E402  pylint: disable=g-import-not-at-top
 
-from sotalign_jax import io as sio  # noqa: E402  pylint: disable=g-import-not-at-top
+from sotalign_jax.runtime import io as sio  # noqa: E402  pylint: disable=g-import-not-at-top
 
 SOTALIGN = os.path.join(REPO, "experiments", "sotalign.py")
 CMCR = os.path.join(REPO, "experiments", "cmcr.py")
@@ -97,7 +97,7 @@ def test_diverging_loss_names_step_and_quantity_and_keeps_checkpoints(cache, fin
   assert out.returncode != 0
   assert "[sotalign] resuming from step 30" in out.stdout
   err = out.stderr.strip().splitlines()[-1]
-  assert err.startswith("sotalign_jax.workdir.NonFiniteError: step 3"), err  # a step after the restored 30
+  assert err.startswith("sotalign_jax.runtime.workdir.NonFiniteError: step 3"), err  # a step after the restored 30
   step = int(err.split("step ")[1].split(":")[0])
   assert 31 <= step <= 40 and any(q in err for q in ("loss is not finite", "grad_norm is not finite")), err
   assert not (workdir / "results.json").exists() and not (workdir / "done").exists()

@@ -1,6 +1,6 @@
 """Disk-full and permission faults while writing caches, results and checkpoints.
 
-The fault is injected *below* the atomic writers of :mod:`sotalign_jax.io` (its ``os`` / ``tempfile`` are
+The fault is injected *below* the atomic writers of :mod:`sotalign_jax.runtime.io` (its ``os`` / ``tempfile`` are
 replaced by proxies whose ``write``, ``fsync``, ``replace`` or ``mkstemp`` raise ``ENOSPC`` / ``EACCES``), so
 what is tested is the real write path. Tests run as root, where ``chmod 0o555`` does not block writes: the
 read-only directory is simulated by ``mkstemp`` raising ``EACCES``. After every fault: the final name holds
@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sotalign_jax import embed
-from sotalign_jax import io as sio
+from sotalign_jax.cli import embed
+from sotalign_jax.data.cache import load_cache
+from sotalign_jax.runtime import io as sio
 from sotalign_jax.data import folder
 from sotalign_jax.encoders import ImageEncoder, TextEncoder
 
@@ -162,7 +163,7 @@ def test_embed_full_disk_leaves_no_final_file_and_the_rerun_completes(tmp_path, 
   assert not _tmp_files(out)
   assert not (out / "manifest.json").exists()  # the cache is not "complete"…
   with pytest.raises(FileNotFoundError, match="not a complete embedding cache"):
-    embed.load_cache(out)  # …and readers say so instead of reading half of it
+    load_cache(out)  # …and readers say so instead of reading half of it
   if target is not None and target.startswith(("images-", "texts-")):
     shards = sorted(os.listdir(out / "shards"))
     assert target not in shards
@@ -173,7 +174,7 @@ def test_embed_full_disk_leaves_no_final_file_and_the_rerun_completes(tmp_path, 
       elif s.endswith(".npy"):
         assert np.load(out / "shards" / s).shape[1] == 5
   manifest = _embed(dataset, out)  # disk has room again: resume and finish
-  a, b = embed.load_cache(tmp_path / "ref"), embed.load_cache(out)
+  a, b = load_cache(tmp_path / "ref"), load_cache(out)
   np.testing.assert_array_equal(a.image_emb, b.image_emb)
   np.testing.assert_array_equal(a.text_emb, b.text_emb)
   assert a.index == b.index and manifest["job_id"] == ref["job_id"]
@@ -186,7 +187,7 @@ def test_embed_full_disk_leaves_no_final_file_and_the_rerun_completes(tmp_path, 
 def test_half_written_orbax_step_is_ignored_on_restore(tmp_path):
   import jax.numpy as jnp
   import orbax.checkpoint as ocp
-  from sotalign_jax import workdir as wd
+  from sotalign_jax.runtime import workdir as wd
   mgr = wd.checkpoint_manager(tmp_path / "ckpt")
   mgr.save(10, args=ocp.args.StandardSave({"w": jnp.full((3,), 10.0)}))
   mgr.wait_until_finished()

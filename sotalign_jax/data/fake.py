@@ -1,4 +1,4 @@
-"""A small synthetic embedding cache in the format of `python -m sotalign_jax.embed`, with a known structure.
+"""A small synthetic embedding cache in the format of `python -m sotalign_jax.cli.embed`, with a known structure.
 
 Images and captions are noisy linear views of one shared latent per image, so alignment methods have
 something real to recover; two captions per image.
@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from sotalign_jax import io as sio
+from sotalign_jax.runtime import io as sio
 
 
 def make_fake_cache(out_dir, *, n_images=600, dx=48, dy=32, latent=12, noise=0.6, seed=0, splits=None,

@@ -1,6 +1,6 @@
 r"""Evaluate a trained alignment run on any image–caption folder.
 
-  python -m sotalign_jax.evaluate --workdir WORKDIR --folder DIR [--method sotalign]
+  python -m sotalign_jax.cli.evaluate --workdir WORKDIR --folder DIR [--method sotalign]
 
 ``DIR`` is in the generic format (``DIR/captions.jsonl``: ``{"image": ..., "caption": ...}`` per line). The folder is
 embedded once with the run's own frozen encoders (read from the run's embedding-cache manifest) into
@@ -21,33 +21,9 @@ import sys
 import numpy as np
 
 from sotalign_jax import metrics
+from sotalign_jax.nn.heads import load_heads
 
-__all__ = ["load_heads", "evaluate_folder", "main"]
-
-
-def load_heads(run_dir: str):
-  """Reads the heads a method saved in ``run_dir`` (``heads.json`` + ``heads.msgpack``); returns ``(embed_x, embed_y)``."""
-  import flax.serialization
-  import jax
-  import jax.numpy as jnp
-  from sotalign_jax.heads import AlignmentHead
-  meta_path = os.path.join(run_dir, "heads.json")
-  if not os.path.exists(meta_path):
-    raise FileNotFoundError(f"{meta_path} not found: this method has not finished in this workdir "
-                            "(rerun the experiment command to finish it)")
-  with open(meta_path) as f:
-    meta = json.load(f)
-  f_head = AlignmentHead(dim=meta["dim"], hidden=meta["hidden"])
-  g_head = AlignmentHead(dim=meta["dim"], hidden=meta["hidden"])
-  template = {
-      "f": f_head.init(jax.random.key(0), jnp.zeros((1, meta["d_x"])))["params"],
-      "g": g_head.init(jax.random.key(0), jnp.zeros((1, meta["d_y"])))["params"],
-  }
-  with open(os.path.join(run_dir, "heads.msgpack"), "rb") as f:
-    params = flax.serialization.from_bytes(template, f.read())
-  embed_x = jax.jit(lambda x: f_head.apply({"params": params["f"]}, x))
-  embed_y = jax.jit(lambda y: g_head.apply({"params": params["g"]}, y))
-  return embed_x, embed_y
+__all__ = ["evaluate_folder", "main"]
 
 
 def _run_dir(workdir: str, method: str) -> str:
@@ -65,7 +41,8 @@ def _run_dir(workdir: str, method: str) -> str:
 def evaluate_folder(workdir: str, folder: str, *, method: str = "sotalign", progress: bool = True) -> dict:
   """Embeds ``folder`` with the run's encoders (cached) and returns its retrieval metrics under ``method``'s heads."""
   from sotalign_jax.data import load_dataset
-  from sotalign_jax.embed import embed_dataset, load_cache, load_encoder
+  from sotalign_jax.cli.embed import embed_dataset, load_encoder
+  from sotalign_jax.data.cache import load_cache
   with open(os.path.join(workdir, "config.json")) as f:
     cfg = json.load(f)
   with open(os.path.join(cfg["data"]["cache"], "manifest.json")) as f:
@@ -93,7 +70,7 @@ def evaluate_folder(workdir: str, folder: str, *, method: str = "sotalign", prog
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(prog="python -m sotalign_jax.evaluate", description=__doc__.split("\n\n")[0])
+  p = argparse.ArgumentParser(prog="python -m sotalign_jax.cli.evaluate", description=__doc__.split("\n\n")[0])
   p.add_argument("--workdir", required=True, help="the --workdir of a finished experiments/sotalign.py run")
   p.add_argument("--folder", required=True, help="directory with captions.jsonl (generic image-caption format)")
   p.add_argument("--method", default="sotalign", help="whose heads to use (default: sotalign)")

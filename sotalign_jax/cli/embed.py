@@ -2,10 +2,10 @@ r"""Resumable embedding cache: frozen image and text encoders applied once to a 
 
 Command line::
 
-  python -m sotalign_jax.embed --dataset openclipart \
+  python -m sotalign_jax.cli.embed --dataset openclipart \
       --image-encoder efficientnet-lite0 --text-encoder all-MiniLM-L6-v2 --out workdirs/cache/openclipart
-  python -m sotalign_jax.embed --folder my_images/ --image-encoder ... --text-encoder ... --out ...
-  python -m sotalign_jax.embed --dataset wordnet --text-encoder all-MiniLM-L6-v2 --out ...   # text only
+  python -m sotalign_jax.cli.embed --folder my_images/ --image-encoder ... --text-encoder ... --out ...
+  python -m sotalign_jax.cli.embed --dataset wordnet --text-encoder all-MiniLM-L6-v2 --out ...   # text only
 
 writes into ``OUT``:
 
@@ -22,7 +22,7 @@ run. Images are decoded and preprocessed by a thread pool while the jitted forwa
 Encoders are named as in :mod:`sotalign_jax.encoders`, or ``package.module:factory`` for your own
 (a zero-argument callable returning an ``ImageEncoder`` / ``TextEncoder``).
 
-Read a cache back with :func:`load_cache`.
+Read a cache back with :func:`sotalign_jax.data.cache.load_cache`.
 """
 
 from __future__ import annotations
@@ -43,81 +43,16 @@ from typing import Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
-from sotalign_jax import io as sio
+from sotalign_jax.data.cache import load_cache
+from sotalign_jax.runtime import io as sio
 from sotalign_jax.data import core
 from sotalign_jax.data import splits as splits_lib
 
-__all__ = ["embed_dataset", "load_cache", "Cache", "load_encoder", "main", "KILL_ENV"]
+__all__ = ["embed_dataset", "load_encoder", "main", "KILL_ENV"]
 
 # Test hook: when set to N, the process SIGKILLs itself right after writing its N-th shard.
 KILL_ENV = "SOTALIGN_EMBED_KILL_AFTER_SHARDS"
 _FORMAT = 1
-
-
-class Cache(NamedTuple):
-  """An embedding cache read back by :func:`load_cache`.
-
-  Attributes:
-    image_emb: float32 ``[n_images, d_img]`` or ``None`` for text-only data.
-    text_emb: float32 ``[n_captions, d_txt]``; row ``i`` belongs to ``index[i]``.
-    index: one dict per caption (``caption``, ``image``, ``image_id``, ``label``, ``split``).
-    manifest: the run's ``manifest.json``.
-  """
-
-  image_emb: np.ndarray | None
-  text_emb: np.ndarray
-  index: list[dict]
-  manifest: dict
-
-  def caption_rows(self, split: str | None = None) -> np.ndarray:
-    """Rows of ``text_emb`` whose caption is in ``split`` (all if ``None``): int ``[m]``."""
-    return np.array([i for i, r in enumerate(self.index) if split is None or r["split"] == split], dtype=np.int64)
-
-  def caption_image_rows(self, split: str | None = None) -> np.ndarray:
-    """Image row of each caption of :meth:`caption_rows` (aligned with it): int ``[m]``."""
-    if self.image_emb is None:
-      raise ValueError("this cache is text-only: it has no image rows")
-    return np.array([r["image"] for r in self.index if split is None or r["split"] == split], dtype=np.int64)
-
-  def image_rows(self, split: str | None = None) -> np.ndarray:
-    """Sorted distinct rows of ``image_emb`` in ``split``: int ``[k]``."""
-    if self.image_emb is None:
-      raise ValueError("this cache is text-only: it has no image rows")
-    return np.unique(self.caption_image_rows(split)).astype(np.int64)
-
-  def labels(self, split: str | None = None) -> list[str | None]:
-    """Label of each caption of :meth:`caption_rows`."""
-    return [r.get("label") for r in self.index if split is None or r["split"] == split]
-
-
-def load_cache(out_dir: str | os.PathLike, *, mmap: bool = False) -> Cache:
-  """Reads a complete cache written by :func:`embed_dataset`.
-
-  Args:
-    out_dir: the ``--out`` directory.
-    mmap: memory-map the arrays instead of reading them.
-
-  Raises:
-    FileNotFoundError: the cache is missing or incomplete (no ``manifest.json``).
-    ValueError: the files disagree with each other.
-  """
-  out_dir = os.fspath(out_dir)
-  manifest_path = os.path.join(out_dir, "manifest.json")
-  if not os.path.exists(manifest_path):
-    raise FileNotFoundError(f"{manifest_path} not found: {out_dir} is not a complete embedding cache "
-                            "(rerun the same `python -m sotalign_jax.embed ...` command to finish it)")
-  with open(manifest_path, encoding="utf-8") as f:
-    manifest = json.load(f)
-  mode = "r" if mmap else None
-  text = np.load(os.path.join(out_dir, "text_embeddings.npy"), mmap_mode=mode)
-  image_path = os.path.join(out_dir, "image_embeddings.npy")
-  image = np.load(image_path, mmap_mode=mode) if os.path.exists(image_path) else None
-  index = sio.read_jsonl(os.path.join(out_dir, "index.jsonl"))
-  if text.shape[0] != len(index):
-    raise ValueError(f"{out_dir}: text_embeddings has {text.shape[0]} rows but index.jsonl {len(index)} lines")
-  if image is not None and index and max(r["image"] for r in index) >= image.shape[0]:
-    raise ValueError(f"{out_dir}: index.jsonl points past the {image.shape[0]} image rows")
-  return Cache(image, text, index, manifest)
 
 
 def load_encoder(name: str, kind: str) -> Any:
@@ -462,7 +397,7 @@ def embed_dataset(dataset: core.Dataset, *, out_dir: str | os.PathLike, text_enc
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  p = argparse.ArgumentParser(prog="python -m sotalign_jax.embed", description=__doc__.split("\n\n")[0],
+  p = argparse.ArgumentParser(prog="python -m sotalign_jax.cli.embed", description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   src = p.add_mutually_exclusive_group(required=True)
   from sotalign_jax.data import DATASETS, load_dataset  # pylint: disable=g-import-not-at-top

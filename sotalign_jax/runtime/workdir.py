@@ -1,6 +1,6 @@
 """What every experiment does with its workdir: metrics, checkpoints, results, and start-up checks.
 
-Kept apart from the math modules, which never touch files; atomic writes come from :mod:`sotalign_jax.io`.
+Kept apart from the math modules, which never touch files; atomic writes come from :mod:`sotalign_jax.runtime.io`.
 
 * :func:`itstime` gates logging, evaluation and checkpoints in one place.
 * :class:`MetricWriter` appends ``metrics.jsonl`` and TensorBoard scalars (``train/…``, ``eval/…``).
@@ -28,7 +28,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import jax
 import numpy as np
 
-from sotalign_jax import io as sio
+from sotalign_jax.runtime import io as sio
 
 __all__ = ["start_experiment", "save_config", "parse_list", "check_ints", "check_positive", "check_nonnegative", "is_primary", "sync", "itstime", "MetricWriter", "checkpoint_manager", "restore_latest", "write_results", "markdown_table",
            "check_finite", "atomic_write_text", "NonFiniteError"]
@@ -42,7 +42,7 @@ def start_experiment(argv, config, workdir, *, config_file: str):
   Raises ``absl.app.UsageError`` on stray arguments or a missing ``--config`` / ``--workdir``.
   """
   from absl import app
-  from sotalign_jax import distributed
+  from sotalign_jax.runtime import distributed
   distributed.maybe_initialize()  # a no-op on one host; see README, Multi-host
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")

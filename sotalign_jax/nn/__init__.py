@@ -1,0 +1,1 @@
+"""Small Flax modules on top of frozen features: alignment heads (SOTAlign) and projectors (C-MCR)."""

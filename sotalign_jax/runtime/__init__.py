@@ -1,0 +1,1 @@
+"""What runs around the math: workdirs (metrics, checkpoints, results), atomic file writes and multi-host launch."""
