@@ -1,4 +1,4 @@
-"""Private: HSIC from sufficient statistics and the RBF kernel tiles, shared by :mod:`cka` and :mod:`scores`.
+r"""Private: HSIC from sufficient statistics and the RBF kernel tiles, shared by :mod:`cka` and :mod:`scores`.
 
 Both estimators of HSIC (biased :math:`\operatorname{tr}(KHLH)`, unbiased of Song et al. 2012) need only
 :math:`\sum K \circ L`, the row sums and the diagonals of ``K`` and ``L``; see :mod:`sotalign_jax.cka`.
@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sotalign_jax._arrays import DEFAULT_PRECISION as _HI
+from sotalign_jax._arrays import DEFAULT_PRECISION
 
 
 class KernelStats(NamedTuple):
@@ -32,7 +32,8 @@ def hsic_from_stats(s: KernelStats, *, unbiased: bool) -> jax.Array:
     return s.sum_kl - 2.0 / n * jnp.dot(s.row_k, s.row_l) + jnp.sum(s.row_k) * jnp.sum(s.row_l) / float(n)**2
   tr_kl = s.sum_kl - jnp.dot(s.diag_k, s.diag_l)
   rk, rl = s.row_k - s.diag_k, s.row_l - s.diag_l
-  return (tr_kl + jnp.sum(rk) * jnp.sum(rl) / (float(n - 1) * (n - 2)) - 2.0 / (n - 2) * jnp.dot(rk, rl)) / (float(n) * (n - 3))
+  return ((tr_kl + jnp.sum(rk) * jnp.sum(rl) / (float(n - 1) * (n - 2)) - 2.0 / (n - 2) * jnp.dot(rk, rl))
+          / (float(n) * (n - 3)))
 
 
 def cka_from_stats(kl: KernelStats, kk: KernelStats, ll: KernelStats, *, unbiased: bool) -> jax.Array:
@@ -40,12 +41,13 @@ def cka_from_stats(kl: KernelStats, kk: KernelStats, ll: KernelStats, *, unbiase
   return h(kl) / jnp.sqrt(h(kk) * h(ll))
 
 
-def sq_dists(a: jax.Array, b: jax.Array) -> jax.Array:
-  d = jnp.sum(a * a, 1)[:, None] + jnp.sum(b * b, 1)[None, :] - 2.0 * jnp.matmul(a, b.T, precision=_HI)
+def sq_dists(a: jax.Array, b: jax.Array, precision=DEFAULT_PRECISION) -> jax.Array:
+  """``[n, m]`` squared Euclidean distances ``|a_i|² + |b_j|² - 2 a_i·b_j``, clipped at 0."""
+  d = jnp.sum(a * a, 1)[:, None] + jnp.sum(b * b, 1)[None, :] - 2.0 * jnp.matmul(a, b.T, precision=precision)
   return jnp.maximum(d, 0.0)
 
 
-def _rbf_block_stats(x, y, sx, sy, block: int):
+def _rbf_block_stats(x, y, sx, sy, block: int, precision=DEFAULT_PRECISION):
   """Accumulates the KL, KK and LL stats of RBF kernels over the upper-triangular ``block × block`` tiles.
 
   Kernels are symmetric, so only tiles ``(i, j)`` with ``i <= j`` are generated (half the work of full rows):
@@ -64,8 +66,8 @@ def _rbf_block_stats(x, y, sx, sy, block: int):
     sums, rk, rl = carry
     i, j = ij
     mask = valid[i][:, None] * valid[j][None, :]
-    k = jnp.exp(gx * sq_dists(xb[i], xb[j])) * mask
-    l = jnp.exp(gy * sq_dists(yb[i], yb[j])) * mask
+    k = jnp.exp(gx * sq_dists(xb[i], xb[j], precision)) * mask
+    l = jnp.exp(gy * sq_dists(yb[i], yb[j], precision)) * mask
     w = jnp.where(i == j, 1.0, 2.0)
     sums = sums + w * jnp.stack([jnp.sum(k * l), jnp.sum(k * k), jnp.sum(l * l)])
     off = jnp.where(i == j, 0.0, 1.0)
@@ -81,12 +83,7 @@ def _rbf_block_stats(x, y, sx, sy, block: int):
           KernelStats(sums[2], rl, rl, ones, ones))
 
 
-@functools.partial(jax.jit, static_argnames=("unbiased", "block"))
-def _rbf_cka(x, y, sx, sy, unbiased, block):
-  return _cka_from_stats(*_rbf_block_stats(x, y, sx, sy, block), unbiased=unbiased)
-
-
-@functools.partial(jax.jit, static_argnames=("unbiased", "block"))
-def rbf_cka_stats(x, y, sx, sy, unbiased, block):
+@functools.partial(jax.jit, static_argnames=("unbiased", "block", "precision"))
+def rbf_cka_stats(x, y, sx, sy, unbiased, block, precision=DEFAULT_PRECISION):
   """RBF CKA of ``x`` and ``y`` with bandwidths ``sx``, ``sy`` from the upper-triangular tiles."""
-  return cka_from_stats(*_rbf_block_stats(x, y, sx, sy, block), unbiased=unbiased)
+  return cka_from_stats(*_rbf_block_stats(x, y, sx, sy, block, precision), unbiased=unbiased)

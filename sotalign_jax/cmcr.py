@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sotalign_jax._arrays import DEFAULT_PRECISION, check_features, unit
 from sotalign_jax.losses import info_nce
 
 __all__ = ["semantic_noise", "soft_retrieve", "intra_alignment", "cmcr_objective",
@@ -52,12 +53,12 @@ __all__ = ["semantic_noise", "soft_retrieve", "intra_alignment", "cmcr_objective
 # λ = 0), the same projectors trained on A–C pairs, and the raw spaces compared directly.
 METHODS = ("cmcr", "supervised", "no_connection", "cmcr_no_noise", "cmcr_no_pseudo", "cmcr_no_intra")
 
-_HI = jax.lax.Precision.HIGHEST
+_HI = DEFAULT_PRECISION
 
 
 def normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-  """L2-normalises the rows of ``x: [n, d]``."""
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+  """L2-normalises the rows of ``x: [n, d]`` (norms clipped at ``eps``)."""
+  return unit(x, eps=eps)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -173,17 +174,7 @@ def cmcr_objective(z_b: jax.Array, z_b_prime: jax.Array, z_a: jax.Array, z_c: ja
 # Input checks (host side).
 # ------------------------------------------------------------------------------------------------------------
 def _matrix(x, name: str) -> np.ndarray:
-  x = np.asarray(x)
-  if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
-    raise ValueError(f"{name} must be a non-empty [n, d] array, got shape {x.shape}")
-  if not np.issubdtype(x.dtype, np.number):
-    raise ValueError(f"{name} must be numeric, got dtype {x.dtype}")
-  x = x.astype(np.float32)
-  bad = ~np.isfinite(x).all(axis=1)
-  if bad.any():
-    raise ValueError(f"{name} has {int(bad.sum())} rows with NaN or Inf (first: row {int(np.argmax(bad))}); "
-                     "drop or re-embed them")
-  return x
+  return check_features(x, name, host=True)  # float32 NumPy, values checked: these are data being loaded
 
 
 def check_spaces(*, a_memory, b, b_prime, c_memory, a_eval=None, c_eval=None, a_train=None,

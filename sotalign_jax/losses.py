@@ -13,11 +13,14 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from sotalign_jax._arrays import check_features, check_positive, jit_with_host_scalars, unit
 
 __all__ = ["SIGLIP_INIT_T_LOG", "SIGLIP_INIT_BIAS", "siglip_loss", "info_nce", "structure_regularizer"]
 
@@ -25,25 +28,12 @@ SIGLIP_INIT_T_LOG = math.log(10.0)  # t = exp(t') = 10 at init (Zhai et al. 2023
 SIGLIP_INIT_BIAS = -10.0
 
 
-def _unit(x: jax.Array) -> jax.Array:
-  return x / jnp.clip(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
 def _check_pair(name_a: str, a, name_b: str, b, *, same_n: bool = True) -> tuple[jax.Array, jax.Array]:
-  a, b = jnp.asarray(a), jnp.asarray(b)
-  if a.ndim != 2 or b.ndim != 2 or a.shape[0] == 0:
-    raise ValueError(f"`{name_a}` and `{name_b}` must be non-empty [n, d] arrays; got {a.shape} and {b.shape}.")
+  a, b = check_features(a, f"`{name_a}`"), check_features(b, f"`{name_b}`")
   if same_n and a.shape[0] != b.shape[0]:
     raise ValueError(f"`{name_a}` {a.shape} and `{name_b}` {b.shape} must have the same batch size n "
                      "(row i of one is paired with row i of the other).")
   return a, b
-
-
-def _check_positive(name: str, value) -> None:
-  if not isinstance(value, jax.core.Tracer):
-    v = np.asarray(value)
-    if v.ndim != 0 or not np.isfinite(v) or v <= 0:
-      raise ValueError(f"`{name}` must be a positive finite scalar, got {value!r}.")
 
 
 def siglip_loss(img: jax.Array, txt: jax.Array, *, t_log: jax.Array, bias: jax.Array) -> jax.Array:
@@ -72,8 +62,13 @@ def siglip_loss(img: jax.Array, txt: jax.Array, *, t_log: jax.Array, bias: jax.A
   img, txt = _check_pair("img", img, "txt", txt)
   if img.shape[1] != txt.shape[1]:
     raise ValueError(f"`img` {img.shape} and `txt` {txt.shape} must have the same embedding dimension d.")
+  return _siglip(img, txt, t_log=t_log, bias=bias)
+
+
+@functools.partial(jit_with_host_scalars, scalars=("t_log", "bias"))
+def _siglip(img, txt, *, t_log, bias):
   n = img.shape[0]
-  logits = jnp.exp(t_log) * (_unit(img) @ _unit(txt).T) + bias
+  logits = jnp.exp(t_log) * (unit(img) @ unit(txt).T) + bias
   labels = 2.0 * jnp.eye(n, dtype=logits.dtype) - 1.0
   return -jnp.sum(jax.nn.log_sigmoid(labels * logits)) / n
 
@@ -100,8 +95,13 @@ def info_nce(a: jax.Array, b: jax.Array, *, temperature: float) -> jax.Array:
   a, b = _check_pair("a", a, "b", b)
   if a.shape[1] != b.shape[1]:
     raise ValueError(f"`a` {a.shape} and `b` {b.shape} must have the same embedding dimension d.")
-  _check_positive("temperature", temperature)
-  s = (_unit(a) @ _unit(b).T) / temperature
+  check_positive("temperature", temperature)
+  return _info_nce(a, b, temperature=temperature)
+
+
+@functools.partial(jit_with_host_scalars, scalars=("temperature",))
+def _info_nce(a, b, *, temperature):
+  s = (unit(a) @ unit(b).T) / temperature
   diag = jnp.diagonal(s)
   a2b = jax.nn.logsumexp(s, axis=1) - diag
   b2a = jax.nn.logsumexp(s, axis=0) - diag
@@ -155,11 +155,16 @@ def structure_regularizer(x_raw: jax.Array, z: jax.Array, *, temperature: float,
     ValueError: on mismatched batch sizes, a non-positive temperature or ``levels < 1``.
   """
   x_raw, z = _check_pair("x_raw", x_raw, "z", z)
-  _check_positive("temperature", temperature)
+  check_positive("temperature", temperature)
   if not isinstance(levels, (int, np.integer)) or isinstance(levels, bool) or levels < 1:
     raise ValueError(f"`levels` must be an int >= 1, got {levels!r}.")
-  xn = _unit(jax.lax.stop_gradient(x_raw))
-  zn = _unit(z)
+  return _structure(x_raw, z, temperature=temperature, levels=int(levels))
+
+
+@functools.partial(jit_with_host_scalars, scalars=("temperature",), static_argnames=("levels",))
+def _structure(x_raw, z, *, temperature, levels: int):
+  xn = unit(jax.lax.stop_gradient(x_raw))
+  zn = unit(z)
   p_x = jax.nn.softmax((xn @ xn.T) / temperature, axis=1)
   p_z = jax.nn.softmax((zn @ zn.T) / temperature, axis=1)
   total = 0.0

@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from sotalign_jax import qap as qap_lib
+from sotalign_jax._arrays import DEFAULT_PRECISION, check_features, device_scalar, on_host, unit
+from sotalign_jax._hsic import sq_dists as _sq_dists
 
 __all__ = [
     "kernel_matrix", "centered_kernel", "stretch", "kmeans_base_selection", "qap_match", "local_cka_scores",
@@ -40,26 +42,15 @@ FAMILIES = ("qap", "localcka", "linreg", "relrep")
 BASE_VARIANTS = ("none", "stretch", "cluster", "both")
 METHODS = tuple(f if f in ("linreg", "relrep") and v == "none" else f"{f}_{v}" for f in FAMILIES for v in BASE_VARIANTS)
 
-_HI = jax.lax.Precision.HIGHEST
+_HI = DEFAULT_PRECISION
 _KERNELS = ("linear", "rbf")
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Checks.
 # ----------------------------------------------------------------------------------------------------------------
-def _concrete(a) -> bool:
-  return not isinstance(a, jax.core.Tracer)
-
-
 def _check_feats(x, name: str, *, min_n: int = 1) -> jax.Array:
-  x = jnp.asarray(x, jnp.float32)
-  if x.ndim != 2:
-    raise ValueError(f"{name} must be a 2-D array [n, d] of features, got shape {x.shape}")
-  if x.shape[0] < min_n or x.shape[1] == 0:
-    raise ValueError(f"{name} must have at least {min_n} rows and one feature, got shape {x.shape}")
-  if _concrete(x) and not bool(jnp.isfinite(x).all()):
-    raise ValueError(f"{name} contains NaN or Inf; clean or drop those rows first")
-  return x
+  return check_features(x, name, min_n=min_n, dtype=jnp.float32)
 
 
 def _check_four(x_base, y_base, x_query, y_query, *, same_q: bool = False):
@@ -88,26 +79,37 @@ def _check_kernel(kernel: str):
 # ----------------------------------------------------------------------------------------------------------------
 # Kernels and preprocessing.
 # ----------------------------------------------------------------------------------------------------------------
-def _sq_dists(a: jax.Array, b: jax.Array) -> jax.Array:
-  d = jnp.sum(a * a, 1)[:, None] + jnp.sum(b * b, 1)[None, :] - 2.0 * jnp.matmul(a, b.T, precision=_HI)
-  return jnp.maximum(d, 0.0)
-
-
-def _bandwidth(x: jax.Array, bandwidth) -> jax.Array:
+def _bandwidth(x: jax.Array, bandwidth, precision=DEFAULT_PRECISION) -> jax.Array:
   if bandwidth is not None:
-    return jnp.asarray(bandwidth, jnp.float32)
+    return device_scalar(bandwidth)
   from sotalign_jax.cka import median_bandwidth  # pylint: disable=g-import-not-at-top
 
-  return median_bandwidth(x)
+  return median_bandwidth(x, precision=precision)
 
 
-def _kernel(a: jax.Array, b: jax.Array, kernel: str, sigma) -> jax.Array:
+def _kernel(a: jax.Array, b: jax.Array, kernel: str, sigma, precision=DEFAULT_PRECISION) -> jax.Array:
   if kernel == "linear":
-    return jnp.matmul(a, b.T, precision=_HI)
-  return jnp.exp(-_sq_dists(a, b) / (2.0 * sigma * sigma))
+    return jnp.matmul(a, b.T, precision=precision)
+  return jnp.exp(-_sq_dists(a, b, precision) / (2.0 * sigma * sigma))
 
 
-def kernel_matrix(x, *, kernel: str = "rbf", bandwidth: float | None = None) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("kernel", "precision"))
+def _kernel_matrix(x, sigma, kernel: str, precision):
+  k = _kernel(x, x, kernel, sigma, precision)
+  return 0.5 * (k + k.T)
+
+
+@functools.partial(jax.jit, static_argnames=("kernel", "precision"))
+def _centered_kernel(x, sigma, kernel: str, precision):
+  k = _kernel_matrix(x, sigma, kernel, precision)
+  k = k - k.mean(0, keepdims=True)
+  k = k - k.mean(1, keepdims=True)
+  k = 0.5 * (k + k.T)
+  return k / jnp.linalg.norm(k)
+
+
+def kernel_matrix(x, *, kernel: str = "rbf", bandwidth: float | None = None,
+                  precision=DEFAULT_PRECISION) -> jax.Array:
   r"""Kernel of one space, :math:`K = XX^\top` or :math:`K_{ij} = \exp(-\|x_i - x_j\|^2 / 2\sigma^2)`.
 
   Args:
@@ -116,18 +118,19 @@ def kernel_matrix(x, *, kernel: str = "rbf", bandwidth: float | None = None) -> 
     bandwidth: RBF :math:`\sigma`; default the median heuristic
       :math:`\sigma = \sqrt{\operatorname{median}\{\|x_i - x_j\|^2 \neq 0\}}`
       (:func:`sotalign_jax.cka.median_bandwidth`).
+    precision: of the matrix products (default ``HIGHEST``).
 
   Returns:
     ``[n, n]`` symmetric kernel matrix.
   """
   _check_kernel(kernel)
   x = _check_feats(x, "x")
-  sigma = _bandwidth(x, bandwidth) if kernel == "rbf" else None
-  k = _kernel(x, x, kernel, sigma)
-  return 0.5 * (k + k.T)
+  sigma = _bandwidth(x, bandwidth, precision) if kernel == "rbf" else None
+  return _kernel_matrix(x, sigma, kernel, precision)
 
 
-def centered_kernel(x, *, kernel: str = "rbf", bandwidth: float | None = None) -> jax.Array:
+def centered_kernel(x, *, kernel: str = "rbf", bandwidth: float | None = None,
+                    precision=DEFAULT_PRECISION) -> jax.Array:
   r"""Centred kernel normalised to unit Frobenius norm, :math:`HKH / \|HKH\|_F` (the paper's QAP graph).
 
   With this normalisation :math:`\langle \bar K, \bar L\rangle` is exactly the (biased) CKA of the two spaces,
@@ -137,15 +140,15 @@ def centered_kernel(x, *, kernel: str = "rbf", bandwidth: float | None = None) -
     x: ``[n, d]`` features.
     kernel: ``"linear"`` or ``"rbf"`` (median-heuristic bandwidth unless ``bandwidth`` is given).
     bandwidth: RBF :math:`\sigma`.
+    precision: of the matrix products.
 
   Returns:
     ``[n, n]`` symmetric matrix with zero row sums and unit Frobenius norm.
   """
-  k = kernel_matrix(x, kernel=kernel, bandwidth=bandwidth)
-  k = k - k.mean(0, keepdims=True)
-  k = k - k.mean(1, keepdims=True)
-  k = 0.5 * (k + k.T)
-  return k / jnp.linalg.norm(k)
+  _check_kernel(kernel)
+  x = _check_feats(x, "x")
+  sigma = _bandwidth(x, bandwidth, precision) if kernel == "rbf" else None
+  return _centered_kernel(x, sigma, kernel, precision)
 
 
 def stretch(x) -> jax.Array:
@@ -160,7 +163,11 @@ def stretch(x) -> jax.Array:
   Returns:
     ``[n, d]`` stretched features.
   """
-  x = _check_feats(x, "x", min_n=2)
+  return _stretch(_check_feats(x, "x", min_n=2))
+
+
+@jax.jit
+def _stretch(x):
   sd = jnp.std(x, axis=0, ddof=1)
   return x / jnp.where(sd > 0, sd, 1.0)
 
@@ -231,12 +238,11 @@ def match_scores(scores) -> np.ndarray:
   Returns:
     ``[q]`` int permutation (exact linear assignment).
   """
-  scores = jnp.asarray(scores, jnp.float32)
-  if scores.ndim != 2 or scores.shape[0] != scores.shape[1]:
-    raise ValueError(f"scores must be a square [q, q] matrix, got shape {scores.shape}")
-  if not bool(jnp.isfinite(scores).all()):
+  if jnp.ndim(scores) != 2 or jnp.shape(scores)[0] != jnp.shape(scores)[1]:
+    raise ValueError(f"scores must be a square [q, q] matrix, got shape {jnp.shape(scores)}")
+  if on_host(scores) and not np.isfinite(np.asarray(scores, np.float32)).all():
     raise ValueError("scores contains NaN or Inf")
-  return np.asarray(qap_lib.linear_assignment(scores, maximize=True))
+  return np.asarray(qap_lib.linear_assignment(jnp.asarray(scores, jnp.float32), maximize=True))
 
 
 def retrieve_scores(scores, k: int) -> jax.Array:
@@ -301,14 +307,14 @@ def qap_match(x_base, y_base, x_query, y_query, *, kernel: str = "rbf", n_init: 
 # ----------------------------------------------------------------------------------------------------------------
 # Local CKA, closed form.
 # ----------------------------------------------------------------------------------------------------------------
-def _bordered_stats(base: jax.Array, query: jax.Array, kernel: str, sigma):
+def _bordered_stats(base: jax.Array, query: jax.Array, kernel: str, sigma, precision=DEFAULT_PRECISION):
   """Base-centred base Gram, centred border vectors and diagonals (see :func:`local_cka_scores`)."""
   if kernel == "linear":  # HSIC is translation invariant: centre on the base mean for accuracy
     mu = base.mean(0)
     base, query = base - mu, query - mu
-  kb = _kernel(base, base, kernel, sigma)
+  kb = _kernel(base, base, kernel, sigma, precision)
   kb = 0.5 * (kb + kb.T)
-  kqb = _kernel(query, base, kernel, sigma)  # [q, m]
+  kqb = _kernel(query, base, kernel, sigma, precision)  # [q, m]
   kqq = jnp.sum(query * query, 1) if kernel == "linear" else jnp.ones((query.shape[0],), kb.dtype)
   rb = kb.mean(1)  # [m]
   sb = kb.mean()
@@ -319,21 +325,21 @@ def _bordered_stats(base: jax.Array, query: jax.Array, kernel: str, sigma):
   return kb_c, a, alpha
 
 
-@functools.partial(jax.jit, static_argnames=("kernel",))
-def _local_cka(xb, yb, xq, yq, sx, sy, kernel: str):
-  kx, a, alpha = _bordered_stats(xb, xq, kernel, sx)
-  ky, b, beta = _bordered_stats(yb, yq, kernel, sy)
+@functools.partial(jax.jit, static_argnames=("kernel", "precision"))
+def _local_cka(xb, yb, xq, yq, sx, sy, kernel: str, precision=DEFAULT_PRECISION):
+  kx, a, alpha = _bordered_stats(xb, xq, kernel, sx, precision)
+  ky, b, beta = _bordered_stats(yb, yq, kernel, sy, precision)
   m = xb.shape[0]
   c = m / (m + 1.0)
   cross = jnp.sum(kx * ky)
-  hsic = cross + 2.0 * c * jnp.matmul(a, b.T, precision=_HI) + c * c * alpha[:, None] * beta[None, :]
+  hsic = cross + 2.0 * c * jnp.matmul(a, b.T, precision=precision) + c * c * alpha[:, None] * beta[None, :]
   hx = jnp.sum(kx * kx) + 2.0 * c * jnp.sum(a * a, 1) + c * c * alpha * alpha
   hy = jnp.sum(ky * ky) + 2.0 * c * jnp.sum(b * b, 1) + c * c * beta * beta
   return hsic / jnp.sqrt(hx[:, None] * hy[None, :])
 
 
 def local_cka_scores(x_base, y_base, x_query, y_query, *, kernel: str = "linear", bandwidth_x: float | None = None,
-                     bandwidth_y: float | None = None) -> jax.Array:
+                     bandwidth_y: float | None = None, precision=DEFAULT_PRECISION) -> jax.Array:
   r"""Local CKA of every query pair, :math:`s_{ij} = \mathrm{CKA}(K_i, L_j)` with :math:`K_i` the kernel of
   ``[x_base; x_query[i]]`` and :math:`L_j` that of ``[y_base; y_query[j]]`` (biased HSIC, ``n = m + 1`` points).
 
@@ -368,15 +374,16 @@ def local_cka_scores(x_base, y_base, x_query, y_query, *, kernel: str = "linear"
     bandwidth_x: RBF :math:`\sigma` of X; default the median heuristic on ``x_base`` (fixed for all pairs; the
       reference code re-estimates it on every bordered set, which moves it negligibly).
     bandwidth_y: same for Y.
+    precision: of the matrix products (default ``HIGHEST``).
 
   Returns:
     ``[q_x, q_y]`` local CKA scores in ``[-1, 1]``.
   """
   _check_kernel(kernel)
   xb, yb, xq, yq = _check_four(x_base, y_base, x_query, y_query)
-  sx = _bandwidth(xb, bandwidth_x) if kernel == "rbf" else jnp.float32(1.0)
-  sy = _bandwidth(yb, bandwidth_y) if kernel == "rbf" else jnp.float32(1.0)
-  return _local_cka(xb, yb, xq, yq, sx, sy, kernel)
+  sx = _bandwidth(xb, bandwidth_x, precision) if kernel == "rbf" else None
+  sy = _bandwidth(yb, bandwidth_y, precision) if kernel == "rbf" else None
+  return _local_cka(xb, yb, xq, yq, sx, sy, kernel, precision)
 
 
 def local_cka_match(x_base, y_base, x_query, y_query, *, kernel: str = "linear") -> np.ndarray:
@@ -393,13 +400,22 @@ def local_cka_retrieve(x_base, y_base, x_query, y_query, *, k: int = 10, kernel:
 # ----------------------------------------------------------------------------------------------------------------
 # Baselines.
 # ----------------------------------------------------------------------------------------------------------------
-def _cosine(u: jax.Array, v: jax.Array) -> jax.Array:
-  u = u / jnp.maximum(jnp.linalg.norm(u, axis=1, keepdims=True), 1e-12)
-  v = v / jnp.maximum(jnp.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-  return jnp.matmul(u, v.T, precision=_HI)
+def _cosine(u: jax.Array, v: jax.Array, precision=DEFAULT_PRECISION) -> jax.Array:
+  return jnp.matmul(unit(u), unit(v).T, precision=precision)
 
 
-def linreg_scores(x_base, y_base, x_query, y_query, *, lam: float = 1e-2) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("precision",))
+def _linreg_scores(xq, yq, w, precision):
+  return _cosine(jnp.matmul(xq, w, precision=precision), yq, precision)
+
+
+@functools.partial(jax.jit, static_argnames=("precision",))
+def _relative_scores(xb, yb, xq, yq, precision):
+  return _cosine(_cosine(xq, xb, precision), _cosine(yq, yb, precision), precision)
+
+
+def linreg_scores(x_base, y_base, x_query, y_query, *, lam: float = 1e-2,
+                  precision=DEFAULT_PRECISION) -> jax.Array:
   r"""Linear-regression baseline: :math:`\cos(x_i W, y_j)` with :math:`W` the ridge map fitted on the base pairs
   (no intercept, as the paper's ``LinearRegression(fit_intercept=False)``; ``lam → 0`` recovers it).
 
@@ -407,6 +423,7 @@ def linreg_scores(x_base, y_base, x_query, y_query, *, lam: float = 1e-2) -> jax
     x_base, y_base: ``[m, dx]``, ``[m, dy]`` base pairs.
     x_query, y_query: ``[q_x, dx]``, ``[q_y, dy]`` queries.
     lam: ridge penalty.
+    precision: of the matrix products.
 
   Returns:
     ``[q_x, q_y]`` cosine similarities.
@@ -414,11 +431,11 @@ def linreg_scores(x_base, y_base, x_query, y_query, *, lam: float = 1e-2) -> jax
   from sotalign_jax.teachers import ridge  # pylint: disable=g-import-not-at-top
 
   xb, yb, xq, yq = _check_four(x_base, y_base, x_query, y_query)
-  w = ridge(xb, yb, lam=lam, center=False)
-  return _cosine(jnp.matmul(xq, w, precision=_HI), yq)
+  w = ridge(xb, yb, lam=lam, center=False, precision=precision)
+  return _linreg_scores(xq, yq, w, precision)
 
 
-def relative_scores(x_base, y_base, x_query, y_query) -> jax.Array:
+def relative_scores(x_base, y_base, x_query, y_query, *, precision=DEFAULT_PRECISION) -> jax.Array:
   r"""Relative representations (Moschella et al., ICLR 2023): each query becomes its cosine similarities to the
   base anchors of its own space, :math:`r(x) = (\cos(x, b^x_k))_{k \le m}`, and queries are compared across
   spaces by :math:`\cos(r(x_i), r(y_j))`.
@@ -426,12 +443,13 @@ def relative_scores(x_base, y_base, x_query, y_query) -> jax.Array:
   Args:
     x_base, y_base: ``[m, dx]``, ``[m, dy]`` base pairs (the anchors).
     x_query, y_query: ``[q_x, dx]``, ``[q_y, dy]`` queries.
+    precision: of the matrix products.
 
   Returns:
     ``[q_x, q_y]`` cosine similarities of relative representations.
   """
   xb, yb, xq, yq = _check_four(x_base, y_base, x_query, y_query)
-  return _cosine(_cosine(xq, xb), _cosine(yq, yb))
+  return _relative_scores(xb, yb, xq, yq, precision)
 
 
 def linreg_match(x_base, y_base, x_query, y_query, *, lam: float = 1e-2) -> np.ndarray:

@@ -8,6 +8,12 @@ For each query, the rank of its best-scoring positive is
   r_q = \#\{g : s(q, g) > \max_{p \in P_q} s(q, p)\}\quad(\text{0-based; ties count in the query's favour}),
 
 ``R@k`` is the fraction of queries with :math:`r_q < k`, and the median rank is :math:`\operatorname{median}(r_q+1)`.
+
+:func:`positive_ranks`, :func:`retrieval_recall`, :func:`median_rank` and :func:`zero_shot_accuracy` return host
+numbers (NumPy arrays, floats). With device inputs they run under ``jax.transfer_guard("disallow")``: the scores
+are computed in one compiled call and the only transfers are explicit ones — the ranks (or predictions) come back
+with ``jax.device_get``, and ``positives`` given as host arrays go over with ``jax.device_put``. Values (NaN/Inf)
+are checked for host inputs only.
 """
 
 from __future__ import annotations
@@ -19,33 +25,49 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["positive_ranks", "retrieval_recall", "median_rank", "zero_shot_accuracy", "normalize"]
+from sotalign_jax._arrays import DEFAULT_PRECISION, check_features, unit
 
-_HI = jax.lax.Precision.HIGHEST
+__all__ = ["positive_ranks", "retrieval_recall", "median_rank", "zero_shot_accuracy", "normalize",
+           "partner_ranks", "per_query_metrics", "retrieval_metrics", "foscttm_per_query", "foscttm",
+           "matching_hits", "matching_accuracy"]
+
+_HI = DEFAULT_PRECISION
 
 
 def normalize(x, axis: int = -1, eps: float = 1e-12) -> jax.Array:
-  """L2-normalises ``x`` along ``axis``."""
-  x = jnp.asarray(x, jnp.float32)
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), eps)
+  """L2-normalises ``x`` along ``axis`` (float32; norms clipped at ``eps``)."""
+  return _normalize(jnp.asarray(x, jnp.float32), axis, eps)
 
 
-def _check_emb(a, name):
-  a = np.asarray(a, np.float32)
-  if a.ndim != 2 or a.shape[0] == 0:
-    raise ValueError(f"{name} must be a non-empty [n, d] array, got shape {a.shape}")
-  if not np.isfinite(a).all():
-    raise ValueError(f"{name} contains NaN or Inf")
-  return a
+@functools.partial(jax.jit, static_argnames=("axis", "eps"))
+def _normalize(x, axis, eps):
+  return unit(x, axis, eps)
 
 
-def _positives_mask(positives, nq: int, ng: int) -> np.ndarray:
+def _check_emb(a, name) -> jax.Array:
+  return check_features(a, name, dtype=jnp.float32)
+
+
+def _positives(positives, nq: int, ng: int):
+  """``None`` (query i ↔ gallery i), a host ``[nq]`` index of one positive per query, or a ``[nq, ng]`` mask."""
   if positives is None:
     if nq != ng:
       raise ValueError(
           f"without `positives`, query i must match gallery row i, so both need the same length (got {nq} queries, "
           f"{ng} gallery rows); pass positives=[gallery index per query] or a [nq, ng] boolean mask")
-    return np.eye(nq, dtype=bool)
+    return None
+  if not (isinstance(positives, (list, tuple)) and positives and not np.isscalar(positives[0])):
+    p = np.asarray(positives)
+    if p.dtype != bool:
+      if p.shape != (nq,):
+        raise ValueError(f"integer positives must give one gallery index per query, shape ({nq},), got {p.shape}")
+      if p.min() < 0 or p.max() >= ng:
+        raise ValueError(f"positives indices must lie in [0, {ng}), got range [{p.min()}, {p.max()}]")
+      return p.astype(np.int32)
+  return _positives_mask(positives, nq, ng)
+
+
+def _positives_mask(positives, nq: int, ng: int) -> np.ndarray:
   if isinstance(positives, (list, tuple)) and positives and not np.isscalar(positives[0]):
     mask = np.zeros((nq, ng), bool)  # a list of index lists: several positives per query
     if len(positives) != nq:
@@ -70,23 +92,34 @@ def _positives_mask(positives, nq: int, ng: int) -> np.ndarray:
   return mask
 
 
-@functools.partial(jax.jit, static_argnames=("chunk",))
-def _ranks(q, g, mask, chunk):
+@functools.partial(jax.jit, static_argnames=("chunk", "precision"))
+def _ranks(q, g, positives, chunk, precision=DEFAULT_PRECISION):
+  """Ranks of the best positive; ``positives`` is ``None`` (identity), an ``[nq]`` index or an ``[nq, ng]`` mask."""
+  q, g = unit(q), unit(g)
   nq = q.shape[0]
   pad = (-nq) % chunk
   qp = jnp.pad(q, ((0, pad), (0, 0))).reshape(-1, chunk, q.shape[1])
-  mp = jnp.pad(mask, ((0, pad), (0, 0)), constant_values=True).reshape(-1, chunk, mask.shape[1])
+  if positives is None:
+    positives = jnp.arange(nq, dtype=jnp.int32)
+  if positives.ndim == 1:
+    pp = jnp.pad(positives, (0, pad)).reshape(-1, chunk)
+  else:
+    pp = jnp.pad(positives, ((0, pad), (0, 0)), constant_values=True).reshape(-1, chunk, positives.shape[1])
 
   def one(args):
-    qc, mc = args
-    s = jnp.matmul(qc, g.T, precision=_HI)
-    best = jnp.max(jnp.where(mc, s, -jnp.inf), axis=1, keepdims=True)
+    qc, pc = args
+    s = jnp.matmul(qc, g.T, precision=precision)
+    if pc.ndim == 1:
+      best = jnp.take_along_axis(s, pc[:, None], axis=1)
+    else:
+      best = jnp.max(jnp.where(pc, s, -jnp.inf), axis=1, keepdims=True)
     return jnp.sum(s > best, axis=1)
 
-  return jax.lax.map(one, (qp, mp)).ravel()[:nq]
+  return jax.lax.map(one, (qp, pp)).ravel()[:nq]
 
 
-def positive_ranks(queries, gallery, *, positives=None, chunk: int = 1024) -> np.ndarray:
+def positive_ranks(queries, gallery, *, positives=None, chunk: int = 1024,
+                   precision=DEFAULT_PRECISION) -> np.ndarray:
   """0-based rank of the best positive of each query among the gallery, by cosine similarity.
 
   Args:
@@ -94,40 +127,57 @@ def positive_ranks(queries, gallery, *, positives=None, chunk: int = 1024) -> np
     gallery: ``[ng, d]`` embeddings in the same space.
     positives: ``None`` (query i ↔ gallery i), an int array ``[nq]`` (one gallery index per query), a list of
       index lists (several positives per query, e.g. the captions of an image) or a boolean ``[nq, ng]`` mask.
+      A rank counts the gallery rows scored strictly higher than the best positive (ties favour the query).
     chunk: queries scored at once.
+    precision: of the query-gallery matrix product (default ``HIGHEST``).
+
+  Returns:
+    ``[nq]`` int NumPy array.
   """
   q, g = _check_emb(queries, "queries"), _check_emb(gallery, "gallery")
   if q.shape[1] != g.shape[1]:
     raise ValueError(f"queries and gallery must share the embedding dimension, got {q.shape[1]} and {g.shape[1]}")
-  mask = _positives_mask(positives, q.shape[0], g.shape[0])
+  pos = _positives(positives, q.shape[0], g.shape[0])
+  pos = None if pos is None else jax.device_put(pos)  # explicit: host data the caller gave
   chunk = int(min(chunk, q.shape[0]))
-  return np.asarray(_ranks(normalize(q), normalize(g), jnp.asarray(mask), chunk))
+  return np.asarray(jax.device_get(_ranks(q, g, pos, chunk, precision)))
+
+
+def _check_ks(ks) -> None:
+  if any((not isinstance(k, (int, np.integer))) or k < 1 for k in ks):
+    raise ValueError(f"ks must be positive integers, got {ks}")
 
 
 def retrieval_recall(queries, gallery, *, ks: Sequence[int] = (1, 5, 10), positives=None,
-                     chunk: int = 1024) -> dict[str, float]:
+                     chunk: int = 1024, precision=DEFAULT_PRECISION) -> dict[str, float]:
   """Recall@k for each k in ``ks``: the fraction of queries whose best positive ranks in the top k.
 
-  Returns ``{"r1": ..., "r5": ..., "r10": ...}`` (keys ``f"r{k}"``).
+  Arguments as :func:`positive_ranks`. Returns ``{"r1": ..., "r5": ..., "r10": ...}`` (keys ``f"r{k}"``).
   """
-  ranks = positive_ranks(queries, gallery, positives=positives, chunk=chunk)
-  if any((not isinstance(k, (int, np.integer))) or k < 1 for k in ks):
-    raise ValueError(f"ks must be positive integers, got {ks}")
+  _check_ks(ks)
+  ranks = positive_ranks(queries, gallery, positives=positives, chunk=chunk, precision=precision)
   return {f"r{k}": float(np.mean(ranks < k)) for k in ks}
 
 
-def median_rank(queries, gallery, *, positives=None, chunk: int = 1024) -> float:
+def median_rank(queries, gallery, *, positives=None, chunk: int = 1024, precision=DEFAULT_PRECISION) -> float:
   """Median over queries of the 1-based rank of the best positive."""
-  return float(np.median(positive_ranks(queries, gallery, positives=positives, chunk=chunk) + 1))
+  ranks = positive_ranks(queries, gallery, positives=positives, chunk=chunk, precision=precision)
+  return float(np.median(ranks + 1))
 
 
-def zero_shot_accuracy(image_emb, class_text_emb, labels) -> float:
+@functools.partial(jax.jit, static_argnames=("precision",))
+def _predict(x, t, precision=DEFAULT_PRECISION):
+  return jnp.argmax(jnp.matmul(unit(x), unit(t).T, precision=precision), axis=1)
+
+
+def zero_shot_accuracy(image_emb, class_text_emb, labels, *, precision=DEFAULT_PRECISION) -> float:
   """Fraction of images whose most similar (cosine) class-prompt embedding is their label.
 
   Args:
     image_emb: ``[n, d]`` image embeddings.
     class_text_emb: ``[c, d]`` one embedding per class (e.g. of "a photo of a {class}").
-    labels: ``[n]`` integer class index of each image.
+    labels: ``[n]`` integer class index of each image (host data).
+    precision: of the image-prompt matrix product.
   """
   x, t = _check_emb(image_emb, "image_emb"), _check_emb(class_text_emb, "class_text_emb")
   labels = np.asarray(labels)
@@ -135,5 +185,243 @@ def zero_shot_accuracy(image_emb, class_text_emb, labels) -> float:
     raise ValueError(f"labels must have shape ({x.shape[0]},), got {labels.shape}")
   if labels.min() < 0 or labels.max() >= t.shape[0]:
     raise ValueError(f"labels must lie in [0, {t.shape[0]}), got range [{labels.min()}, {labels.max()}]")
-  pred = np.asarray(jnp.argmax(jnp.matmul(normalize(x), normalize(t).T, precision=_HI), axis=1))
+  pred = np.asarray(jax.device_get(_predict(x, t, precision)))
   return float(np.mean(pred == labels))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Benchmark metrics from a score matrix or embeddings: tie-aware ranks, FOSCTTM, per-query values, matching.
+#
+# A query's positives P_q (one partner, or a mask such as the captions of an image) are scored by the best of them,
+# s* = max_{p ∈ P_q} s(q, p), against the negatives N_q (every other key):
+#
+#   g_q = #{j ∈ N_q : s(q, j) > s*},   t_q = #{j ∈ N_q : s(q, j) = s*}.
+#
+# Ties are broken uniformly at random *in expectation*, so a constant score gets chance values instead of a perfect
+# one: rank_q = 1 + g_q + t_q / 2 (the mid-rank, 1-based), FOSCTTM_q = (g_q + t_q / 2) / |N_q| and
+# hit@k_q = clip((k − g_q) / (t_q + 1), 0, 1), the probability that the random rank g_q + U{1..t_q+1} is ≤ k.
+# ----------------------------------------------------------------------------------------------------------------
+_BENCH_PREC = jax.lax.Precision.HIGHEST
+
+
+def _bench_scores(a, b, name_a: str, name_b: str):
+  """``(q, g, cosine)``: a ``[nq, ng]`` score matrix (``b is None``) or two embedding matrices, normalised.
+
+  NaN/Inf raise for host data (NumPy, lists); device arrays are not copied back to be checked — a NaN score there
+  counts as the lowest possible score (see :func:`_tie_counts`), so it can only hurt the method that produced it.
+  """
+  def arr(v, name):
+    if isinstance(v, (np.ndarray, np.generic, list, tuple)) and not np.isfinite(np.asarray(v, np.float32)).all():
+      raise ValueError(f"`{name}` contains NaN or Inf")
+    v = jnp.asarray(v, jnp.float32)
+    if v.ndim != 2 or 0 in v.shape:
+      raise ValueError(f"`{name}` must be a non-empty 2-D array, got shape {v.shape}")
+    return v
+
+  if b is None:
+    s = arr(a, "sim")
+    return s, None, False
+  q, g = arr(a, name_a), arr(b, name_b)
+  if q.shape[1] != g.shape[1]:
+    raise ValueError(f"`{name_a}` and `{name_b}` must share the embedding dimension, got {q.shape[1]} and "
+                     f"{g.shape[1]}")
+  return normalize(q), normalize(g), True
+
+
+def _bench_positives(positives, nq: int, ng: int):
+  """``(idx [nq] int32, None)`` for one positive per query, ``(None, mask [nq, ng] bool)`` for several."""
+  if positives is None:
+    if nq != ng:
+      raise ValueError(f"without `positives`, query i's partner is key i, so both need the same length (got {nq} "
+                       f"queries and {ng} keys); pass positives=[key index per query] or a [nq, ng] boolean mask")
+    return jnp.arange(nq, dtype=jnp.int32), None
+  if isinstance(positives, (list, tuple)) and positives and not np.isscalar(positives[0]):
+    if len(positives) != nq:
+      raise ValueError(f"`positives` has {len(positives)} entries for {nq} queries")
+    mask = np.zeros((nq, ng), bool)
+    for i, p in enumerate(positives):
+      p = np.asarray(list(p), np.int64)
+      if p.size == 0 or p.min() < 0 or p.max() >= ng:
+        raise ValueError(f"`positives[{i}]` must be a non-empty list of key indices in [0, {ng}), got {p.tolist()}")
+      mask[i, p] = True
+    return None, jnp.asarray(mask)
+  p = np.asarray(positives)
+  if p.dtype == bool:
+    if p.shape != (nq, ng):
+      raise ValueError(f"a boolean `positives` mask must have shape ({nq}, {ng}), got {p.shape}")
+    if not p.any(1).all():
+      raise ValueError(f"{int((~p.any(1)).sum())} queries have no positive in `positives`")
+    return None, jnp.asarray(p)
+  if p.shape != (nq,) or not np.issubdtype(p.dtype, np.integer):
+    raise ValueError(f"integer `positives` must give one key index per query, shape ({nq},), got {p.shape} "
+                     f"{p.dtype}")
+  if p.min() < 0 or p.max() >= ng:
+    raise ValueError(f"`positives` indices must lie in [0, {ng}), got range [{p.min()}, {p.max()}]")
+  return jnp.asarray(p, jnp.int32), None
+
+
+@functools.partial(jax.jit, static_argnames=("chunk", "cos"))
+def _tie_counts(q, g, idx, mask, *, chunk: int, cos: bool):
+  """Per query ``(g_q, t_q, |N_q|)``; ``q`` is a score matrix (``cos=False``) or normalised embeddings."""
+  nq = q.shape[0]
+  ng = g.shape[0] if cos else q.shape[1]
+  pad = (-nq) % chunk
+  qp = jnp.pad(q, ((0, pad), (0, 0))).reshape(-1, chunk, q.shape[1])
+  if mask is None:
+    pos = jnp.pad(idx, (0, pad)).reshape(-1, chunk)
+  else:
+    pos = jnp.pad(mask, ((0, pad), (0, 0)), constant_values=True).reshape(-1, chunk, ng)
+
+  def one(args):
+    qc, pc = args
+    s = jnp.matmul(qc, g.T, precision=_BENCH_PREC) if cos else qc
+    s = jnp.where(jnp.isnan(s), -jnp.inf, s)  # a missing (NaN) score ranks last
+    is_pos = pc if mask is not None else jnp.arange(ng)[None, :] == pc[:, None]
+    best = jnp.max(jnp.where(is_pos, s, -jnp.inf), axis=1, keepdims=True)
+    neg = ~is_pos
+    return (jnp.sum(neg & (s > best), axis=1), jnp.sum(neg & (s == best), axis=1), jnp.sum(neg, axis=1))
+
+  out = jax.lax.map(one, (qp, pos))
+  return tuple(o.ravel()[:nq] for o in out)
+
+
+def _counts(a, b, positives, chunk: int, names=("queries", "keys")):
+  q, g, cos = _bench_scores(a, b, *names)
+  nq, ng = q.shape[0], (g.shape[0] if cos else q.shape[1])
+  idx, mask = _bench_positives(positives, nq, ng)
+  if not isinstance(chunk, (int, np.integer)) or chunk < 1:
+    raise ValueError(f"chunk must be a positive integer, got {chunk!r}")
+  gr, ti, nn = (np.asarray(v, np.float64) for v in
+                _tie_counts(q, g if cos else jnp.zeros((0, 1)), idx, mask, chunk=int(min(chunk, nq)), cos=cos))
+  if (nn == 0).any():
+    raise ValueError(f"{int((nn == 0).sum())} queries have every key as a positive (no negatives to rank against)")
+  return gr, ti, nn
+
+
+def partner_ranks(a, b=None, *, positives=None, chunk: int = 1024) -> np.ndarray:
+  """1-based mid-rank of each query's best positive, ``1 + g_q + t_q / 2`` (ties count half; see above).
+
+  Args:
+    a: ``[nq, ng]`` scores (``b is None``), or ``[nq, d]`` query embeddings compared by cosine with ``b``.
+    b: ``[ng, d]`` key embeddings, or ``None``.
+    positives: ``None`` (query i ↔ key i), an int array ``[nq]`` (one key per query), a list of index lists or a
+      boolean ``[nq, ng]`` mask (several positives per query, e.g. the captions of an image).
+    chunk: queries processed at once.
+
+  Returns:
+    ``[nq]`` float64 ranks in ``[1, |N_q| + 1]``.
+  """
+  gr, ti, _ = _counts(a, b, positives, chunk)
+  return 1.0 + gr + 0.5 * ti
+
+
+def per_query_metrics(a, b=None, *, positives=None, ks: Sequence[int] = (1, 5, 10),
+                      chunk: int = 1024) -> dict[str, np.ndarray]:
+  """Every per-query retrieval quantity, for averaging or for bootstrapping over queries.
+
+  Args:
+    a, b, positives, chunk: as in :func:`partner_ranks`.
+    ks: cut-offs of the hits.
+
+  Returns:
+    ``{"rank": [nq] mid-rank (1-based), "foscttm": [nq] (g + t/2) / |N_q|, "r{k}": [nq] expected hit@k}``,
+    float64; without ties ``r{k}`` is the indicator ``rank <= k``.
+  """
+  if any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 for k in ks):
+    raise ValueError(f"ks must be positive integers, got {ks}")
+  gr, ti, nn = _counts(a, b, positives, chunk)
+  out = {"rank": 1.0 + gr + 0.5 * ti, "foscttm": (gr + 0.5 * ti) / nn}
+  for k in ks:
+    out[f"r{k}"] = np.clip((k - gr) / (ti + 1.0), 0.0, 1.0)
+  return out
+
+
+def retrieval_metrics(a, b=None, *, positives=None, ks: Sequence[int] = (1, 5, 10),
+                      chunk: int = 1024) -> dict[str, float]:
+  """Means over queries of :func:`per_query_metrics`, with the median rank.
+
+  Returns:
+    ``{"r1": ..., "r5": ..., "r10": ..., "foscttm": ..., "mean_rank": ..., "median_rank": ...}``.
+  """
+  pq = per_query_metrics(a, b, positives=positives, ks=ks, chunk=chunk)
+  out = {k: float(v.mean()) for k, v in pq.items() if k != "rank"}
+  out["mean_rank"] = float(pq["rank"].mean())
+  out["median_rank"] = float(np.median(pq["rank"]))
+  return out
+
+
+def foscttm_per_query(a, b=None, *, chunk: int = 1024) -> dict[str, np.ndarray]:
+  r"""Per-query FOSCTTM of paired rows ``x_i ↔ y_i`` in both directions (Liu et al., 2019, "Jointly embedding
+  multiple single-cell omics measurements"):
+
+  .. math::
+
+    \mathrm{FOSCTTM}^{x\to y}_i = \frac{\#\{j \ne i: s_{ij} > s_{ii}\} + \tfrac12\#\{j \ne i: s_{ij} = s_{ii}\}}{n-1},
+    \qquad \mathrm{FOSCTTM}^{y\to x}_j \text{ the same on the columns}.
+
+  Args:
+    a: ``[n, n]`` scores ``s_ij`` of x-row i against y-row j (``b is None``), or ``[n, dx']`` x-embeddings.
+    b: ``[n, d]`` y-embeddings in the same space as ``a`` (cosine), or ``None``.
+    chunk: rows processed at once.
+
+  Returns:
+    ``{"x2y": [n], "y2x": [n]}``; 0 is perfect, 0.5 is chance.
+  """
+  if b is None:
+    if np.ndim(a) != 2 or np.shape(a)[0] != np.shape(a)[1]:
+      raise ValueError(f"`sim` must be a square [n, n] matrix of paired rows, got shape {np.shape(a)}")
+    fx = per_query_metrics(a, ks=(), chunk=chunk)["foscttm"]
+    fy = per_query_metrics(jnp.asarray(a).T, ks=(), chunk=chunk)["foscttm"]
+  else:
+    if np.shape(a)[0] != np.shape(b)[0]:
+      raise ValueError(f"paired embeddings need the same number of rows, got {np.shape(a)[0]} and {np.shape(b)[0]}")
+    fx = per_query_metrics(a, b, ks=(), chunk=chunk)["foscttm"]
+    fy = per_query_metrics(b, a, ks=(), chunk=chunk)["foscttm"]
+  return {"x2y": fx, "y2x": fy}
+
+
+def foscttm(a, b=None, *, chunk: int = 1024) -> dict[str, float]:
+  """Mean FOSCTTM of paired rows per direction and their average (see :func:`foscttm_per_query`).
+
+  Returns:
+    ``{"x2y": ..., "y2x": ..., "mean": ...}``.
+  """
+  pq = foscttm_per_query(a, b, chunk=chunk)
+  fx, fy = float(pq["x2y"].mean()), float(pq["y2x"].mean())
+  return {"x2y": fx, "y2x": fy, "mean": 0.5 * (fx + fy)}
+
+
+def matching_hits(sim, *, partner=None, seed: int = 0, lap: str = "scipy") -> np.ndarray:
+  r"""Per query, 1.0 if the one-to-one matching maximising the total score assigns it its partner, else 0.0.
+
+  The matching is the linear assignment :math:`\sigma = \arg\max_\sigma \sum_i s_{i\sigma(i)}`
+  (:func:`sotalign_jax.qap.linear_assignment`). The keys are shuffled first (by ``seed``) and the result mapped
+  back, so a solver's tie-breaking by position cannot reward a score that ignores the data (a constant score
+  would otherwise "match" the identity perfectly).
+
+  Args:
+    sim: ``[n, n]`` scores of x-query i against y-key j.
+    partner: ``[n]`` int permutation, the key of each query (default: the identity).
+    seed: seed of the key shuffle.
+    lap: ``"scipy"`` (host) or ``"hungarian"`` (XLA), see :func:`sotalign_jax.qap.linear_assignment`.
+
+  Returns:
+    ``[n]`` float64 in {0, 1}; its mean is the matching accuracy.
+  """
+  from sotalign_jax import qap  # pylint: disable=g-import-not-at-top
+
+  s, _, _ = _bench_scores(sim, None, "sim", "")
+  n = s.shape[0]
+  if s.shape != (n, n):
+    raise ValueError(f"`sim` must be a square [n, n] matrix for a one-to-one matching, got shape {s.shape}")
+  partner = np.arange(n) if partner is None else np.asarray(partner)
+  if partner.shape != (n,) or not np.array_equal(np.sort(partner), np.arange(n)):
+    raise ValueError(f"`partner` must be a permutation of range({n})")
+  perm = np.random.default_rng(seed).permutation(n)
+  cols = np.asarray(qap.linear_assignment(s[:, perm], maximize=True, lap=lap))
+  return (perm[cols] == partner).astype(np.float64)
+
+
+def matching_accuracy(sim, *, partner=None, seed: int = 0, lap: str = "scipy") -> float:
+  """Fraction of queries the linear assignment on ``sim`` matches to their partner (see :func:`matching_hits`)."""
+  return float(matching_hits(sim, partner=partner, seed=seed, lap=lap).mean())

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from sotalign_jax import losses, ot
 from sotalign_jax._arrays import unit
 
-__all__ = ["UnpairedBatch", "UNPAIRED_TERMS", "Method", "METHODS"]
+__all__ = ["UnpairedBatch", "UNPAIRED_TERMS", "Method", "METHODS", "klot_term_with_diagnostics"]
 
 
 class UnpairedBatch(NamedTuple):
@@ -42,6 +42,22 @@ def klot_term(b: UnpairedBatch, *, eps_student: float, eps_teacher: float, sinkh
   k_teacher = jax.lax.stop_gradient(ot.cosine_similarity(b.tx, b.ty))
   return ot.klot(ot.cosine_similarity(b.zx, b.zy), k_teacher, eps_student=eps_student, eps_teacher=eps_teacher,
                  num_iters=sinkhorn_iters)
+
+
+def klot_term_with_diagnostics(b: UnpairedBatch, *, eps_student: float, eps_teacher: float,
+                               sinkhorn_iters: int) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """:func:`klot_term` and the marginal errors of its two plans (:class:`sotalign_jax.ot.KlotDiagnostics`).
+
+  Same value and gradient as :func:`klot_term`; the ``(value, aux)`` pair suits ``jax.value_and_grad(...,
+  has_aux=True)``, so a training step can log ``klot/student_marginal_error`` and ``klot/teacher_marginal_error``
+  (how far the fixed ``sinkhorn_iters`` left each plan from convergence, on which the closed-form gradient
+  relies) at no extra cost.
+  """
+  k_teacher = jax.lax.stop_gradient(ot.cosine_similarity(b.tx, b.ty))
+  value, diag = ot.klot(ot.cosine_similarity(b.zx, b.zy), k_teacher, eps_student=eps_student,
+                        eps_teacher=eps_teacher, num_iters=sinkhorn_iters, return_diagnostics=True)
+  return value, {"klot/student_marginal_error": diag.student_marginal_error,
+                 "klot/teacher_marginal_error": diag.teacher_marginal_error}
 
 
 def sinkhorn_divergence_term(b: UnpairedBatch, *, eps_student: float, **unused) -> jax.Array:

@@ -64,9 +64,11 @@ import numpy as np
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as PS
 
+from sotalign_jax._arrays import DEFAULT_PRECISION
+
 __all__ = ["FAQResult", "faq", "linear_assignment"]
 
-_HI = jax.lax.Precision.HIGHEST
+_HI = DEFAULT_PRECISION
 
 
 class FAQResult(NamedTuple):

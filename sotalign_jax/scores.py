@@ -55,11 +55,12 @@ import numpy as np
 
 from sotalign_jax import cka as _cka
 from sotalign_jax import _hsic
+from sotalign_jax._arrays import DEFAULT_PRECISION, check_features, device_scalar, is_tracer, on_host
 
 __all__ = ["METRICS", "ScoreGrid", "Calibrated", "score_grid", "calibrated", "linear_cka_null_mean",
            "topk_neighbours"]
 
-_HI = jax.lax.Precision.HIGHEST
+_HI = DEFAULT_PRECISION
 
 METRICS = ("linear_cka", "unbiased_linear_cka", "rbf_cka", "unbiased_rbf_cka", "mutual_knn", "cknna", "svcca")
 
@@ -118,27 +119,35 @@ def _check_metric(metric: str):
     raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
 
 
-def _as_layers(layers, name: str) -> tuple[jax.Array, ...]:
-  """A list of ``[n, d_l]`` arrays or one ``[L, n, d]`` array → a tuple of float32 ``[n, d_l]`` arrays."""
+def _host_layers(layers) -> bool:
+  """Whether the layers are host data (their values can be checked without a device-to-host copy)."""
   if isinstance(layers, (list, tuple)):
-    out = tuple(jnp.asarray(a, jnp.float32) for a in layers)
+    return all(on_host(a) for a in layers)
+  return on_host(layers)
+
+
+def _as_layers(layers, name: str) -> tuple[jax.Array, ...]:
+  """A list of ``[n, d_l]`` arrays or one ``[L, n, d]`` array → a tuple of float32 ``[n, d_l]`` arrays.
+
+  Shapes are always checked, values (NaN/Inf) only for host data (see :mod:`sotalign_jax._arrays`).
+  """
+  if isinstance(layers, (list, tuple)):
+    out = tuple(check_features(a, f"{name}[{i}]", dtype=jnp.float32) for i, a in enumerate(layers))
   else:
-    a = jnp.asarray(layers, jnp.float32)
-    if a.ndim != 3:
-      raise ValueError(f"{name} must be a list of [n, d_l] arrays or one [L, n, d] array, got shape {a.shape}")
-    out = tuple(a[i] for i in range(a.shape[0]))
+    if jnp.ndim(layers) != 3:
+      raise ValueError(f"{name} must be a list of [n, d_l] arrays or one [L, n, d] array, got shape "
+                       f"{jnp.shape(layers)}")
+    if on_host(layers):
+      out = tuple(check_features(np.asarray(layers)[i], f"{name}[{i}]", dtype=jnp.float32)
+                  for i in range(jnp.shape(layers)[0]))
+    else:  # a device array: shapes only; list() splits it without indexing ops
+      out = tuple(check_features(a, f"{name}[{i}]") for i, a in enumerate(list(jnp.asarray(layers, jnp.float32))))
   if not out:
     raise ValueError(f"{name} is empty: pass at least one layer")
   for i, a in enumerate(out):
-    if a.ndim != 2:
-      raise ValueError(f"{name}[{i}] must be a 2-D array [n, d] of features, got shape {a.shape}")
     if a.shape[0] != out[0].shape[0]:
       raise ValueError(f"every layer must hold the same samples: {name}[0] has n={out[0].shape[0]} rows but "
                        f"{name}[{i}] has n={a.shape[0]}")
-    if a.shape[1] == 0:
-      raise ValueError(f"{name}[{i}] has no features (shape {a.shape})")
-    if not isinstance(a, jax.core.Tracer) and not bool(jnp.isfinite(a).all()):
-      raise ValueError(f"{name}[{i}] contains NaN or Inf; clean or drop those rows first")
   return out
 
 
@@ -161,12 +170,16 @@ def _check_options(metric: str, n: int, *, k: int, dim: int, widths: Sequence[in
       raise ValueError(f"dim must satisfy 1 <= dim <= min(n, every layer's width) = {top}, got {dim!r}")
 
 
-def _bandwidths(layers, bandwidth, name: str) -> jax.Array:
+def _bandwidths(layers, bandwidth, name: str, *, host: bool) -> jax.Array:
+  """Per-layer bandwidths; checked (finite, > 0) for host data only, so device layers are never copied back."""
   if bandwidth is None:
     s = jnp.stack([_cka.median_bandwidth(a) for a in layers])
   else:
-    s = jnp.full((len(layers),), bandwidth, jnp.float32)
-  s_np = np.asarray(s)
+    s = jax.device_put(np.full((len(layers),), bandwidth, np.float32)) if on_host(bandwidth) else \
+        jnp.full((len(layers),), bandwidth, jnp.float32)
+  if not (host or on_host(bandwidth)) or is_tracer(s):
+    return s
+  s_np = np.asarray(jax.device_get(s))
   if not np.all((s_np > 0) & np.isfinite(s_np)):
     bad = int(np.argmin((s_np > 0) & np.isfinite(s_np)))
     raise ValueError(f"bandwidth of {name}[{bad}] must be finite and > 0, got {float(s_np[bad])} "
@@ -534,6 +547,12 @@ def _grid_null(xs, ys, bx, by, key, raw, *, metric: str, n_perm: int, k: int, di
   return mean, std, (raw - mean) / std, (1.0 + ge) / (1.0 + n_perm)
 
 
+@jax.jit
+def _argmax_cell(g: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """``(i, j)`` of the largest score, NaNs ignored."""
+  return jnp.unravel_index(jnp.argmax(jnp.where(jnp.isnan(g), -jnp.inf, g)), g.shape)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Public: score_grid.
 # ----------------------------------------------------------------------------------------------------------------
@@ -574,6 +593,7 @@ def score_grid(xs, ys, *, metric: str = "linear_cka", k: int = 10, bandwidth: fl
     A :class:`ScoreGrid`.
   """
   _check_metric(metric)
+  host = _host_layers(xs) and _host_layers(ys)
   xs, ys = _as_layers(xs, "xs"), _as_layers(ys, "ys")
   if xs[0].shape[0] != ys[0].shape[0]:
     raise ValueError(f"xs and ys must hold the same samples (same number of rows); got n={xs[0].shape[0]} "
@@ -585,9 +605,10 @@ def score_grid(xs, ys, *, metric: str = "linear_cka", k: int = 10, bandwidth: fl
   if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
     raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
   block = int(block_size)
-  bx = by = jnp.zeros(1)
+  bx = by = jax.device_put(np.zeros(1, np.float32))  # unused placeholders (explicit: no implicit transfer)
   if metric in ("rbf_cka", "unbiased_rbf_cka"):
-    bx, by, block = _bandwidths(xs, bandwidth, "xs"), _bandwidths(ys, bandwidth, "ys"), min(block, n)
+    bx, by = _bandwidths(xs, bandwidth, "xs", host=host), _bandwidths(ys, bandwidth, "ys", host=host)
+    block = min(block, n)
   if metric in ("linear_cka", "unbiased_linear_cka"):
     g = _linear_grid(xs, ys, metric.startswith("unbiased"), block)
   elif metric in ("rbf_cka", "unbiased_rbf_cka"):
@@ -596,9 +617,8 @@ def score_grid(xs, ys, *, metric: str = "linear_cka", k: int = 10, bandwidth: fl
     g = _knn_grid(xs, ys, metric, int(k), block)
   else:
     g = _svcca_grid(xs, ys, int(dim))
-  flat = jnp.nanargmax(jnp.where(jnp.isnan(g), -jnp.inf, g))
-  i, j = jnp.unravel_index(flat, g.shape)
-  best = (int(i), int(j)) if not isinstance(g, jax.core.Tracer) else (i, j)
+  i, j = _argmax_cell(g)
+  best = (i, j) if is_tracer(g) else tuple(int(v) for v in jax.device_get((i, j)))  # explicit: host ints
   if not n_perm:
     return ScoreGrid(g, best, metric)
   key = jax.random.key(0) if key is None else key
@@ -749,6 +769,7 @@ def calibrated(metric: str, x, y, *, n_perm: int = 1000, n_boot: int = 200, key:
     A :class:`Calibrated`.
   """
   _check_metric(metric)
+  host = on_host(x) and on_host(y)
   x, y = _cka.check_pair(x, y)
   n = x.shape[0]
   if not isinstance(n_perm, (int, np.integer)) or n_perm < 1:
@@ -760,13 +781,13 @@ def calibrated(metric: str, x, y, *, n_perm: int = 1000, n_boot: int = 200, key:
   if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or batch_size < 1):
     raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
   _check_options(metric, n, k=k, dim=dim, widths=[x.shape[1], y.shape[1]], block_size=block_size)
-  bw = jnp.zeros(2)
+  bw = jax.device_put(np.zeros(2, np.float32))
   if metric in ("rbf_cka", "unbiased_rbf_cka"):
-    bw = jnp.concatenate([_bandwidths([x], bandwidth, "x"), _bandwidths([y], bandwidth, "y")])
+    bw = jnp.concatenate([_bandwidths([x], bandwidth, "x", host=host), _bandwidths([y], bandwidth, "y", host=host)])
   block = int(min(block_size, n))
   batch = int(batch_size or _default_batch(metric, n, x.shape[1], y.shape[1], k, block))
   key = jax.random.key(0) if key is None else key
-  out = _calibrate(x, y, bw, key, jnp.float32(ci), metric=metric, n_perm=int(n_perm), n_boot=int(n_boot),
+  out = _calibrate(x, y, bw, key, device_scalar(ci), metric=metric, n_perm=int(n_perm), n_boot=int(n_boot),
                    batch=batch, k=int(k), dim=int(dim), block=block, mesh=mesh)
   return Calibrated(*out, metric=metric)
 

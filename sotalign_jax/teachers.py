@@ -11,50 +11,65 @@ features): ridge switches to its dual form, Procrustes and CCA only ever factor 
 Options: ``center`` (all; fit on data centred with the pairs' means and apply the maps to data centred the
 same way — :func:`fit` keeps the means for you) and ``whiten`` (ridge and Procrustes; ZCA-whiten with the
 regularised pair covariance first, the returned map includes the x-side whitening; CCA whitens by design).
+Every fit takes ``precision=`` for its matrix products (default ``HIGHEST``: float32 on every backend) and runs as
+one compiled call; hyperparameters given as Python numbers are compiled in (no host-to-device transfer).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from sotalign_jax._arrays import DEFAULT_PRECISION, check_positive, jit_with_host_scalars, on_host
 from sotalign_jax.cka import check_pair
 
 __all__ = ["ridge", "procrustes", "cca", "fit", "LinearTeacher", "TEACHERS"]
 
-_HI = jax.lax.Precision.HIGHEST
 
-
-def _mm(a, b):
-  return jnp.matmul(a, b, precision=_HI)
-
-
-def _inv_sqrt_psd(c: jax.Array, reg: float) -> jax.Array:
+def _inv_sqrt_psd(c: jax.Array, reg, mm) -> jax.Array:
   """(C + reg·I)^(-1/2) of a symmetric PSD matrix by eigendecomposition."""
   w, v = jnp.linalg.eigh(c)
   w = jnp.maximum(w, 0.0) + reg
-  return _mm(v * (1.0 / jnp.sqrt(w)), v.T)
+  return mm(v * (1.0 / jnp.sqrt(w)), v.T)
 
 
-def _prepare(x, y, *, center: bool, whiten_x: bool = False, whiten_y: bool = False, whiten_reg: float = 0.1):
-  """Validates, centres and optionally ZCA-whitens each side; returns (x, y, whitener_x or None)."""
-  x, y = check_pair(x, y, min_n=2)
+def _prepare(x, y, mm, *, center: bool, whiten_x: bool = False, whiten_y: bool = False, whiten_reg=0.1):
+  """Centres and optionally ZCA-whitens each side (inside a trace); returns (x, y, whitener_x or None)."""
   if center:
     x = x - x.mean(0)
     y = y - y.mean(0)
   n = x.shape[0]
-  wx = _inv_sqrt_psd(_mm(x.T, x) / (n - 1), whiten_reg) if whiten_x else None
+  wx = _inv_sqrt_psd(mm(x.T, x) / (n - 1), whiten_reg, mm) if whiten_x else None
   if whiten_x:
-    x = _mm(x, wx)
+    x = mm(x, wx)
   if whiten_y:
-    y = _mm(y, _inv_sqrt_psd(_mm(y.T, y) / (n - 1), whiten_reg))
+    y = mm(y, _inv_sqrt_psd(mm(y.T, y) / (n - 1), whiten_reg, mm))
   return x, y, wx
 
 
+def _matmul(precision):
+  return lambda a, b: jnp.matmul(a, b, precision=precision)
+
+
+@functools.partial(jit_with_host_scalars, scalars=("lam", "whiten_reg"),
+                   static_argnames=("center", "whiten", "precision"))
+def _ridge(x, y, *, lam, center: bool, whiten: bool, whiten_reg, precision):
+  mm = _matmul(precision)
+  x, y, wx = _prepare(x, y, mm, center=center, whiten_x=whiten, whiten_reg=whiten_reg)
+  n, dx = x.shape
+  if n >= dx:
+    w = jnp.linalg.solve(mm(x.T, x) + lam * jnp.eye(dx, dtype=x.dtype), mm(x.T, y))
+  else:
+    w = mm(x.T, jnp.linalg.solve(mm(x, x.T) + lam * jnp.eye(n, dtype=x.dtype), y))
+  return mm(wx, w) if whiten else w
+
+
 def ridge(x, y, *, lam: float = 1e-2, center: bool = True, whiten: bool = False,
-          whiten_reg: float = 0.1) -> jax.Array:
+          whiten_reg: float = 0.1, precision=DEFAULT_PRECISION) -> jax.Array:
   r"""Ridge regression from x-space to y-space.
 
   .. math::
@@ -72,22 +87,27 @@ def ridge(x, y, *, lam: float = 1e-2, center: bool = True, whiten: bool = False,
     whiten: regress from ZCA-whitened x (so λ penalises every direction of x equally); the returned ``W``
       includes the whitening, i.e. it still maps (centred) raw x to y.
     whiten_reg: ridge added to the x covariance before whitening.
+    precision: of the matrix products.
 
   Returns:
     ``W: [dx, dy]``.
   """
-  if not lam > 0:
-    raise ValueError(f"lam must be > 0, got {lam}")
-  x, y, wx = _prepare(x, y, center=center, whiten_x=whiten, whiten_reg=whiten_reg)
-  n, dx = x.shape
-  if n >= dx:
-    w = jnp.linalg.solve(_mm(x.T, x) + lam * jnp.eye(dx), _mm(x.T, y))
-  else:
-    w = _mm(x.T, jnp.linalg.solve(_mm(x, x.T) + lam * jnp.eye(n), y))
-  return _mm(wx, w) if whiten else w
+  check_positive("lam", lam)
+  x, y = check_pair(x, y, min_n=2)
+  return _ridge(x, y, lam=lam, center=bool(center), whiten=bool(whiten), whiten_reg=whiten_reg, precision=precision)
 
 
-def procrustes(x, y, *, center: bool = True, whiten: bool = False, whiten_reg: float = 0.1) -> jax.Array:
+@functools.partial(jit_with_host_scalars, scalars=("whiten_reg",), static_argnames=("center", "whiten", "precision"))
+def _procrustes(x, y, *, center: bool, whiten: bool, whiten_reg, precision):
+  mm = _matmul(precision)
+  x, y, wx = _prepare(x, y, mm, center=center, whiten_x=whiten, whiten_y=whiten, whiten_reg=whiten_reg)
+  u, _, vt = jnp.linalg.svd(mm(x.T, y), full_matrices=False)
+  w = mm(u, vt)
+  return mm(wx, w) if whiten else w
+
+
+def procrustes(x, y, *, center: bool = True, whiten: bool = False, whiten_reg: float = 0.1,
+               precision=DEFAULT_PRECISION) -> jax.Array:
   r"""Orthogonal Procrustes: :math:`W = \arg\min_{W^\top W = I} \|XW - Y\|_F = UV^\top`, :math:`X^\top Y = USV^\top`.
 
   Projection rule for ``dx ≠ dy``: the thin SVD gives a semi-orthogonal ``W: [dx, dy]`` (orthonormal columns
@@ -98,13 +118,23 @@ def procrustes(x, y, *, center: bool = True, whiten: bool = False, whiten_reg: f
     ``W: [dx, dy]``. With ``whiten=True`` both sides are whitened before the rotation is fitted, and ``W``
     includes the x-side whitening: ``x @ W`` lands in the *whitened* y coordinates.
   """
-  x, y, wx = _prepare(x, y, center=center, whiten_x=whiten, whiten_y=whiten, whiten_reg=whiten_reg)
-  u, _, vt = jnp.linalg.svd(_mm(x.T, y), full_matrices=False)
-  w = _mm(u, vt)
-  return _mm(wx, w) if whiten else w
+  x, y = check_pair(x, y, min_n=2)
+  return _procrustes(x, y, center=bool(center), whiten=bool(whiten), whiten_reg=whiten_reg, precision=precision)
 
 
-def cca(x, y, *, dim: int, reg: float = 0.1, center: bool = True) -> tuple[jax.Array, jax.Array]:
+@functools.partial(jit_with_host_scalars, scalars=("reg",), static_argnames=("dim", "center", "precision"))
+def _cca(x, y, *, dim: int, reg, center: bool, precision):
+  mm = _matmul(precision)
+  x, y, _ = _prepare(x, y, mm, center=center)
+  n = x.shape[0]
+  cxx, cyy, cxy = mm(x.T, x) / (n - 1), mm(y.T, y) / (n - 1), mm(x.T, y) / (n - 1)
+  ix, iy = _inv_sqrt_psd(cxx, reg, mm), _inv_sqrt_psd(cyy, reg, mm)
+  u, _, vt = jnp.linalg.svd(mm(mm(ix, cxy), iy), full_matrices=False)
+  return mm(ix, u[:, :dim]), mm(iy, vt.T[:, :dim])
+
+
+def cca(x, y, *, dim: int, reg: float = 0.1, center: bool = True,
+        precision=DEFAULT_PRECISION) -> tuple[jax.Array, jax.Array]:
   r"""Regularised canonical correlation analysis.
 
   With pair covariances :math:`\Sigma_{xx}, \Sigma_{yy}, \Sigma_{xy}` (normalised by ``n − 1``),
@@ -122,21 +152,19 @@ def cca(x, y, *, dim: int, reg: float = 0.1, center: bool = True) -> tuple[jax.A
     y: ``[n, dy]`` paired y-rows.
     dim: shared dimension ``d``, at most ``min(n − 1, dx, dy)`` (beyond ``n − 1`` the directions are noise).
     reg: λ added to both covariances (must be > 0 when ``n <= d``).
+    precision: of the matrix products.
 
   Returns:
     ``(Wx: [dx, dim], Wy: [dy, dim])``.
   """
-  x, y, _ = _prepare(x, y, center=center)
+  x, y = check_pair(x, y, min_n=2)
   n, dx = x.shape
   dy = y.shape[1]
-  if not isinstance(dim, int) or not 1 <= dim <= min(n - 1, dx, dy):
+  if not isinstance(dim, (int, np.integer)) or not 1 <= dim <= min(n - 1, dx, dy):
     raise ValueError(f"dim must be an integer in [1, min(n - 1, dx, dy)] = [1, {min(n - 1, dx, dy)}], got {dim!r}")
-  if reg < 0:
+  if on_host(reg) and not np.asarray(reg) >= 0:
     raise ValueError(f"reg must be >= 0, got {reg}")
-  cxx, cyy, cxy = _mm(x.T, x) / (n - 1), _mm(y.T, y) / (n - 1), _mm(x.T, y) / (n - 1)
-  ix, iy = _inv_sqrt_psd(cxx, reg), _inv_sqrt_psd(cyy, reg)
-  u, _, vt = jnp.linalg.svd(_mm(_mm(ix, cxy), iy), full_matrices=False)
-  return _mm(ix, u[:, :dim]), _mm(iy, vt.T[:, :dim])
+  return _cca(x, y, dim=int(dim), reg=reg, center=bool(center), precision=precision)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -149,32 +177,36 @@ class LinearTeacher(NamedTuple):
   mx: jax.Array  # [dx]
   my: jax.Array  # [dy]
 
-  def embed_x(self, x):
-    return _mm(jnp.asarray(x) - self.mx, self.wx)
+  def embed_x(self, x, *, precision=DEFAULT_PRECISION):
+    return jnp.matmul(jnp.asarray(x) - self.mx, self.wx, precision=precision)
 
-  def embed_y(self, y):
-    return _mm(jnp.asarray(y) - self.my, self.wy)
+  def embed_y(self, y, *, precision=DEFAULT_PRECISION):
+    return jnp.matmul(jnp.asarray(y) - self.my, self.wy, precision=precision)
 
 
 TEACHERS = ("cca", "ridge", "procrustes")
 
 
+@functools.partial(jax.jit, static_argnames=("dy",))
+def _means_and_eye(x, y, dy: int):
+  return x.mean(0), y.mean(0), jnp.eye(dy, dtype=y.dtype)
+
+
 def fit(name: Literal["cca", "ridge", "procrustes"], x, y, *, dim: int | None = None, reg: float = 0.1,
-        lam: float = 1e-2) -> LinearTeacher:
+        lam: float = 1e-2, precision=DEFAULT_PRECISION) -> LinearTeacher:
   """Fits the teacher called ``name`` on pairs ``(x, y)`` and returns it with its centring.
 
   ``ridge`` and ``procrustes`` map x into y-space (``Wy = I``); ``cca`` maps both into a ``dim``-space
   (default ``min(n − 1, dx, dy, 512)``).
   """
+  if name not in TEACHERS:
+    raise ValueError(f"unknown teacher {name!r}; choose one of {TEACHERS}")
   x, y = check_pair(x, y)
-  mx, my = x.mean(0), y.mean(0)
-  eye_y = jnp.eye(y.shape[1])
+  mx, my, eye_y = _means_and_eye(x, y, y.shape[1])
   if name == "ridge":
-    return LinearTeacher(ridge(x, y, lam=lam), eye_y, mx, my)
+    return LinearTeacher(ridge(x, y, lam=lam, precision=precision), eye_y, mx, my)
   if name == "procrustes":
-    return LinearTeacher(procrustes(x, y), eye_y, mx, my)
-  if name == "cca":
-    dim = dim or min(x.shape[0] - 1, x.shape[1], y.shape[1], 512)
-    wx, wy = cca(x, y, dim=dim, reg=reg)
-    return LinearTeacher(wx, wy, mx, my)
-  raise ValueError(f"unknown teacher {name!r}; choose one of {TEACHERS}")
+    return LinearTeacher(procrustes(x, y, precision=precision), eye_y, mx, my)
+  dim = dim or min(x.shape[0] - 1, x.shape[1], y.shape[1], 512)
+  wx, wy = cca(x, y, dim=dim, reg=reg, precision=precision)
+  return LinearTeacher(wx, wy, mx, my)

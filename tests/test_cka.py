@@ -121,6 +121,43 @@ def test_median_bandwidth_exact_and_strided(rng):
                              rtol=1e-4)
 
 
+def _np_median_positive(d):
+  """The median over the pairs i < j of the positive entries, written plainly (a sort)."""
+  v = np.sort(d[np.triu_indices(len(d), 1)])
+  v = v[v > 0]
+  return 0.5 * (v[(len(v) - 1) // 2] + v[len(v) // 2]) if len(v) else np.nan
+
+
+@pytest.mark.parametrize("case", ["gaussian", "ties", "duplicates", "two_points", "one_outlier", "wide"])
+def test_median_selection_equals_a_sort_eager_and_jitted(rng, case):
+  """The on-device selection (bisection on float bits) returns the exact order statistics, on one path."""
+  x = {"gaussian": lambda: rng.normal(size=(300, 5)),
+       "ties": lambda: rng.integers(0, 3, size=(200, 2)).astype(float),   # few distinct distances: many ties
+       "duplicates": lambda: np.repeat(rng.normal(size=(7, 3)), 5, 0),    # an even count of pairs, zeros dropped
+       "two_points": lambda: np.array([[0.0, 0.0], [3.0, 4.0]]),
+       "one_outlier": lambda: np.concatenate([np.zeros((50, 2)), [[1e3, 0.0]]]),
+       "wide": lambda: rng.normal(size=(64, 2000)) * np.exp(rng.normal(size=(64, 1)))}[case]().astype(np.float32)
+  d = np.asarray(jax.jit(lambda a: cka.sq_dists(a, a))(x), np.float64)
+  want = np.sqrt(np.float32(_np_median_positive(d)))
+  got = cka.median_bandwidth(x)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  np.testing.assert_array_equal(jax.jit(cka.median_bandwidth)(x), got)
+  np.testing.assert_array_equal(jax.vmap(cka.median_bandwidth)(x[None])[0], got)
+
+
+def test_median_selection_is_exact_when_the_sample_bracket_fails():
+  """A bracket read off the random sample that misses the middle ranks falls back to the whole float range."""
+  d = np.zeros((64, 64), np.float32)
+  iu = np.triu_indices(64, 1)
+  vals = np.arange(1, len(iu[0]) + 1, dtype=np.float32)
+  d[iu] = vals
+  d = d + d.T
+  for margin in (0.0, 8.0):  # margin 0: a bracket of ~2 sample ranks, which usually misses
+    got = jax.jit(lambda a: cka._median_positive(a, sample=64, margin=margin))(d)
+    assert float(got) == _np_median_positive(d)
+  assert np.isnan(float(jax.jit(cka._median_positive)(np.zeros((4, 4), np.float32))))
+
+
 @pytest.mark.parametrize("fn", [cka.linear_cka, cka.rbf_cka])
 def test_cka_invariances(pair, fn):
   x, y = pair
@@ -201,7 +238,8 @@ def test_sharded_inputs_on_eight_devices_match_single_device():
   r = np.random.default_rng(0)
   x = r.normal(size=(256, 16)).astype(np.float32)
   y = r.normal(size=(256, 12)).astype(np.float32) + x[:, :12]
-  single = [float(cka.linear_cka(x, y)), float(cka.rbf_cka(x, y, block_size=64)), float(cka.linear_cka(x, y, unbiased=True))]
+  single = [float(cka.linear_cka(x, y)), float(cka.rbf_cka(x, y, block_size=64)),
+            float(cka.linear_cka(x, y, unbiased=True))]
   np.testing.assert_allclose(sharded, single, rtol=1e-5)
 
 
@@ -210,7 +248,7 @@ def test_sharded_inputs_on_eight_devices_match_single_device():
     (lambda x, y: cka.linear_cka(x, y[:-1]), "same samples"),
     (lambda x, y: cka.linear_cka(x[:1], y[:1]), "at least 2"),
     (lambda x, y: cka.linear_cka(x[:3], y[:3], unbiased=True), "at least 4"),
-    (lambda x, y: cka.rbf_cka(np.where(np.arange(len(x))[:, None] == 3, np.nan, x), y), "x contains NaN"),
+    (lambda x, y: cka.rbf_cka(np.where(np.arange(len(x))[:, None] == 3, np.nan, x), y), r"x contains NaN .*row 3"),
     (lambda x, y: cka.mutual_knn(x, y, k=len(x)), "k must be"),
     (lambda x, y: cka.cknna(x, y, k=1), "k must be >= 2"),
     (lambda x, y: cka.svcca(x, y, dim=50), "dim must"),
@@ -221,6 +259,32 @@ def test_bad_input_raises_value_error_naming_the_argument(pair, call, match):
   x, y = pair
   with pytest.raises(ValueError, match=match):
     call(x, y)
+
+
+def test_values_are_checked_for_host_data_only(pair):
+  """A NaN in host data raises; device arrays are not copied back to be checked (the NaN propagates)."""
+  x, y = pair
+  bad = np.where(np.arange(len(x))[:, None] == 3, np.nan, x)
+  with pytest.raises(ValueError, match="x contains NaN or Inf in 1 row"):
+    cka.linear_cka(bad, y)
+  assert np.isnan(float(cka.linear_cka(jax.device_put(bad), y)))
+  with pytest.raises(ValueError, match="2-D"):  # shapes are checked for device arrays too
+    cka.linear_cka(jax.device_put(x[0]), y)
+
+
+@pytest.mark.parametrize("call", [
+    lambda x, y, p: cka.linear_cka(x, y, precision=p),
+    lambda x, y, p: cka.linear_cka(x, y, unbiased=True, precision=p),
+    lambda x, y, p: cka.rbf_cka(x, y, precision=p),
+    lambda x, y, p: cka.median_bandwidth(x, precision=p),
+    lambda x, y, p: cka.mutual_knn(x, y, k=5, precision=p),
+    lambda x, y, p: cka.cknna(x, y, k=5, precision=p),
+    lambda x, y, p: cka.svcca(x, y, dim=4, precision=p),
+])
+def test_precision_default_is_accepted_and_close_on_cpu(pair, call):
+  x, y = pair
+  np.testing.assert_allclose(call(x, y, jax.lax.Precision.DEFAULT), call(x, y, cka.DEFAULT_PRECISION), rtol=1e-4,
+                             atol=1e-6)
 
 
 def test_concrete_array_captured_inside_jit_and_vmap(rng):

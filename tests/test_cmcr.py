@@ -161,7 +161,7 @@ def test_check_spaces_accepts_consistent_spaces():
     (lambda s: s.update(a_memory=s["a_memory"][:, :5]), "a_memory has dimension 5 but space 1"),
     (lambda s: s.update(c_eval=s["c_eval"][:, :5]), "c_eval has dimension 5 but space 2"),
     (lambda s: s.update(c_eval=s["c_eval"][:-2]), "a_eval has 10 rows but c_eval 8"),
-    (lambda s: s["a_memory"].__setitem__((3, 1), np.nan), "a_memory has 1 rows with NaN"),
+    (lambda s: s["a_memory"].__setitem__((3, 1), np.nan), r"a_memory contains NaN or Inf in 1 row \(first: row 3\)"),
     (lambda s: s.update(b=s["b"][:0]), "b must be a non-empty"),
     (lambda s: s.update(c_memory=s["c_memory"][0]), "c_memory must be a non-empty \\[n, d\\]"),
     (lambda s: s.pop("c_train"), "a_train and c_train come together"),

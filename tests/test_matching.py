@@ -131,3 +131,16 @@ def test_bad_inputs(rng):
     matching.kmeans_base_selection(xb, 0, key=jax.random.key(0))
   with pytest.raises(ValueError, match="k must"):
     matching.local_cka_retrieve(xb, yb, xq, yq, k=100)
+
+
+@pytest.mark.parametrize("call", [
+    lambda xb, yb, xq, yq, p: matching.local_cka_scores(xb, yb, xq, yq, precision=p),
+    lambda xb, yb, xq, yq, p: matching.local_cka_scores(xb, yb, xq, yq, kernel="rbf", precision=p),
+    lambda xb, yb, xq, yq, p: matching.linreg_scores(xb, yb, xq, yq, precision=p),
+    lambda xb, yb, xq, yq, p: matching.relative_scores(xb, yb, xq, yq, precision=p),
+    lambda xb, yb, xq, yq, p: matching.centered_kernel(xb, precision=p),
+])
+def test_precision_default_is_accepted_and_close_on_cpu(rng, call):
+  args = _paired(rng)
+  hi = np.asarray(call(*args, matching.DEFAULT_PRECISION))
+  np.testing.assert_allclose(call(*args, jax.lax.Precision.DEFAULT), hi, rtol=1e-4, atol=1e-5)

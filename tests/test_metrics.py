@@ -1,5 +1,6 @@
 """Retrieval metrics against a plain argsort written here."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -62,3 +63,26 @@ def test_bad_input(rng):
     metrics.retrieval_recall(q, q, positives=np.array([0, 1, 2, 3, 9]))
   with pytest.raises(ValueError, match="labels"):
     metrics.zero_shot_accuracy(q, q[:2], np.array([0, 1, 2, 0, 0]))
+
+
+def test_index_positives_equal_the_mask_and_precision_default_is_close(rng):
+  q = rng.normal(size=(40, 8))
+  g = rng.normal(size=(50, 8))
+  idx = rng.integers(0, 50, size=40)
+  mask = np.zeros((40, 50), bool)
+  mask[np.arange(40), idx] = True
+  ref = ranks_ref(q, g, [[i] for i in idx])
+  np.testing.assert_array_equal(metrics.positive_ranks(q, g, positives=idx, chunk=16), ref)
+  np.testing.assert_array_equal(metrics.positive_ranks(q, g, positives=mask, chunk=16), ref)
+  np.testing.assert_array_equal(metrics.positive_ranks(q, g, positives=idx, precision=jax.lax.Precision.DEFAULT), ref)
+  assert metrics.zero_shot_accuracy(q, g[:4], idx % 4, precision=jax.lax.Precision.DEFAULT) == \
+      metrics.zero_shot_accuracy(q, g[:4], idx % 4)
+
+
+def test_device_nan_is_not_copied_back_to_be_checked(rng):
+  """Host NaNs raise; a device array is not checked (a NaN score is never above the positive's: rank 0)."""
+  q = rng.normal(size=(5, 3))
+  bad = np.full_like(q, np.nan)
+  with pytest.raises(ValueError, match="queries contains NaN or Inf in 5 rows"):
+    metrics.positive_ranks(bad, q)
+  assert metrics.positive_ranks(jax.device_put(bad.astype(np.float32)), q).shape == (5,)

@@ -278,6 +278,12 @@ def test_sinkhorn_sharded_over_eight_devices_equals_the_dense_solve():
     mesh = Mesh(np.array(jax.devices()), ("data",))
     f, g = ot.sinkhorn_sharded(x, y, epsilon=0.05, mesh=mesh, num_iters=30)
     assert len(f.sharding.device_set) == 8
+    # built once per (mesh, axis, iterations, precision): a second call, another epsilon, reuses the executable
+    f2, _ = ot.sinkhorn_sharded(x, y, epsilon=0.1, mesh=mesh, num_iters=30)
+    info = ot._sharded_solver.cache_info()
+    assert (info.misses, info.hits) == (1, 1), info
+    assert ot._sharded_solver(mesh, "data", 30, ot.DEFAULT_PRECISION)._cache_size() == 1
+    assert not np.allclose(np.asarray(f), np.asarray(f2))
     try:
       ot.sinkhorn_sharded(x[:63], y, epsilon=0.05, mesh=mesh, num_iters=2)
       raise AssertionError("63 rows over 8 devices were accepted")
@@ -295,3 +301,96 @@ def test_sinkhorn_sharded_over_eight_devices_equals_the_dense_solve():
   k = np.asarray(ot.cosine_similarity(x, y), np.float64)
   plan = np.exp((k + np.array(got["f"])[:, None] + np.array(got["g"])[None, :]) / 0.05)
   np.testing.assert_allclose(plan.sum(1), 1 / 64, rtol=1e-4)  # rows exact after the last f update
+
+
+def test_sinkhorn_sharded_on_one_device_reuses_its_compiled_function(rng):
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+  x, y = rng.normal(size=(16, 4)).astype(np.float32), rng.normal(size=(12, 4)).astype(np.float32)
+  ot._sharded_solver.cache_clear()
+  for eps in (0.05, 0.2, 0.05):
+    f, g = ot.sinkhorn_sharded(x, y, epsilon=eps, mesh=mesh, num_iters=20)
+    ref = ot.sinkhorn(ot.cosine_similarity(x, y), epsilon=eps, num_iters=20)
+    np.testing.assert_allclose(f, ref.f, atol=1e-5)
+    np.testing.assert_allclose(g, ref.g, atol=1e-5)
+  assert ot._sharded_solver.cache_info().misses == 1
+  assert ot._sharded_solver(mesh, "data", 20, ot.DEFAULT_PRECISION)._cache_size() == 1  # one executable
+  with pytest.raises(ValueError, match="axis_name"):
+    ot.sinkhorn_sharded(x, y, epsilon=0.1, mesh=mesh, axis_name="model")
+
+
+# ---------------------------------------------------------------------------------------------- klot diagnostics
+
+
+def test_klot_diagnostics_are_the_plans_marginal_errors_and_grad_accepts_them_as_aux(rng):
+  k, k_t = cos_pair(rng, 12, 15, noise=0.5)
+  value, diag = ot.klot(k, k_t, eps_student=0.1, eps_teacher=0.01, num_iters=20, return_diagnostics=True)
+  assert isinstance(diag, ot.KlotDiagnostics)
+  student = ot.sinkhorn(k, epsilon=0.1, num_iters=20)
+  teacher = ot.sinkhorn(k_t, epsilon=0.01, num_iters=20)
+  np.testing.assert_allclose(diag.student_marginal_error, student.marginal_error, rtol=1e-5, atol=1e-9)
+  np.testing.assert_allclose(diag.teacher_marginal_error, teacher.marginal_error, rtol=1e-5, atol=1e-9)
+  # the marginal error written out with numpy from the plans
+  for out, d in ((student, diag.student_marginal_error), (teacher, diag.teacher_marginal_error)):
+    p = np.exp(np.asarray(out.log_plan, np.float64))
+    ref = np.abs(p.sum(1) - 1 / 12).sum() + np.abs(p.sum(0) - 1 / 15).sum()
+    np.testing.assert_allclose(d, ref, rtol=1e-3, atol=1e-7)
+  assert bool(diag.converged) == bool(student.converged & teacher.converged)
+  assert float(value) == pytest.approx(float(ot.klot(k, k_t, eps_student=0.1, eps_teacher=0.01, num_iters=20)),
+                                       rel=1e-6)
+  fn = lambda x: ot.klot(x, k_t, eps_student=0.1, eps_teacher=0.01, num_iters=20, return_diagnostics=True)
+  (v, d), g = jax.value_and_grad(fn, has_aux=True)(k)
+  g_plain = jax.grad(lambda x: ot.klot(x, k_t, eps_student=0.1, eps_teacher=0.01, num_iters=20))(k)
+  np.testing.assert_allclose(g, g_plain, rtol=1e-6, atol=1e-9)
+  np.testing.assert_allclose(d.teacher_marginal_error, diag.teacher_marginal_error, rtol=1e-6)
+  # a few iterations at a sharp teacher epsilon are flagged as not converged
+  _, few = ot.klot(k, k_t, eps_teacher=0.002, num_iters=2, return_diagnostics=True)
+  assert not bool(few.converged) and float(few.teacher_marginal_error) > 1e-3
+
+
+@pytest.mark.parametrize("d", [64, 256])
+@pytest.mark.parametrize("eps_teacher", [0.005, 0.01])
+def test_klot_plans_are_converged_at_the_training_settings(d, eps_teacher):
+  """SOTAlign's settings: 512 x 512 cosines of random unit vectors, eps 0.05 / eps* 0.005 or 0.01, 100 iterations.
+
+  Theorem 5.1's gradient (P - P*) / eps assumes converged plans. The student plan (eps 0.05) converges to float32
+  rounding (measured 5e-7, L1 marginal error of a total mass 1). The sharp teacher plan is the slow one; measured
+  on this data at 100 iterations: 1.9e-3 / 4.5e-4 (d = 64, eps* 0.005 / 0.01) and 7.1e-4 / 4.2e-5 (d = 256), with
+  the gradient's relative L2 error 7.2e-3 / 2.0e-3 / 2.5e-3 / 5.8e-4 against plans run to convergence (3000
+  iterations, marginal errors ~3e-5; the test uses 1000, < 2e-4). Against float64 numpy plans after 5000
+  iterations, another draw gave 3.0e-3 -> 1.2e-2 (d = 64, eps* 0.005), 8.4e-4 -> 4.3e-3 (d = 64, 0.01) and
+  5.5e-4 -> 2.5e-3 (d = 256, 0.005). So an L1 marginal error e moves the gradient
+  by about 4 e, relative to its numerator ||P - P*||_1 ~ 1.6. Bounds asserted: teacher marginal error < 5e-3
+  (2.6x the worst case here, 1.7x the worst seen on any draw; the gradient is then within ~2%), student < 1e-5,
+  gradient within 2% of the converged one. Runs outside these bounds are visible in ``KlotDiagnostics``.
+  """
+  r = np.random.default_rng(d)
+  x = r.normal(size=(512, d))
+  y = r.normal(size=(512, d))
+  x /= np.linalg.norm(x, axis=1, keepdims=True)
+  y /= np.linalg.norm(y, axis=1, keepdims=True)
+  k_t = (x @ y.T).astype(np.float32)
+  k_s = np.asarray(ot.cosine_similarity(x + 0.5 * r.normal(size=x.shape) / np.sqrt(d), y))
+  fn = lambda k: ot.klot(k, k_t, eps_student=0.05, eps_teacher=eps_teacher, num_iters=100, return_diagnostics=True)
+  (value, diag), grad = jax.value_and_grad(fn, has_aux=True)(k_s)
+  # the diagnostics, recomputed in float64 from the 100-iteration plans
+  for k, eps, got in ((k_s, 0.05, diag.student_marginal_error), (k_t, eps_teacher, diag.teacher_marginal_error)):
+    p = np.exp(np.asarray(ot.sinkhorn(k, epsilon=eps, num_iters=100).log_plan, np.float64))
+    np.testing.assert_allclose(got, np.abs(p.sum(1) - 1 / 512).sum() + np.abs(p.sum(0) - 1 / 512).sum(),
+                               rtol=1e-2, atol=1e-7)
+  assert float(diag.student_marginal_error) < 1e-5
+  assert float(diag.teacher_marginal_error) < 5e-3
+  p_s = np.asarray(ot.sinkhorn(k_s, epsilon=0.05, num_iters=1000).plan, np.float64)
+  p_t = np.asarray(ot.sinkhorn(k_t, epsilon=eps_teacher, num_iters=1000).plan, np.float64)
+  g_ref = (p_s - p_t) / 0.05
+  assert np.linalg.norm(np.asarray(grad) - g_ref) / np.linalg.norm(g_ref) < 2e-2
+
+
+# ---------------------------------------------------------------------------------------------- precision
+
+
+def test_precision_default_is_accepted_and_close_on_cpu(rng):
+  u, v = rng.normal(size=(20, 8)), rng.normal(size=(30, 8))
+  hi = ot.cosine_similarity(u, v)
+  lo = ot.cosine_similarity(u, v, precision=jax.lax.Precision.DEFAULT)
+  np.testing.assert_allclose(lo, hi, atol=1e-5)
+  np.testing.assert_allclose(lo, sk_cosine(u, v), atol=1e-5)

@@ -207,7 +207,8 @@ def test_experiment_smoke_variant_writes_results_and_resumes(tmp_path):
   # the same run on 8 fake devices (permutations and resamples split over them) gives the same results
   from conftest import run_on_devices  # pylint: disable=g-import-not-at-top
   run_on_devices([sys.executable, os.path.join(REPO, "experiments", "alignment_scores.py"), "--config",
-                  os.path.join(REPO, "configs", "alignment_scores.py") + ":smoke", "--workdir", str(tmp_path / "eight")],
+                  os.path.join(REPO, "configs", "alignment_scores.py") + ":smoke",
+                  "--workdir", str(tmp_path / "eight")],
                  8)
   eight = json.load(open(tmp_path / "eight" / "results.json"))
   assert eight["n_devices"] == 8 and json.load(open(tmp_path / "results.json"))["n_devices"] == 1

@@ -1,5 +1,6 @@
 """Linear teachers against numpy.linalg.solve, scipy's orthogonal_procrustes and sklearn's CCA."""
 
+import jax
 import numpy as np
 import pytest
 from scipy.linalg import orthogonal_procrustes
@@ -105,3 +106,17 @@ def test_bad_input(pairs):
     teachers.procrustes(np.full_like(x, np.nan), y)
   with pytest.raises(ValueError, match="unknown teacher"):
     teachers.fit("lasso", x, y)
+
+
+@pytest.mark.parametrize("call", [
+    lambda x, y, p: teachers.ridge(x, y, precision=p),
+    lambda x, y, p: teachers.ridge(x[:5], y[:5], whiten=True, precision=p),
+    lambda x, y, p: teachers.procrustes(x, y, whiten=True, precision=p),
+    lambda x, y, p: teachers.cca(x, y, dim=3, precision=p)[0],
+    lambda x, y, p: teachers.fit("cca", x, y, dim=3, precision=p).embed_x(x, precision=p),
+])
+def test_precision_default_is_accepted_and_close_on_cpu(pairs, call):
+  x, y = pairs
+  hi = np.asarray(call(x, y, teachers.DEFAULT_PRECISION))
+  np.testing.assert_allclose(call(x, y, jax.lax.Precision.DEFAULT), hi, rtol=1e-4,
+                             atol=1e-5 * np.abs(hi).max())

@@ -1,0 +1,111 @@
+"""The math API on device arrays runs with no implicit host<->device transfer (``jax.transfer_guard("disallow")``).
+
+Each call is made twice: on host (NumPy) inputs without the guard — the reference, whose values are also checked —
+and on ``jax.device_put`` inputs under the guard, which must give the same numbers. Hyperparameters are Python
+floats (compiled in, see ``sotalign_jax._arrays.jit_with_host_scalars``).
+
+What is exempt, by design: functions that return host numbers (``metrics.*``) bring their result back with an
+explicit ``jax.device_get`` and send host ``positives`` with an explicit ``jax.device_put`` — both allowed by
+"disallow", which only refuses *implicit* transfers. On the CPU backend device-to-host copies are not guarded at all
+(they are zero-copy), so this file checks host-to-device transfers everywhere and device-to-host ones only when run
+on an accelerator.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sotalign_jax import cka, losses, matching, metrics, objectives, ot, scores, teachers
+
+
+def _unit(a):
+  return a / np.linalg.norm(a, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def data():
+  r = np.random.default_rng(0)
+  x = r.normal(size=(48, 12)).astype(np.float32)
+  y = (np.tanh(x @ r.normal(size=(12, 8))) + 0.3 * r.normal(size=(48, 8))).astype(np.float32)
+  zx = _unit(r.normal(size=(32, 6))).astype(np.float32)
+  zy = _unit(zx + 0.5 * r.normal(size=zx.shape)).astype(np.float32)
+  return dict(x=x, y=y, k=zx @ zy.T, kt=_unit(zx + 0.2 * r.normal(size=zx.shape)).astype(np.float32) @ zy.T,
+              zx=zx, zy=zy, zc=zy[:5].copy(), xb=x[:30].copy(), yb=y[:30].copy(), xq=x[30:].copy(),
+              yq=y[30:].copy(), y5=y[:, :5].copy())
+
+
+def _guarded(fn, host_args):
+  """``fn`` on host inputs (no guard), then on device inputs under the guard; returns both results as NumPy."""
+  want = fn(*host_args)
+  dev = [jax.device_put(a) for a in host_args]
+  with jax.transfer_guard("disallow"):
+    got = fn(*dev)
+    jax.block_until_ready(got)
+  return jax.tree.map(np.asarray, jax.device_get(want)), jax.tree.map(np.asarray, jax.device_get(got))
+
+
+CASES = {
+    "ot.sinkhorn": (lambda k: ot.sinkhorn(k, epsilon=0.05, num_iters=50).plan, ("k",)),
+    "ot.sinkhorn_small_eps": (lambda k: ot.sinkhorn(k, epsilon=0.005, num_iters=100).marginal_error, ("k",)),
+    "ot.klot": (lambda k, kt: ot.klot(k, kt, eps_student=0.05, eps_teacher=0.01, num_iters=50), ("k", "kt")),
+    "ot.klot_diagnostics": (lambda k, kt: ot.klot(k, kt, num_iters=50, return_diagnostics=True), ("k", "kt")),
+    "ot.klot_grad": (jax.jit(jax.grad(lambda k, kt: ot.klot(k, kt, num_iters=50))), ("k", "kt")),
+    "ot.cosine_similarity": (ot.cosine_similarity, ("zx", "zy")),
+    "cka.linear_cka": (cka.linear_cka, ("x", "y")),
+    "cka.linear_cka_unbiased": (lambda x, y: cka.linear_cka(x, y, unbiased=True), ("x", "y")),
+    "cka.rbf_cka_bandwidth": (lambda x, y: cka.rbf_cka(x, y, bandwidth=2.5, block_size=16), ("x", "y")),
+    "cka.rbf_cka_median": (lambda x, y: cka.rbf_cka(x, y, block_size=16), ("x", "y")),
+    "cka.median_bandwidth": (cka.median_bandwidth, ("x",)),
+    "cka.mutual_knn": (lambda x, y: cka.mutual_knn(x, y, k=5), ("x", "y")),
+    "cka.cknna": (lambda x, y: cka.cknna(x, y, k=5), ("x", "y")),
+    "cka.svcca": (lambda x, y: cka.svcca(x, y, dim=4), ("x", "y")),
+    "teachers.ridge": (lambda x, y: teachers.ridge(x, y, lam=0.1, whiten=True), ("x", "y")),
+    "teachers.procrustes": (teachers.procrustes, ("x", "y")),
+    "teachers.cca": (lambda x, y: teachers.cca(x, y, dim=4), ("x", "y")),
+    "teachers.fit": (lambda x, y: teachers.fit("cca", x, y, dim=4).embed_x(x), ("x", "y")),
+    "losses.siglip_loss": (lambda a, b: losses.siglip_loss(a, b, t_log=2.3, bias=-10.0), ("zx", "zy")),
+    "losses.info_nce": (lambda a, b: losses.info_nce(a, b, temperature=0.07), ("zx", "zy")),
+    "losses.structure_regularizer": (lambda a, b: losses.structure_regularizer(a, b, temperature=0.1, levels=2),
+                                     ("zx", "zy")),
+    "objectives.klot_term_with_diagnostics": (
+        lambda a, b: objectives.klot_term_with_diagnostics(
+            objectives.UnpairedBatch(a, b, a, b, a, b, 10.0), eps_student=0.05, eps_teacher=0.005,
+            sinkhorn_iters=30), ("zx", "zy")),
+    "matching.local_cka_scores": (matching.local_cka_scores, ("xb", "yb", "xq", "yq")),
+    "matching.local_cka_scores_rbf": (lambda *a: matching.local_cka_scores(*a, kernel="rbf"), ("xb", "yb", "xq", "yq")),
+    "matching.relative_scores": (matching.relative_scores, ("xb", "yb", "xq", "yq")),
+    "matching.linreg_scores": (matching.linreg_scores, ("xb", "yb", "xq", "yq")),
+    "scores.score_grid": (lambda *a: scores.score_grid(a[:2], a[2:]).scores, ("x", "y5", "y")),
+    # Return host numbers through explicit device_get (see the module docstring).
+    "metrics.retrieval_recall": (lambda a, b: metrics.retrieval_recall(a, b, chunk=8), ("zx", "zy")),
+    "metrics.positive_ranks_index": (
+        lambda a, b: metrics.positive_ranks(a, b, positives=np.arange(32)[::-1].copy()), ("zx", "zy")),
+    "metrics.zero_shot_accuracy": (lambda a, c: metrics.zero_shot_accuracy(a, c, np.arange(32) % 5), ("zx", "zc")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_device_inputs_run_without_implicit_transfers(data, name):
+  fn, keys = CASES[name]
+  want, got = _guarded(fn, [data[k] for k in keys])
+  jax.tree.map(lambda w, g: np.testing.assert_allclose(g, w, rtol=2e-5, atol=1e-6), want, got)
+
+
+def test_guard_does_catch_an_implicit_transfer(data):
+  """The guard is on: an eager op with a NumPy array on a device array is refused."""
+  k = jax.device_put(data["k"])
+  with jax.transfer_guard("disallow"), pytest.raises(Exception, match="Disallowed host-to-device"):
+    jax.block_until_ready(k + np.ones_like(data["k"]))
+
+
+def test_traced_hyperparameters_still_work(data):
+  """Scalars that are arrays (a schedule, a learned temperature) stay traced: no recompilation per value.
+
+  (A compiled-in epsilon lets XLA fold ``k / eps`` into a multiplication, hence agreement to 1e-4, not bitwise.)
+  """
+  k, kt = jnp.asarray(data["k"]), jnp.asarray(data["kt"])
+  step = jax.jit(lambda e: ot.klot(k, kt, eps_student=e, num_iters=50))
+  np.testing.assert_allclose(step(jnp.float32(0.05)), ot.klot(k, kt, eps_student=0.05, num_iters=50), rtol=1e-4)
+  np.testing.assert_allclose(losses.info_nce(data["zx"], data["zy"], temperature=jnp.float32(0.07)),
+                             losses.info_nce(data["zx"], data["zy"], temperature=0.07), rtol=1e-6)
