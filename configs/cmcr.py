@@ -7,41 +7,50 @@ Launch (one convention for every experiment; a rerun with the same workdir resum
       --config.data.a_memory=clip_images.npy --config.data.b=clip_texts.npy \
       --config.data.b_prime=clap_texts.npy --config.data.c_memory=clap_audio.npy \
       --config.data.a_eval=clip_eval_images.npy --config.data.c_eval=clap_eval_audio.npy
-  python experiments/cmcr.py --config configs/cmcr.py:demo --workdir workdirs/cmcr_tau \
-      --config.temperature=0.02 --config.methods=cmcr,no_connection
+  python experiments/cmcr.py --config configs/cmcr.py:demo,steps=600 --workdir workdirs/cmcr_tau \
+      --config.temperature=0.02 --config.methods="('cmcr','no_connection')"
 
-Variants (``configs/cmcr.py:VARIANT``):
+The argument after ``:`` is a comma list of presets and ``key=value`` fields, applied left to right
+(:func:`sotalign_jax.runtime.config.parse_arg`). Presets:
 
-* ``demo`` — offline: space 1 = (EfficientNet-Lite0 image, all-MiniLM-L6-v2 text) and space 2 =
+* ``demo`` (the default) — offline: space 1 = (EfficientNet-Lite0 image, all-MiniLM-L6-v2 text) and space 2 =
   (all-mpnet-base-v2 text, EfficientNet-Lite2 image) on openclipart, each first aligned by a closed-form teacher
   on its own half of the training images; C-MCR connects them through the training captions and is evaluated on
-  Lite0-image ↔ Lite2-image retrieval of held-out pictures.
+  Lite0-image ↔ Lite2-image retrieval of held-out pictures. CPU-sized settings chosen on val (README, C-MCR).
 * ``byo`` — bring your own spaces as ``.npy`` files (paper-size projectors and batch, for a GPU).
 * ``smoke`` — ``.npy`` input, tiny projectors and a few steps: for tests.
 
-Methods: ``cmcr`` (the paper), ``cmcr_no_noise`` / ``cmcr_no_pseudo`` / ``cmcr_no_intra`` (ablations: σ² = 0,
-no pseudo-pair term, λ = 0), ``supervised`` (the same projectors trained with A–C pairs: needs ``a_train`` and
-``c_train``), ``no_connection`` (cosine between the raw spaces when their dimensions match, else chance).
-Unknown keys in overrides are rejected by ml_collections (the config is locked).
+Fields: ``source`` (``demo`` | ``npy``), ``steps`` (int), ``tiny`` (bool). Methods: ``cmcr`` (the paper),
+``cmcr_no_noise`` / ``cmcr_no_pseudo`` / ``cmcr_no_intra`` (ablations: σ² = 0, no pseudo-pair term, λ = 0),
+``supervised`` (the same projectors trained with A–C pairs: needs ``a_train`` and ``c_train``), ``no_connection``
+(cosine between the raw spaces when their dimensions match, else chance). Unknown names, and unknown
+``--config.KEY`` overrides, are rejected naming the known ones.
 """
 
 import ml_collections
+import optax
 
+from sotalign_jax import teachers
 from sotalign_jax.cmcr import METHODS
-VARIANTS = ("demo", "byo", "smoke")
+from sotalign_jax.runtime import config as cfg_lib
+
+NPY_KEYS = ("a_memory", "b", "b_prime", "c_memory", "a_eval", "c_eval", "a_train", "c_train")
+PRESETS = {
+    "demo": {"source": "demo", "steps": 1200},
+    "byo": {"source": "npy", "steps": 5000, "methods": ("cmcr", "no_connection")},  # + supervised given A–C pairs
+    "smoke": {"source": "npy", "steps": 60, "tiny": True},
+}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = arg or "demo"
-  if variant not in VARIANTS:
-    raise ValueError(f"unknown variant {variant!r} of configs/cmcr.py; choose one of {VARIANTS}")
+  arg = cfg_lib.parse_arg(arg, presets=PRESETS, methods=METHODS, source="demo", steps=1200, tiny=False)
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.methods = ",".join(METHODS)  # comma-separated subset of METHODS, in the order they run
+  c.methods = arg.methods        # subset of METHODS, in the order they run
 
   # --- data --------------------------------------------------------------------------------------------------
   c.data = ml_collections.ConfigDict()
-  c.data.source = "demo"         # demo (two openclipart embedding caches) | npy (the files below)
+  c.data.source = arg.source     # demo (two openclipart embedding caches) | npy (the files below)
   c.data.a_memory = ""           # [m_a, d1] modality A in space 1 (e.g. CLIP images), unpaired
   c.data.b = ""                  # [n, d1] texts in space 1 (e.g. CLIP text)
   c.data.b_prime = ""            # [n, d2] the same texts, same order, in space 2 (e.g. CLAP text)
@@ -56,15 +65,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.demo = ml_collections.ConfigDict()
   c.demo.cache_1 = "data_cache/openclipart__efficientnet-lite0__all-MiniLM-L6-v2"  # A = image, B = text
   c.demo.cache_2 = "data_cache/openclipart__efficientnet-lite2__all-mpnet-base-v2"  # B' = text, C = image
-  c.demo.teacher = "cca"         # closed form that makes each space contrastive: cca | ridge | procrustes
-  c.demo.cca_dim = 256
-  c.demo.cca_reg = 0.1
-  c.demo.ridge_lam = 10.0
   c.demo.eval_split = "test"     # held-out pictures neither space nor C-MCR saw ("val" while tuning)
+  c.teacher = ml_collections.ConfigDict()  # the closed form that makes each demo space contrastive
+  c.teacher.name = "cca"         # cca | ridge | procrustes
+  c.teacher.cca_dim = 256
+  c.teacher.cca_reg = 0.1
+  c.teacher.ridge_lam = 10.0
 
   # --- C-MCR (paper values in comments) ---------------------------------------------------------------------
-  c.hidden = 1024                # projector hidden width (paper 1024; 0: Linear → BatchNorm only)
-  c.out = 512                    # shared dimension (paper 512)
+  c.head = ml_collections.ConfigDict()  # the projector of each space
+  c.head.kind = "mlp"            # mlp (Linear → BatchNorm → ReLU → Linear → BatchNorm, the paper) | linear
+  c.head.hidden = 1024           # MLP width (paper 1024)
+  c.head.dim = 512               # shared dimension (paper 512)
   c.noise_variance = 0.004       # σ² of the semantic-completion noise (paper 0.004)
   c.retrieval_temperature = 0.01  # τ1 of the soft memory retrieval (paper 0.01)
   c.temperature = 0.05           # τ2 of the InfoNCE losses (paper 0.05)
@@ -72,40 +84,52 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.pseudo_weight = 1.0          # weight of the pseudo A–C pair loss
 
   # --- optimisation ---------------------------------------------------------------------------------------
-  c.lr = 1e-3                    # AdamW, cosine decay after a linear warm-up
+  c.optimizer = "adamw"          # any optax optimizer taking (learning_rate, weight_decay); cosine decay after warm-up
+  c.lr = 1e-3
   c.weight_decay = 1e-4
   c.warmup_steps = 100
-  c.steps = 5000
+  c.steps = arg.steps
   c.batch_size = 4096            # texts per step (paper 4096); sampled with replacement if larger than the pool
 
   # --- bookkeeping ----------------------------------------------------------------------------------------
   c.log_every = 100
   c.ckpt_every = 1000
 
-  if variant == "demo":
-    # CPU-sized: a few minutes for all six methods on two cores.
-    # Chosen on val (C-MCR a2c / c2a R@1; supervised ≈ 0.96 / 0.97 throughout):
-    #   hidden 512, τ2 0.05, 300 steps: .596/.607; τ2 0.1: .619/.614; + linear projector: .668/.636;
-    #   + 600 steps: .727/.724; 1200: .734/.729; 2400: .713/.729. Noise σ² 0.016 / 0.032 and τ1 0.02 / 0.005 worse.
-    c.hidden = 0                 # Linear → BatchNorm: with ~3k shared texts the MLP projector over-fits the text link
-    c.out = 256
+  if arg.source == "demo":       # CPU-sized: a few minutes for all six methods on two cores; chosen on val
+    c.head.kind = "linear"       # Linear → BatchNorm: with ~3k shared texts the MLP projector over-fits the text link
+    c.head.dim = 256
     c.temperature = 0.1
     c.noise_variance = 0.008     # the paper's noise-to-signal ratio d·σ² ≈ 2 at d = 256 (0.004 is for d = 512)
-    c.demo.cca_reg = 10.0        # chosen on val: a strongly regularised CCA keeps each space's image geometry
-    c.steps = 1200
+    c.teacher.cca_reg = 10.0     # a strongly regularised CCA keeps each space's image geometry
     c.batch_size = 512
     c.warmup_steps = 30
     c.log_every = 25
     c.ckpt_every = 100
-  elif variant == "byo":
-    c.data.source = "npy"
-    c.methods = "cmcr,no_connection"  # add supervised when data.a_train / data.c_train are given
-  elif variant == "smoke":
-    c.data.source = "npy"
-    c.hidden = 64
-    c.out = 32
-    c.steps = 60
+  if arg.tiny:
+    c.head.hidden = 64
+    c.head.dim = 32
     c.batch_size = 128
     c.warmup_steps = 5
     c.log_every = c.ckpt_every = 10
   return c
+
+
+def validate(c: ml_collections.ConfigDict):
+  """Raises ``ValueError`` naming the first bad key (the checks that need no data)."""
+  methods = cfg_lib.check_subset(c, "methods", METHODS)
+  cfg_lib.check_ints(c, ("steps", "batch_size", "head.hidden", "head.dim", "teacher.cca_dim"))
+  cfg_lib.check_positive(c, ("lr", "temperature", "retrieval_temperature", "teacher.cca_reg", "teacher.ridge_lam"))
+  cfg_lib.check_nonnegative(c, ("noise_variance", "intra_weight", "pseudo_weight", "weight_decay"))
+  cfg_lib.check_one_of(c, "head.kind", ("linear", "mlp"))
+  cfg_lib.check_one_of(c, "data.source", ("demo", "npy"))
+  cfg_lib.check_one_of(c, "teacher.name", teachers.TEACHERS)
+  cfg_lib.check_one_of(c, "demo.eval_split", ("val", "test"))
+  if not hasattr(optax, c.optimizer):
+    raise ValueError(f"config.optimizer: optax has no optimizer {c.optimizer!r} (try adamw or lion)")
+  if c.data.source == "npy":
+    missing = [k for k in NPY_KEYS[:6] if not c.data[k]]
+    if missing:
+      raise ValueError(f"config.data.source='npy' needs config.data.{{{','.join(missing)}}}: paths of .npy files")
+    if "supervised" in methods and not (c.data.a_train and c.data.c_train):
+      raise ValueError("config.methods includes 'supervised', which needs A–C training pairs: set "
+                       "config.data.a_train and config.data.c_train, or drop it from config.methods")

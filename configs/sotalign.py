@@ -4,43 +4,57 @@ Launch (one convention for every experiment; a rerun with the same workdir resum
 
   python experiments/sotalign.py --config configs/sotalign.py:demo --workdir workdirs/sotalign_demo
   python experiments/sotalign.py --config configs/sotalign.py:full --workdir workdirs/sotalign_full
+  python experiments/sotalign.py --config configs/sotalign.py:sotalign,n_pairs=2000 --workdir workdirs/n2000
   python experiments/sotalign.py --config configs/sotalign.py:demo --workdir workdirs/alpha \
-      --config.sotalign.alpha=0.5 --config.methods=teacher_cca,sail,sotalign
+      --config.sotalign.alpha=0.5 --config.methods="('teacher_cca','sail','sotalign')"
 
-Variants (``configs/sotalign.py:VARIANT``): ``demo`` (500 pairs, what ``make demo`` runs), ``full`` (sweeps
-n_pairs ∈ {100, 500, 2000}), ``smoke`` (a few steps on whatever cache is given: for tests), and one per
-method (``sail``, ``structure``, ``pseudo_label``, ``sotalign``, ``upper_bound``, ``teachers``) that runs only it.
-Unknown keys in overrides are rejected by ml_collections (the config is locked).
+The argument after ``:`` is a comma list of presets and ``key=value`` fields, applied left to right
+(:func:`sotalign_jax.runtime.config.parse_arg`). Presets: ``demo`` (500 pairs, what ``make demo`` runs; also the
+default), ``full`` (sweeps n_pairs ∈ {100, 500, 2000}), ``smoke`` (a few tiny steps on whatever cache is given:
+for tests), ``teachers`` (the closed forms only) and one per trained method (``sail``, ``structure``,
+``pseudo_label``, ``sotalign``, ``upper_bound``) that runs only it. Fields: ``n_pairs`` (int), ``steps`` (int),
+``tiny`` (bool: tiny batches and solver sizes). Unknown names, and unknown ``--config.KEY`` overrides, are
+rejected naming the known ones.
 """
 
 import ml_collections
+import optax
 
+from sotalign_jax import teachers
 from sotalign_jax.objectives import METHODS
-VARIANTS = ("demo", "full", "smoke", "teachers") + tuple(m for m in METHODS if not METHODS[m].teacher)
+from sotalign_jax.runtime import config as cfg_lib
+
+TEACHER_METHODS = tuple(m for m in METHODS if METHODS[m].teacher)
+PRESETS = {
+    "demo": {},
+    "full": {"n_pairs_sweep": (100, 500, 2000), "steps": 3000},
+    "smoke": {"tiny": True, "n_pairs": 64, "steps": 20},
+    "teachers": {"methods": TEACHER_METHODS},
+    **{m: {"methods": (m,)} for m in METHODS if m not in TEACHER_METHODS},
+}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = arg or "demo"
-  if variant not in VARIANTS:
-    raise ValueError(f"unknown variant {variant!r} of configs/sotalign.py; choose one of {VARIANTS}")
+  arg = cfg_lib.parse_arg(arg, presets=PRESETS, methods=tuple(METHODS), n_pairs=500, n_pairs_sweep=(), steps=600,
+                          tiny=False)
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.methods = ",".join(METHODS)  # comma-separated subset of METHODS, in the order they run
+  c.methods = arg.methods        # subset of METHODS, in the order they run
 
   # --- data: embedding caches written by `python -m sotalign_jax.cli.embed` ---------------------------------------
   c.data = ml_collections.ConfigDict()
   c.data.cache = "data_cache/openclipart__efficientnet-lite0__all-MiniLM-L6-v2"
-  c.data.n_pairs = 500           # paired pool, taken from the training images in a fixed hash order
-  c.data.n_pairs_sweep = ""      # e.g. "100,500,2000": also train every method at these sizes (table + plot)
-  c.data.extra_unpaired_text = ""   # caches of extra unpaired captions (same text encoder), comma-separated
-  c.data.extra_unpaired_images = ""  # caches of extra unpaired images (same image encoder), comma-separated
+  c.data.n_pairs = arg.n_pairs   # paired pool, taken from the training images in a fixed hash order
+  c.data.n_pairs_sweep = arg.n_pairs_sweep  # e.g. (100, 500, 2000): also train every method at these sizes
+  c.data.extra_unpaired_text = ()    # caches of extra unpaired captions (same text encoder)
+  c.data.extra_unpaired_images = ()  # caches of extra unpaired images (same image encoder)
   c.data.max_unpaired = -1       # cap on each unpaired pool (-1: all), to study pool size
 
   # --- evaluation ----------------------------------------------------------------------------------------------
   c.eval = ml_collections.ConfigDict()
   c.eval.split = "test"          # "val" while tuning; "test" is never tuned on
-  c.eval.fashion_mnist_cache = "data_cache/fashion_mnist__efficientnet-lite0__all-MiniLM-L6-v2"
-  c.eval.tuxpaint_cache = "data_cache/tuxpaint__efficientnet-lite0__all-MiniLM-L6-v2"
+  c.eval.fashion_mnist_cache = "data_cache/fashion_mnist__efficientnet-lite0__all-MiniLM-L6-v2"  # "": skip
+  c.eval.tuxpaint_cache = "data_cache/tuxpaint__efficientnet-lite0__all-MiniLM-L6-v2"  # "": skip
 
   # --- teacher (closed form, pairs only) -----------------------------------------------------------------------
   c.teacher = ml_collections.ConfigDict()
@@ -50,22 +64,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.teacher.ridge_lam = 10.0
 
   # --- heads and optimisation (shared by every trained method) ------------------------------------------------
-  c.head = "linear"              # linear | mlp (residual MLP on top of the linear teacher map)
-  c.mlp_hidden = 512
+  c.head = ml_collections.ConfigDict()
+  c.head.kind = "linear"         # linear | mlp (residual MLP on top of the linear teacher map)
+  c.head.hidden = 512            # MLP width (mlp only); the output dimension is the teacher's
   c.optimizer = "adamw"          # any optax optimizer taking (learning_rate, weight_decay): adamw | lion
   c.lr = 1e-3
   c.weight_decay = 1e-4
   c.warmup_steps = 50
-  c.steps = 600
+  c.steps = arg.steps
   c.batch_paired = 256
   c.batch_unpaired = 512
   c.siglip_t = 10.0              # SigLIP init: t' = log 10, b = -10
   c.siglip_b = -10.0
 
-  # --- per-method terms ----------------------------------------------------------------------------------------
+  # --- per-method terms (README, SOTAlign: how α was chosen) ---------------------------------------------------
   c.sotalign = ml_collections.ConfigDict()
   c.sotalign.divergence = "klot"   # klot | sinkhorn_divergence (ablation)
-  c.sotalign.alpha = 10.0        # tuned on val, 500 pairs: α 0.1 / 1 (1000 steps), 10 / 100 (600) → i2t R@1 .100/.105/.112/.110
+  c.sotalign.alpha = 10.0
   c.sotalign.eps_student = 0.05
   c.sotalign.eps_teacher = 0.005
   c.sotalign.sinkhorn_iters = 100
@@ -78,22 +93,26 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # --- bookkeeping -------------------------------------------------------------------------------------------
   c.log_every = 50
-  c.eval_every = 250
   c.ckpt_every = 250
 
-  if variant == "full":
-    c.data.n_pairs_sweep = "100,500,2000"
-    c.steps = 3000
-  elif variant == "smoke":
-    c.steps = 20
+  if arg.tiny:
     c.batch_paired = 32
     c.batch_unpaired = 64
     c.teacher.cca_dim = 16
-    c.data.n_pairs = 64
-    c.log_every = c.eval_every = c.ckpt_every = 10
+    c.log_every = c.ckpt_every = 10
     c.sotalign.sinkhorn_iters = 20
-  elif variant == "teachers":
-    c.methods = "teacher_cca,teacher_ridge,teacher_procrustes"
-  elif variant in METHODS:
-    c.methods = variant
   return c
+
+
+def validate(c: ml_collections.ConfigDict):
+  """Raises ``ValueError`` naming the first bad key (the checks that need no data)."""
+  cfg_lib.check_subset(c, "methods", METHODS)
+  cfg_lib.check_ints(c, ("steps", "batch_paired", "batch_unpaired", "data.n_pairs", "data.n_pairs_sweep",
+                         "teacher.cca_dim", "head.hidden", "sotalign.sinkhorn_iters"))
+  cfg_lib.check_positive(c, ("lr", "sotalign.eps_student", "sotalign.eps_teacher", "teacher.ridge_lam"))
+  cfg_lib.check_one_of(c, "head.kind", ("linear", "mlp"))
+  cfg_lib.check_one_of(c, "teacher.name", teachers.TEACHERS)
+  cfg_lib.check_one_of(c, "sotalign.divergence", ("klot", "sinkhorn_divergence"))
+  cfg_lib.check_one_of(c, "eval.split", ("val", "test"))
+  if not hasattr(optax, c.optimizer):
+    raise ValueError(f"config.optimizer: optax has no optimizer {c.optimizer!r} (try adamw or lion)")

@@ -20,34 +20,20 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 import zlib
 
-from absl import app, flags
 import jax
 from jax.sharding import Mesh
 import numpy as np
-from ml_collections import config_flags
 
-from sotalign_jax.runtime import io as sio
 from sotalign_jax import scores
-from sotalign_jax.runtime import workdir as wd
+from sotalign_jax.runtime import config as cfg_lib
+from sotalign_jax.runtime import io as sio, workdir as wd
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/alignment_scores.py[:variant]", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "where features, grids and results go (rerun resumes)")
-
+CONFIG = cfg_lib.experiment_config(__file__)  # configs/alignment_scores.py: get_config, validate
 SHORT = {"efficientnet-lite0": "lite0", "efficientnet-lite1": "lite1", "efficientnet-lite2": "lite2",
          "all-MiniLM-L6-v2": "minilm", "all-mpnet-base-v2": "mpnet"}
-
-
-def check_config(cfg) -> list[str]:
-  metrics = wd.parse_list(cfg, "metrics", scores.METRICS, what="metric")
-  if cfg.primary not in metrics:
-    raise ValueError(f"config.primary={cfg.primary!r} must be one of config.metrics {metrics}")
-  wd.check_ints(cfg, ("n_images", "n_perm", "k", "batch_size", "block_size"))
-  wd.check_ints(cfg, ("n_perm_grid", "n_boot"), minimum=0)
-  return metrics
 
 
 # ================================================================================================================
@@ -197,10 +183,9 @@ def plot_grids(method: str, grids: dict, path: str):
 # Main
 # ================================================================================================================
 def run(cfg, workdir: str) -> dict:
-  metrics = check_config(cfg)
+  CONFIG.validate(cfg)
+  metrics, image_names, text_names = cfg.metrics, cfg.image_encoders, cfg.text_encoders
   wd.save_config(workdir, cfg)
-  image_names = [s.strip() for s in cfg.image_encoders.split(",") if s.strip()]
-  text_names = [s.strip() for s in cfg.text_encoders.split(",") if s.strip()]
   records = None if cfg.synthetic else select_records(cfg)
   t_start = time.time()
   devices = jax.local_devices()  # every host computes everything (small); its devices split the permutations
@@ -235,10 +220,5 @@ def run(cfg, workdir: str) -> dict:
   return results
 
 
-def main(argv):
-  wd.start_experiment(argv, _CONFIG.value, _WORKDIR.value, config_file="configs/alignment_scores.py")
-  run(_CONFIG.value, _WORKDIR.value)
-
-
 if __name__ == "__main__":
-  app.run(main)
+  cfg_lib.launch(run, "configs/alignment_scores.py")

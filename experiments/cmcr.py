@@ -2,9 +2,10 @@ r"""C-MCR: connect two contrastive spaces (A, B) and (B', C) through shared text
 
   python experiments/cmcr.py --config configs/cmcr.py:demo --workdir workdirs/cmcr_demo
 
-Reads top to bottom: config → the two spaces (``.npy`` files, or the openclipart demo built from two embedding
-caches) → pseudo embeddings (soft retrieval from the memories, once) → per method: projectors, jitted train
-step, loop with Orbax checkpoints → A↔C retrieval on held-out pairs → ``results.json`` + markdown table + plot.
+Reads top to bottom: config (``configs/cmcr.py``: ``get_config``, ``validate``) → the two spaces (``.npy`` files,
+or the openclipart demo built from two embedding caches) → pseudo embeddings (soft retrieval from the memories,
+once) → per method: projectors, train step, :func:`sotalign_jax.runtime.train.train_loop` (Orbax checkpoints) → A↔C
+retrieval on held-out pairs → ``results.json`` + markdown table + plot.
 Method keys: ``cmcr``, ``supervised``, ``no_connection``, ``cmcr_no_noise``, ``cmcr_no_pseudo``,
 ``cmcr_no_intra``; metrics ``a2c_r1``, ``a2c_r5``, ``c2a_r1``, ``c2a_r5``.
 
@@ -22,58 +23,28 @@ from __future__ import annotations
 import functools
 import json
 import os
-import sys
 import time
 from typing import Any
 
-from absl import app, flags, logging
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-from ml_collections import config_flags
+from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 import optax
 from flax.training import train_state
-from tqdm import tqdm
 
 from sotalign_jax import cmcr, losses, metrics, teachers
-from sotalign_jax.nn import projectors
-from sotalign_jax.runtime import distributed, workdir as wd
-from sotalign_jax.runtime import io as sio
+from sotalign_jax.data.cache import open_cache
 from sotalign_jax.data.splits import stable_uniform
-from sotalign_jax.data.cache import load_cache
+from sotalign_jax.nn import projectors
+from sotalign_jax.runtime import config as cfg_lib
+from sotalign_jax.runtime import distributed, io as sio, train as train_lib, workdir as wd
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/cmcr.py[:variant]", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, metrics and results go (rerun resumes)")
-
+CONFIG = cfg_lib.experiment_config(__file__)  # configs/cmcr.py: get_config, validate
+NPY_KEYS = CONFIG.NPY_KEYS
 # method -> (noise on?, pseudo-pair weight factor, intra weight factor); `supervised` trains on A–C pairs.
 ABLATIONS = {"cmcr": (True, 1.0, 1.0), "cmcr_no_noise": (False, 1.0, 1.0), "cmcr_no_pseudo": (True, 0.0, 1.0),
              "cmcr_no_intra": (True, 1.0, 0.0)}
-NPY_KEYS = ("a_memory", "b", "b_prime", "c_memory", "a_eval", "c_eval", "a_train", "c_train")
-
-
-# ================================================================================================================
-# Config checks
-# ================================================================================================================
-def check_config(cfg):
-  wd.check_ints(cfg, ("steps", "batch_size", "out", "demo.cca_dim"))
-  if not isinstance(cfg.hidden, int) or cfg.hidden < 0:
-    raise ValueError(f"config.hidden must be a non-negative integer (0: no hidden layer), got {cfg.hidden!r}")
-  wd.check_positive(cfg, ("lr", "temperature", "retrieval_temperature", "demo.cca_reg", "demo.ridge_lam"))
-  wd.check_nonnegative(cfg, ("noise_variance", "intra_weight", "pseudo_weight", "weight_decay"))
-  if cfg.data.source not in ("demo", "npy"):
-    raise ValueError(f"config.data.source must be 'demo' or 'npy', got {cfg.data.source!r}")
-  if cfg.demo.teacher not in teachers.TEACHERS:
-    raise ValueError(f"config.demo.teacher must be one of {teachers.TEACHERS}, got {cfg.demo.teacher!r}")
-  if cfg.demo.eval_split not in ("val", "test"):
-    raise ValueError(f"config.demo.eval_split must be 'val' or 'test', got {cfg.demo.eval_split!r}")
-  if cfg.data.source == "npy":
-    missing = [k for k in NPY_KEYS[:6] if not getattr(cfg.data, k)]
-    if missing:
-      raise ValueError(f"config.data.source='npy' needs config.data.{{{','.join(missing)}}}: paths of .npy files")
-    if "supervised" in wd.parse_list(cfg, "methods", cmcr.METHODS) and not (cfg.data.a_train and cfg.data.c_train):
-      raise ValueError("config.methods includes 'supervised', which needs A–C training pairs: set "
-                       "config.data.a_train and config.data.c_train, or drop it from config.methods")
 
 
 # ================================================================================================================
@@ -91,17 +62,6 @@ def load_npy_spaces(cfg) -> dict[str, np.ndarray]:
   return arrays
 
 
-def open_cache(path: str, what: str):
-  try:
-    return load_cache(path)
-  except FileNotFoundError as e:
-    enc = os.path.basename(path.rstrip("/")).split("__")
-    hint = (f"python -m sotalign_jax.cli.embed --dataset openclipart --image-encoder {enc[1]} --text-encoder {enc[2]} "
-            f"--out {path}") if len(enc) == 3 else f"python -m sotalign_jax.cli.embed ... --out {path}"
-    raise FileNotFoundError(f"config.{what}: {e}\nBuild it with `{hint}` (several CPU minutes), or point "
-                            f"config.{what} elsewhere.") from None
-
-
 def demo_spaces(cfg) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
   """Two spaces made contrastive on DISJOINT halves of the training pictures, and held-out A–C eval pairs.
 
@@ -109,7 +69,7 @@ def demo_spaces(cfg) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
   text (B') ↔ Lite2 image (C), fitted on half 2's pairs. C-MCR gets every training caption in both spaces,
   half 1's images as the A memory and half 2's as the C memory: the two memories share no picture.
   """
-  c1, c2 = open_cache(cfg.demo.cache_1, "demo.cache_1"), open_cache(cfg.demo.cache_2, "demo.cache_2")
+  c1, c2 = (open_cache(cfg.demo[k], key=f"demo.{k}", dataset="openclipart") for k in ("cache_1", "cache_2"))
   for c, what in ((c1, "demo.cache_1"), (c2, "demo.cache_2")):
     if c.image_emb is None:
       raise ValueError(f"config.{what} is a text-only cache; the demo needs images and captions")
@@ -122,7 +82,7 @@ def demo_spaces(cfg) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
       rows1.append(i)
       rows2.append(j)
   if not rows1:
-    raise ValueError(f"config.demo.cache_1 and cache_2 share no (image_id, caption): embed the same dataset in both")
+    raise ValueError("config.demo.cache_1 and cache_2 share no (image_id, caption): embed the same dataset in both")
   rows1, rows2 = np.array(rows1), np.array(rows2)
   ids = np.array([c1.index[i]["image_id"] for i in rows1])
   split = np.array([c1.index[i]["split"] for i in rows1])
@@ -131,19 +91,17 @@ def demo_spaces(cfg) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
   train = np.isin(split, ("paired", "unpaired"))
   half1 = stable_uniform(ids.tolist(), seed="cmcr-halves") < 0.5
   h1, h2 = train & half1, train & ~half1
-  ev = split == cfg.demo.eval_split
-  _, ev_first = np.unique(ids[ev], return_index=True)  # one row per held-out picture
-  ev_rows = np.where(ev)[0][np.sort(ev_first)]
-  _, tr_first = np.unique(ids[train], return_index=True)
-  tr_rows = np.where(train)[0][np.sort(tr_first)]
+  # one row per picture (its first caption): held-out ones for evaluation, training ones for `supervised`
+  ev_rows = np.flatnonzero(np.isin(rows1, c1.first_captions(cfg.demo.eval_split)[1]))
+  tr_rows = np.flatnonzero(np.isin(rows1, c1.first_captions(("paired", "unpaired"))[1]))
   if min(h1.sum(), h2.sum(), len(ev_rows)) < 10:
     raise ValueError(f"too little data in the demo caches (half 1: {h1.sum()}, half 2: {h2.sum()}, "
                      f"{cfg.demo.eval_split}: {len(ev_rows)} captions)")
 
   def fit(x, y):
     n = len(x)
-    return teachers.fit(cfg.demo.teacher, x, y, dim=min(cfg.demo.cca_dim, n - 1, x.shape[1], y.shape[1]),
-                        reg=cfg.demo.cca_reg, lam=cfg.demo.ridge_lam)
+    return teachers.fit(cfg.teacher.name, x, y, dim=min(cfg.teacher.cca_dim, n - 1, x.shape[1], y.shape[1]),
+                        reg=cfg.teacher.cca_reg, lam=cfg.teacher.ridge_lam)
 
   t1 = fit(c1.image_emb[img1[h1]], c1.text_emb[rows1[h1]])  # space 1 = (A image, B text)
   t2 = fit(c2.image_emb[img2[h2]], c2.text_emb[rows2[h2]])  # space 2 = (C image, B' text)
@@ -207,11 +165,6 @@ class TrainState(train_state.TrainState):
   batch_stats: Any = None
 
 
-def make_optimizer(cfg):
-  schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, min(cfg.warmup_steps, cfg.steps - 1) or 1, cfg.steps)
-  return optax.adamw(learning_rate=schedule, weight_decay=cfg.weight_decay)
-
-
 def _project(f, name, params, stats, x):
   """``f(x)`` in training mode; returns the embeddings and the batch stats with ``name``'s updated."""
   z, upd = f.apply({"params": params[name], "batch_stats": stats[name]}, x, train=True, mutable=["batch_stats"])
@@ -257,19 +210,15 @@ def train_step(state, data, rng, *, f1, f2, method, n, cfg_static, sharding):
 
 def train(method: str, spaces: dict, cfg, run_dir: str, writer: wd.MetricWriter):
   """Trains ``method``'s projectors (resuming from ``run_dir``); returns embed functions for A and C."""
-  mesh = Mesh(np.array(jax.devices()), ("data",))
-  batch_sharding, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
-  key = jax.random.key(cfg.seed)
-  k1, k2, key = jax.random.split(key, 3)
-  f1, v1 = projectors.init_projector(k1, spaces["b"].shape[1], hidden=cfg.hidden, out=cfg.out)
-  f2, v2 = projectors.init_projector(k2, spaces["b_prime"].shape[1], hidden=cfg.hidden, out=cfg.out)
+  mesh = train_lib.data_mesh()
+  k1, k2, key = jax.random.split(jax.random.key(cfg.seed), 3)
+  hidden = cfg.head.hidden if cfg.head.kind == "mlp" else 0
+  f1, v1 = projectors.init_projector(k1, spaces["b"].shape[1], hidden=hidden, out=cfg.head.dim)
+  f2, v2 = projectors.init_projector(k2, spaces["b_prime"].shape[1], hidden=hidden, out=cfg.head.dim)
+  tx = train_lib.make_optimizer(cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                warmup_steps=cfg.warmup_steps, steps=cfg.steps)
   state = TrainState.create(apply_fn=None, params={"f1": v1["params"], "f2": v2["params"]},
-                            batch_stats={"f1": v1["batch_stats"], "f2": v2["batch_stats"]}, tx=make_optimizer(cfg))
-
-  manager = wd.checkpoint_manager(os.path.join(run_dir, "ckpt"), max_to_keep=3)
-  state, start = wd.restore_latest(manager, state)
-  if start:
-    print(f"[{method}] resuming from step {start}")
+                            batch_stats={"f1": v1["batch_stats"], "f2": v2["batch_stats"]}, tx=tx)
 
   if method == "supervised":
     names = ("a_train", "c_train")
@@ -282,31 +231,16 @@ def train(method: str, spaces: dict, cfg, run_dir: str, writer: wd.MetricWriter)
   n = len(spaces[names[0]])
   data = {k: distributed.shard_rows(spaces[k], n, mesh=mesh) for k in names}
   batch = cfg.batch_size - cfg.batch_size % len(jax.devices()) or len(jax.devices())
-  step_fn = jax.jit(functools.partial(
-      train_step, f1=f1, f2=f2, method=method, n=n, sharding=batch_sharding,
-      cfg_static=(batch, float(variance), float(cfg.temperature), float(intra_weight), float(pseudo_weight))),
-      donate_argnums=0)
-
-  state = jax.device_put(state, replicated)
-  for step in tqdm(range(start + 1, cfg.steps + 1), desc=method, initial=start, total=cfg.steps,
-                   disable=None, leave=False):
-    state, m = step_fn(state, data, jax.random.fold_in(key, step))
-    if wd.itstime(step, cfg.log_every, cfg.steps, first=True):
-      wd.check_finite(step, loss=m["loss"], grad_norm=m["grad_norm"])
-      writer.write(step, m, prefix=f"train/{method}/")
-    if wd.itstime(step, cfg.ckpt_every, cfg.steps):
-      manager.save(step, args=_save_args(state))
-  manager.wait_until_finished()
+  step_fn = functools.partial(
+      train_step, f1=f1, f2=f2, method=method, n=n, sharding=NamedSharding(mesh, P("data")),
+      cfg_static=(batch, float(variance), float(cfg.temperature), float(intra_weight), float(pseudo_weight)))
+  state = train_lib.train_loop(state, step_fn, data, key=key, steps=cfg.steps, run_dir=run_dir, writer=writer,
+                               name=method, log_every=cfg.log_every, ckpt_every=cfg.ckpt_every, mesh=mesh)
   local = jax.tree.map(lambda a: np.asarray(a.addressable_data(0)), (state.params, state.batch_stats))
   variables = lambda name: {"params": local[0][name], "batch_stats": local[1][name]}
   embed_a = jax.jit(lambda x: f1.apply(variables("f1"), x, train=False))
   embed_c = jax.jit(lambda x: f2.apply(variables("f2"), x, train=False))
   return embed_a, embed_c
-
-
-def _save_args(state):
-  import orbax.checkpoint as ocp
-  return ocp.args.StandardSave(state)
 
 
 # ================================================================================================================
@@ -331,8 +265,8 @@ def no_connection(spaces: dict) -> dict[str, float]:
 # Main
 # ================================================================================================================
 def run(cfg, workdir: str) -> dict:
-  check_config(cfg)
-  methods = wd.parse_list(cfg, "methods", cmcr.METHODS)
+  CONFIG.validate(cfg)
+  methods = cfg.methods
   wd.save_config(workdir, cfg)
   spaces, info = load_spaces(cfg)
   if cfg.batch_size > len(spaces["b"]):
@@ -341,7 +275,7 @@ def run(cfg, workdir: str) -> dict:
   if "supervised" in methods and "a_train" not in spaces:
     raise ValueError("config.methods includes 'supervised' but there are no A–C training pairs")
   n_texts = len(spaces["b"])
-  lo, hi = distributed.local_row_range(n_texts, mesh=Mesh(np.array(jax.devices()), ("data",)))
+  lo, hi = distributed.local_row_range(n_texts, mesh=train_lib.data_mesh())
   if jax.process_count() > 1:
     print(f"process {jax.process_index()}/{jax.process_count()} holds texts [{lo}, {hi}) of {n_texts}")
   pseudo = pseudo_embeddings(spaces, cfg, slice(lo, hi))
@@ -411,11 +345,5 @@ def plot_curves(metrics_path: str, methods: list[str], path: str):
   wd.save_figure(fig, path)
 
 
-def main(argv):
-  wd.start_experiment(argv, _CONFIG.value, _WORKDIR.value, config_file="configs/cmcr.py")
-  logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save INFO lines out of the progress output
-  run(_CONFIG.value, _WORKDIR.value)
-
-
 if __name__ == "__main__":
-  app.run(main)
+  cfg_lib.launch(run, "configs/cmcr.py")

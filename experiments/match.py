@@ -43,30 +43,22 @@ from __future__ import annotations
 import functools
 import json
 import os
-import sys
 import time
 from typing import Any, Callable, NamedTuple
 
-from absl import app, flags, logging
 import jax
 from jax.sharding import Mesh
-from ml_collections import config_flags
 import numpy as np
 from tqdm import tqdm
 
-from sotalign_jax.runtime import io as sio
-from sotalign_jax import matching
-from sotalign_jax.runtime import workdir as wd
-from sotalign_jax.data.splits import SPLITS
-from sotalign_jax.data.cache import load_cache
+from sotalign_jax import matching, metrics
+from sotalign_jax.data.cache import embed_command, load_cache, open_cache
+from sotalign_jax.runtime import config as cfg_lib
+from sotalign_jax.runtime import io as sio, workdir as wd
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/match.py[:variant]", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "where metrics, finished cells and results go (rerun resumes)")
-
+CONFIG = cfg_lib.experiment_config(__file__)  # configs/match.py: get_config, validate
 METRICS = ("match_acc", "r1", "r5", "r10")
 ZEROSHOT_FAMILIES = ("localcka", "linreg", "relrep")  # QAP needs as many captions as images: no zero-shot
-EMBED_HINT = ("python -m sotalign_jax.cli.embed --dataset {dataset} --image-encoder efficientnet-lite0 "
-              "--text-encoder all-MiniLM-L6-v2 --out {path}")
 
 
 class Method(NamedTuple):
@@ -82,57 +74,8 @@ def parse_method(name: str) -> Method:
 
 
 # ================================================================================================================
-# Config checks
+# Devices
 # ================================================================================================================
-def parse_sizes(spec: str, key: str) -> list[int]:
-  try:
-    sizes = [int(s) for s in spec.split(",") if s.strip()]
-  except ValueError:
-    raise ValueError(f"config.{key} must be comma-separated integers, got {spec!r}") from None
-  if any(s < 2 for s in sizes):
-    raise ValueError(f"config.{key}: every size must be >= 2, got {spec!r}")
-  return sizes
-
-
-def parse_splits(spec: str, key: str) -> list[str] | None:
-  """Comma-separated split names; ``None`` (all splits) for an empty string."""
-  names = [s.strip() for s in spec.split(",") if s.strip()]
-  bad = [s for s in names if s not in SPLITS]
-  if bad:
-    raise ValueError(f"config.{key}: unknown split(s) {bad}; choose from {list(SPLITS)}")
-  return names or None
-
-
-def check_config(cfg):
-  get = lambda key: functools.reduce(getattr, key.split("."), cfg)
-  wd.check_ints(cfg, ("n_trials", "qap.n_init", "qap.maxiter", "qap.batch_size"))
-  wd.check_ints(cfg, ("n_base", "n_query"), minimum=2)
-  wd.check_positive(cfg, ("qap.tol", "linreg.lam"))
-  wd.check_ints(cfg, ("cluster.n_iter",), minimum=0)
-  for key in ("data.max_base_pool", "zeroshot.max_images"):
-    v = get(key)
-    if not isinstance(v, int) or not (v == -1 or v >= 2):
-      raise ValueError(f"config.{key} must be -1 (no cap) or an integer >= 2, got {v!r}")
-  for key in ("qap.kernel", "local_cka.kernel"):
-    if get(key) not in ("linear", "rbf"):
-      raise ValueError(f"config.{key} must be 'linear' or 'rbf', got {get(key)!r}")
-  if cfg.qap.lap not in ("scipy", "hungarian"):
-    raise ValueError(f"config.qap.lap must be 'scipy' or 'hungarian', got {cfg.qap.lap!r}")
-  if cfg.cluster.space not in ("image", "text"):
-    raise ValueError(f"config.cluster.space must be 'image' or 'text', got {cfg.cluster.space!r}")
-  wd.parse_list(cfg, "methods", matching.METHODS)
-  parse_sizes(cfg.n_base_sweep, "n_base_sweep")
-  parse_sizes(cfg.n_query_sweep, "n_query_sweep")
-  for key in ("data.base_splits", "data.query_splits", "cross_domain.splits", "zeroshot.splits"):
-    parse_splits(get(key), key)
-  if not parse_splits(cfg.data.base_splits, "data.base_splits") or not parse_splits(cfg.data.query_splits,
-                                                                                     "data.query_splits"):
-    raise ValueError("config.data.base_splits and config.data.query_splits must each name at least one split")
-  if set(parse_splits(cfg.data.base_splits, "")) & set(parse_splits(cfg.data.query_splits, "")):
-    raise ValueError(f"config.data.base_splits ({cfg.data.base_splits}) and config.data.query_splits "
-                     f"({cfg.data.query_splits}) must not share a split: base and query images must differ")
-
-
 def qap_batch_size(n_init: int, batch_size: int, n_devices: int) -> int:
   """Restarts per FAQ call when each call's restarts are split over ``n_devices`` devices.
 
@@ -159,35 +102,25 @@ def qap_batch_size(n_init: int, batch_size: int, n_devices: int) -> int:
 # ================================================================================================================
 # Data: distinct images with one caption each
 # ================================================================================================================
-def open_cache(path: str, what: str, dataset: str = "..."):
-  try:
-    return load_cache(path)
-  except FileNotFoundError as e:
-    raise FileNotFoundError(f"{what}: {e}\nBuild it with `{EMBED_HINT.format(dataset=dataset, path=path)}`, or "
-                            f"point config.{what} elsewhere.") from None
-
-
 def optional_cache(path: str, what: str, dataset: str):
   """The cache at ``path``, or ``None`` (with a printed note saying how to build it) when it is missing."""
   if not path:
     return None
   if not os.path.exists(os.path.join(path, "manifest.json")):
     print(f"note: skipping the {what} rows: no complete cache at {path}. Build it with\n  "
-          f"{EMBED_HINT.format(dataset=dataset, path=path)}\nor set --config.{what}.cache=<dir> ('' turns this off).")
+          f"{embed_command(path, dataset)}\nor set --config.{what}.cache=<dir> ('' turns this off).")
     return None
   return load_cache(path)
 
 
-def image_caption_pool(cache, splits: list[str] | None, what: str) -> tuple[np.ndarray, np.ndarray]:
-  """Distinct images of ``splits`` and the first caption of each: ``x [n, dx]``, ``y [n, dy]``."""
+def image_caption_pool(cache, splits: tuple[str, ...], what: str) -> tuple[np.ndarray, np.ndarray]:
+  """Distinct images of ``splits`` (``()``: all) and the first caption of each: ``x [n, dx]``, ``y [n, dy]``."""
   if cache.image_emb is None:
     raise ValueError(f"{what}: the cache is text-only; matching needs images")
-  rows = np.array([i for i, r in enumerate(cache.index) if splits is None or r["split"] in splits], np.int64)
-  if len(rows) == 0:
+  imgs, caps = cache.first_captions(splits or None)
+  if len(imgs) == 0:
     raise ValueError(f"{what}: the cache has no captions in splits {splits}")
-  img = np.array([cache.index[r]["image"] for r in rows], np.int64)
-  imgs, first = np.unique(img, return_index=True)
-  return np.asarray(cache.image_emb[imgs], np.float32), np.asarray(cache.text_emb[rows[first]], np.float32)
+  return np.asarray(cache.image_emb[imgs], np.float32), np.asarray(cache.text_emb[caps], np.float32)
 
 
 def check_same_encoders(main, other, what: str):
@@ -260,14 +193,6 @@ def score_fn(family: str, cfg) -> Callable[..., Any]:
   raise ValueError(f"no score function for method family {family!r}")
 
 
-def ranking_metrics(scores: np.ndarray, truth: np.ndarray, ks=(1, 5, 10)) -> dict[str, float]:
-  """Image→caption recall@k: the true caption's rank is the number of captions scored strictly higher."""
-  s = np.asarray(scores, np.float64)
-  pos = s[np.arange(len(truth)), truth]
-  rank = (s > pos[:, None]).sum(1)
-  return {f"r{k}": float(np.mean(rank < k)) for k in ks}
-
-
 def evaluate(method: Method, xb, yb, xq, yq, truth, cfg, key, *, mesh: Mesh | None = None,
              batch_size: int | None = None) -> dict[str, float]:
   """Matching accuracy and retrieval of one method on one draw (``yq[truth[i]]`` is the caption of ``xq[i]``).
@@ -287,7 +212,8 @@ def evaluate(method: Method, xb, yb, xq, yq, truth, cfg, key, *, mesh: Mesh | No
   scores = np.asarray(score_fn(method.family, cfg)(xb, yb, xq, yq))
   wd.check_finite(0, scores=scores)
   perm = matching.match_scores(scores)
-  return {"match_acc": float(np.mean(perm == truth)), **ranking_metrics(scores, truth)}
+  recall = metrics.retrieval_metrics(scores, positives=truth, ks=(1, 5, 10))  # image → caption, from the scores
+  return {"match_acc": float(np.mean(perm == truth)), **{k: recall[k] for k in ("r1", "r5", "r10")}}
 
 
 def zeroshot_accuracy(method: Method, xb, yb, images, prompts, labels, cfg) -> dict[str, float]:
@@ -325,8 +251,8 @@ def aggregate(results: list[dict[str, float]]) -> tuple[dict[str, float], dict[s
 
 
 def run(cfg, workdir: str) -> dict:
-  check_config(cfg)
-  methods = wd.parse_list(cfg, "methods", matching.METHODS)
+  CONFIG.validate(cfg)
+  methods = cfg.methods
   # data parallelism: each cell's FAQ restarts are split over every visible device (the other methods are a few
   # small matrix products per cell and run on the default device)
   devices = jax.local_devices()
@@ -337,18 +263,18 @@ def run(cfg, workdir: str) -> dict:
   t_start = time.time()
 
   # --- pools ---------------------------------------------------------------------------------------------------
-  cache = open_cache(cfg.data.cache, "data.cache", "openclipart")
-  base_x, base_y = image_caption_pool(cache, parse_splits(cfg.data.base_splits, ""), "config.data.base_splits")
+  cache = open_cache(cfg.data.cache, key="data.cache", dataset="openclipart")
+  base_x, base_y = image_caption_pool(cache, cfg.data.base_splits, "config.data.base_splits")
   keep = capped(len(base_x), cfg.data.max_base_pool, cfg.seed, 3)
   base_x, base_y = base_x[keep], base_y[keep]
-  query_x, query_y = image_caption_pool(cache, parse_splits(cfg.data.query_splits, ""), "config.data.query_splits")
+  query_x, query_y = image_caption_pool(cache, cfg.data.query_splits, "config.data.query_splits")
   split = f"; FAQ restarts split over them, {batch_size} per call" if mesh is not None and uses_qap else ""
   print(f"devices: {len(devices)} x {devices[0].platform}{split}")
   print(f"base pool: {len(base_x)} images ({cfg.data.base_splits}); query pool: {len(query_x)} images "
         f"({cfg.data.query_splits}); data {cfg.data.cache}")
 
-  base_sizes = sorted(set(parse_sizes(cfg.n_base_sweep, "n_base_sweep")) | {cfg.n_base})
-  query_sizes = sorted(set(parse_sizes(cfg.n_query_sweep, "n_query_sweep")) | {cfg.n_query})
+  base_sizes = sorted(set(cfg.n_base_sweep) | {cfg.n_base})
+  query_sizes = sorted(set(cfg.n_query_sweep) | {cfg.n_query})
   for key, sizes, pool in (("n_base", base_sizes, base_x), ("n_query", query_sizes, query_x)):
     if max(sizes) > len(pool):
       raise ValueError(f"config.{key} / config.{key}_sweep ask for {max(sizes)} but the {key[2:]} pool has "
@@ -362,7 +288,7 @@ def run(cfg, workdir: str) -> dict:
   xdomain = optional_cache(cfg.cross_domain.cache, "cross_domain", "tuxpaint")
   if xdomain is not None:
     check_same_encoders(cache, xdomain, "cross_domain")
-    xd_x, xd_y = image_caption_pool(xdomain, parse_splits(cfg.cross_domain.splits, ""), "config.cross_domain")
+    xd_x, xd_y = image_caption_pool(xdomain, cfg.cross_domain.splits, "config.cross_domain")
     n_xd = min(cfg.n_query, len(xd_x))
     if n_xd < cfg.n_query:
       print(f"note: cross-domain queries capped at the {n_xd} images of {cfg.cross_domain.cache}")
@@ -471,16 +397,15 @@ def nan_to_none(obj):
 
 def zeroshot_set(cache, cfg):
   """Images (capped), one prompt per class (its first caption), the label index of each image, the classes."""
-  split = parse_splits(cfg.zeroshot.splits, "zeroshot.splits")
-  rows = np.array([i for i, r in enumerate(cache.index) if split is None or r["split"] in split], np.int64)
+  splits = cfg.zeroshot.splits or None
+  rows = [i for i, r in enumerate(cache.index) if splits is None or r["split"] in splits]
   labels_all = [r.get("label") for r in cache.index]
-  if len(rows) == 0 or any(labels_all[r] is None for r in rows):
+  if not rows or any(labels_all[r] is None for r in rows):
     raise ValueError(f"config.zeroshot.cache: need labelled images in split {cfg.zeroshot.splits!r}")
   classes = sorted({labels_all[r] for r in rows})
   prompt_rows = [labels_all.index(c) for c in classes]  # every caption of a class is that class' prompt
-  img = np.array([cache.index[r]["image"] for r in rows], np.int64)
-  imgs, first = np.unique(img, return_index=True)
-  labels = np.searchsorted(classes, [labels_all[r] for r in rows[first]])
+  imgs, caps = cache.first_captions(splits)
+  labels = np.searchsorted(classes, [labels_all[r] for r in caps])
   keep = capped(len(imgs), cfg.zeroshot.max_images, cfg.seed, 5)
   return (np.asarray(cache.image_emb[imgs[keep]], np.float32), np.asarray(cache.text_emb[prompt_rows], np.float32),
           labels[keep], classes)
@@ -507,11 +432,5 @@ def plot_sweeps(by_base: dict, by_query: dict, methods: list[str], path: str, cf
   wd.save_figure(fig, path)
 
 
-def main(argv):
-  wd.start_experiment(argv, _CONFIG.value, _WORKDIR.value, config_file="configs/match.py")
-  logging.set_verbosity(logging.WARNING)
-  run(_CONFIG.value, _WORKDIR.value)
-
-
 if __name__ == "__main__":
-  app.run(main)
+  cfg_lib.launch(run, "configs/match.py")

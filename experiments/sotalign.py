@@ -2,11 +2,11 @@ r"""SOTAlign: semi-supervised alignment of a frozen image encoder and a frozen t
 
   python experiments/sotalign.py --config configs/sotalign.py:demo --workdir workdirs/sotalign_demo
 
-Reads top to bottom: config → data pools → teachers → per method: heads, jitted train step, loop with Orbax
-checkpoints → evaluation → ``results.json`` + markdown table + plot. Method keys: ``teacher_cca``,
-``teacher_ridge``, ``teacher_procrustes`` (closed form, pairs only), ``sail`` (SigLIP on the pairs),
-``structure`` and ``pseudo_label`` (semi-supervised baselines), ``sotalign`` (SigLIP + α·KLOT on unpaired data)
-and ``upper_bound`` (SigLIP on every training pair).
+Reads top to bottom: config (``configs/sotalign.py``: ``get_config``, ``validate``) → data pools → teachers → per
+method: heads, train step, :func:`sotalign_jax.runtime.train.train_loop` (Orbax checkpoints) → evaluation →
+``results.json`` + markdown table + plot. Method keys: ``teacher_cca``, ``teacher_ridge``, ``teacher_procrustes``
+(closed form, pairs only), ``sail`` (SigLIP on the pairs), ``structure`` and ``pseudo_label`` (semi-supervised
+baselines), ``sotalign`` (SigLIP + α·KLOT on unpaired data) and ``upper_bound`` (SigLIP on every training pair).
 
 Data-parallel over all devices: the pools are row-sharded over a 1-D mesh (:func:`distributed.shard_rows`), the
 batches too. On several hosts each reads from the memory-mapped cache only the pool rows its devices hold, and
@@ -22,71 +22,35 @@ from __future__ import annotations
 import functools
 import json
 import os
-import sys
 import time
 from typing import NamedTuple
 
-from absl import app, flags, logging
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-from ml_collections import config_flags
+from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 import optax
 from flax.training import train_state
-from tqdm import tqdm
 
-from sotalign_jax.runtime import io as sio
 from sotalign_jax import losses, metrics, objectives, teachers
-from sotalign_jax.runtime import distributed, workdir as wd
+from sotalign_jax.data.cache import open_cache
 from sotalign_jax.data.splits import stable_uniform
-from sotalign_jax.data.cache import load_cache
 from sotalign_jax.nn.heads import init_head, linear_params, load_heads, save_heads
+from sotalign_jax.runtime import config as cfg_lib
+from sotalign_jax.runtime import distributed, io as sio, train as train_lib, workdir as wd
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/sotalign.py[:variant]", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, metrics and results go (rerun resumes)")
-
+CONFIG = cfg_lib.experiment_config(__file__)  # configs/sotalign.py: get_config, validate
 METHODS = objectives.METHODS
-
-
-# ================================================================================================================
-# Config checks
-# ================================================================================================================
-def check_config(cfg):
-  wd.check_ints(cfg, ("steps", "batch_paired", "batch_unpaired", "data.n_pairs", "teacher.cca_dim",
-                      "sotalign.sinkhorn_iters"))
-  wd.check_positive(cfg, ("lr", "sotalign.eps_student", "sotalign.eps_teacher", "teacher.ridge_lam"))
-  if cfg.head not in ("linear", "mlp"):
-    raise ValueError(f"config.head must be 'linear' or 'mlp', got {cfg.head!r}")
-  if cfg.teacher.name not in teachers.TEACHERS:
-    raise ValueError(f"config.teacher.name must be one of {teachers.TEACHERS}, got {cfg.teacher.name!r}")
-  if cfg.sotalign.divergence not in ("klot", "sinkhorn_divergence"):
-    raise ValueError(f"config.sotalign.divergence must be 'klot' or 'sinkhorn_divergence', got {cfg.sotalign.divergence!r}")
-  if not hasattr(optax, cfg.optimizer):
-    raise ValueError(f"config.optimizer: optax has no optimizer {cfg.optimizer!r} (try adamw or lion)")
-  if cfg.eval.split not in ("val", "test"):
-    raise ValueError(f"config.eval.split must be 'val' or 'test', got {cfg.eval.split!r}")
-
-
-def n_pairs_list(cfg) -> list[int]:
-  sweep = [int(s) for s in cfg.data.n_pairs_sweep.split(",") if s.strip()]
-  return sorted(set(sweep) | {cfg.data.n_pairs})
+TRAIN_SPLITS = ("paired", "unpaired")
 
 
 # ================================================================================================================
 # Data: pools of pairs, unpaired images, unpaired texts, and evaluation sets, from embedding caches
 # ================================================================================================================
-def open_cache(path: str, what: str):
-  """The cache at ``path``, memory-mapped: rows are read from disk only when a pool or eval set takes them.
-
-  The NaN/Inf scan is split over hosts (each scans :func:`distributed.host_shard` of the rows).
-  """
-  try:
-    cache = load_cache(path, mmap=True)
-  except FileNotFoundError as e:
-    raise FileNotFoundError(
-        f"{what}: {e}\nBuild it with `make demo` (which embeds the default data) or `python -m sotalign_jax.cli.embed "
-        f"--dataset ... --out {path}`, or point config.{what} elsewhere.") from None
+def read_cache(path: str, key: str):
+  """The cache that ``config.<key>`` names, memory-mapped (rows are read only when a pool or eval set takes them),
+  after a NaN/Inf scan split over hosts (each scans :func:`distributed.host_shard` of the rows)."""
+  cache = open_cache(path, key=key, mmap=True)
   for name, emb in (("image_embeddings.npy", cache.image_emb), ("text_embeddings.npy", cache.text_emb)):
     if emb is None:
       continue
@@ -94,7 +58,7 @@ def open_cache(path: str, what: str):
     bad = sum(int((~np.isfinite(emb[a:min(a + 65536, block.stop)])).any(1).sum())
               for a in range(block.start, block.stop, 65536))
     if bad:
-      raise ValueError(f"config.{what}: {os.path.join(path, name)} has {bad} rows with NaN/Inf; rebuild the cache "
+      raise ValueError(f"config.{key}: {os.path.join(path, name)} has {bad} rows with NaN/Inf; rebuild the cache "
                        "(delete it and rerun `python -m sotalign_jax.cli.embed ...`)")
   return cache
 
@@ -143,10 +107,9 @@ def make_pools(cache, cfg, n_pairs: int) -> dict[str, Pool]:
   ids = np.array([r["image_id"] for r in cache.index])
   split = np.array([r["split"] for r in cache.index])
   img_of = np.array([r["image"] for r in cache.index])
-  train_caps = np.where(np.isin(split, ("paired", "unpaired")))[0]
+  train_caps = np.where(np.isin(split, TRAIN_SPLITS))[0]
   # training images in a fixed hash order, the cache's 'paired' split first: the first n_pairs are the pairs
-  train_imgs, first_cap = np.unique(img_of[train_caps], return_index=True)
-  first_cap = train_caps[first_cap]
+  train_imgs, first_cap = cache.first_captions(TRAIN_SPLITS)
   order = np.lexsort((stable_uniform(ids[first_cap].tolist(), seed="pairs"), split[first_cap] != "paired"))
   train_imgs, first_cap = train_imgs[order], first_cap[order]
   if n_pairs >= len(train_imgs):
@@ -160,10 +123,10 @@ def make_pools(cache, cfg, n_pairs: int) -> dict[str, Pool]:
       "unp_x": Pool.of(x, unpaired_imgs), "unp_y": Pool.of(y, unpaired_caps),
       "all_x": Pool.of(x, img_of[train_caps]), "all_y": Pool.of(y, train_caps),  # upper bound: every pair
   }
-  for path in filter(None, (p.strip() for p in cfg.data.extra_unpaired_text.split(","))):
-    pools["unp_y"] += Pool.of(open_cache(path, "data.extra_unpaired_text").text_emb)
-  for path in filter(None, (p.strip() for p in cfg.data.extra_unpaired_images.split(","))):
-    pools["unp_x"] += Pool.of(open_cache(path, "data.extra_unpaired_images").image_emb)
+  for path in cfg.data.extra_unpaired_text:
+    pools["unp_y"] += Pool.of(read_cache(path, "data.extra_unpaired_text").text_emb)
+  for path in cfg.data.extra_unpaired_images:
+    pools["unp_x"] += Pool.of(read_cache(path, "data.extra_unpaired_images").image_emb)
   if cfg.data.max_unpaired > 0:
     rng = np.random.default_rng(cfg.seed)
     for k in ("unp_x", "unp_y"):
@@ -189,9 +152,9 @@ def retrieval_set(cache, split: str) -> dict:
 def eval_sets(cache, cfg) -> dict:
   sets = {"main": retrieval_set(cache, cfg.eval.split)}
   if cfg.eval.tuxpaint_cache and os.path.exists(os.path.join(cfg.eval.tuxpaint_cache, "manifest.json")):
-    sets["tuxpaint"] = retrieval_set(open_cache(cfg.eval.tuxpaint_cache, "eval.tuxpaint_cache"), None)
+    sets["tuxpaint"] = retrieval_set(read_cache(cfg.eval.tuxpaint_cache, "eval.tuxpaint_cache"), None)
   if cfg.eval.fashion_mnist_cache and os.path.exists(os.path.join(cfg.eval.fashion_mnist_cache, "manifest.json")):
-    fm = open_cache(cfg.eval.fashion_mnist_cache, "eval.fashion_mnist_cache")
+    fm = read_cache(cfg.eval.fashion_mnist_cache, "eval.fashion_mnist_cache")
     labels = np.array(fm.labels())
     classes = sorted(set(labels))
     prompt_row = [int(np.where(labels == c)[0][0]) for c in classes]  # every caption of a class is its prompt
@@ -233,11 +196,6 @@ def fit_teacher(name: str, pools: dict, cfg) -> teachers.LinearTeacher:
 # ================================================================================================================
 # Training one method
 # ================================================================================================================
-def make_optimizer(cfg):
-  schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, min(cfg.warmup_steps, cfg.steps - 1) or 1, cfg.steps)
-  return getattr(optax, cfg.optimizer)(learning_rate=schedule, weight_decay=cfg.weight_decay)
-
-
 def unpaired_term(method: str, cfg):
   """``(term, alpha)``: the method's unpaired term with its config options bound, and its weight."""
   spec = METHODS[method]
@@ -285,48 +243,33 @@ def train_step(state, data, rng, *, f, g, term, alpha, sizes, batch_paired, batc
 
 def train(method: str, pools: dict, teacher: teachers.LinearTeacher, cfg, run_dir: str, writer: wd.MetricWriter):
   """Trains ``method``'s heads (resuming from ``run_dir``); returns the embed functions of the trained heads."""
-  mesh = Mesh(np.array(jax.devices()), ("data",))
-  batch_sharding, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
-  key = jax.random.key(cfg.seed)
-  kf, kg, key = jax.random.split(key, 3)
-  hidden = cfg.mlp_hidden if cfg.head == "mlp" else 0
+  mesh = train_lib.data_mesh()
+  kf, kg, key = jax.random.split(jax.random.key(cfg.seed), 3)
+  hidden = cfg.head.hidden if cfg.head.kind == "mlp" else 0
   f, pf = init_head(kf, teacher.wx, teacher.mx, hidden=hidden)
   g, pg = init_head(kg, teacher.wy, teacher.my, hidden=hidden)
   params = {"f": pf, "g": pg, "t_log": jnp.log(jnp.float32(cfg.siglip_t)), "bias": jnp.float32(cfg.siglip_b)}
-  state = train_state.TrainState.create(apply_fn=None, params=params, tx=make_optimizer(cfg))
-
-  manager = wd.checkpoint_manager(os.path.join(run_dir, "ckpt"), max_to_keep=3)
-  state, start = wd.restore_latest(manager, state)
-  if start:
-    print(f"[{method}] resuming from step {start}")
+  tx = train_lib.make_optimizer(cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                warmup_steps=cfg.warmup_steps, steps=cfg.steps)
+  state = train_state.TrainState.create(apply_fn=None, params=params, tx=tx)
 
   # every pool row-sharded over the devices, each host reading only the rows its devices hold
   pair = ("all_x", "all_y") if METHODS[method].all_pairs else ("pair_x", "pair_y")
   named = dict(zip(("pair_x", "pair_y", "unp_x", "unp_y"), pair + ("unp_x", "unp_y")))
   data = {k: distributed.shard_rows(pools[p].read, len(pools[p]), mesh=mesh) for k, p in named.items()}
   data.update(jax.device_put({"teacher_wx": teacher.wx, "teacher_wy": teacher.wy, "teacher_mx": teacher.mx,
-                              "teacher_my": teacher.my}, replicated))
+                              "teacher_my": teacher.my}, NamedSharding(mesh, P())))
   sizes = (len(pools[pair[0]]), len(pools["unp_x"]), len(pools["unp_y"]))
   if jax.process_count() > 1:
     print(f"[{method}] process {jax.process_index()}/{jax.process_count()} reads rows " + ", ".join(
         f"{k} [{a}, {b})" for k in ("unp_x", "unp_y")
         for a, b in [distributed.local_row_range(len(pools[k]), mesh=mesh)]))
   term, alpha = unpaired_term(method, cfg)
-  step_fn = jax.jit(functools.partial(
-      train_step, f=f, g=g, term=term, alpha=alpha,
-      sizes=sizes, batch_paired=cfg.batch_paired, batch_unpaired=cfg.batch_unpaired, sharding=batch_sharding),
-      donate_argnums=0)
-
-  state = jax.device_put(state, replicated)
-  for step in tqdm(range(start + 1, cfg.steps + 1), desc=method, initial=start, total=cfg.steps,
-                   disable=None, leave=False):
-    state, m = step_fn(state, data, jax.random.fold_in(key, step))
-    if wd.itstime(step, cfg.log_every, cfg.steps, first=True):
-      wd.check_finite(step, loss=m["loss"], grad_norm=m["grad_norm"])
-      writer.write(step, m, prefix=f"train/{method}/")
-    if wd.itstime(step, cfg.ckpt_every, cfg.steps):
-      manager.save(step, args=_save_args(state))
-  manager.wait_until_finished()
+  step_fn = functools.partial(train_step, f=f, g=g, term=term, alpha=alpha, sizes=sizes,
+                              batch_paired=cfg.batch_paired, batch_unpaired=cfg.batch_unpaired,
+                              sharding=NamedSharding(mesh, P("data")))
+  state = train_lib.train_loop(state, step_fn, data, key=key, steps=cfg.steps, run_dir=run_dir, writer=writer,
+                               name=method, log_every=cfg.log_every, ckpt_every=cfg.ckpt_every, mesh=mesh)
   return write_heads(run_dir, {"f": state.params["f"], "g": state.params["g"]}, hidden=hidden)
 
 
@@ -344,22 +287,17 @@ def teacher_heads(teacher: teachers.LinearTeacher, run_dir: str):
   return write_heads(run_dir, params, hidden=0)
 
 
-def _save_args(state):
-  import orbax.checkpoint as ocp
-  return ocp.args.StandardSave(state)
-
-
 # ================================================================================================================
 # Main
 # ================================================================================================================
 def run(cfg, workdir: str) -> dict:
-  check_config(cfg)
-  methods = wd.parse_list(cfg, "methods", METHODS)
+  CONFIG.validate(cfg)
+  methods = cfg.methods
   wd.save_config(workdir, cfg)
-  cache = open_cache(cfg.data.cache, "data.cache")
+  cache = read_cache(cfg.data.cache, "data.cache")
   sets = eval_sets(cache, cfg)
   writer = wd.MetricWriter(workdir)
-  sizes = n_pairs_list(cfg)
+  sizes = sorted(set(cfg.data.n_pairs_sweep) | {cfg.data.n_pairs})
   by_size: dict[int, dict] = {}
   t_start = time.time()
   for n_pairs in sizes:
@@ -426,11 +364,5 @@ def plot_sweep(by_size: dict, path: str):
   wd.save_figure(fig, path)
 
 
-def main(argv):
-  wd.start_experiment(argv, _CONFIG.value, _WORKDIR.value, config_file="configs/sotalign.py")
-  logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save INFO lines out of the progress output
-  run(_CONFIG.value, _WORKDIR.value)
-
-
 if __name__ == "__main__":
-  app.run(main)
+  cfg_lib.launch(run, "configs/sotalign.py")

@@ -135,9 +135,10 @@ sys.path.insert(0, "experiments")
 import match
 from configs.match import get_config
 cases = [("qap.kernel", "cosine"), ("local_cka.kernel", "poly"), ("cluster.space", "audio"), ("n_trials", 0),
-         ("qap.n_init", -1), ("linreg.lam", 0.0), ("n_base_sweep", "10,x"), ("n_query_sweep", "1"),
-         ("methods", "qap_none,magic"), ("data.query_splits", "test,paired"), ("zeroshot.splits", "holdout"),
-         ("data.max_base_pool", 0), ("n_base", 100000), ("n_query_sweep", "5,100000")]
+         ("qap.n_init", -1), ("linreg.lam", 0.0), ("n_base_sweep", (10, "x")), ("n_query_sweep", (1,)),
+         ("methods", ("qap_none", "magic")), ("data.query_splits", ("test", "paired")),
+         ("zeroshot.splits", ("holdout",)), ("data.max_base_pool", 0), ("n_base", 100000),
+         ("n_query_sweep", (5, 100000))]
 for key, value in cases:
   cfg = get_config("smoke")
   cfg.data.cache, cfg.cross_domain.cache, cfg.zeroshot.cache = cache, "", ""
@@ -183,8 +184,8 @@ def test_eight_fake_devices_give_the_single_device_metrics(caches, tmp_path):
   # QAP with and without stretch + k-means base (the sharded path), local CKA (unsharded) alongside. With 4 base
   # pairs the matching found depends on the restarts' random starts, so this also checks that 1 and 8 devices run
   # the same restarts. One base size (one FAQ shape to compile); 8 restarts, one per device per call.
-  args = ["--config.methods=qap_none,qap_both,localcka_none,localcka_both", "--config.n_base=4",
-          "--config.n_base_sweep=", "--config.qap.n_init=8", "--config.qap.batch_size=8"]
+  args = ["--config.methods=('qap_none','qap_both','localcka_none','localcka_both')", "--config.n_base=4",
+          "--config.n_base_sweep=()", "--config.qap.n_init=8", "--config.qap.batch_size=8"]
   env8 = dict(ENV, XLA_FLAGS=ENV["XLA_FLAGS"] + " --xla_force_host_platform_device_count=8")
   runs = {}
   for name, env in (("one", ENV), ("eight", env8)):

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
 from sotalign_jax.runtime import io as sio
 
-__all__ = ["Cache", "load_cache"]
+__all__ = ["Cache", "load_cache", "open_cache", "embed_command"]
 
 
 class Cache(NamedTuple):
@@ -48,6 +48,20 @@ class Cache(NamedTuple):
     if self.image_emb is None:
       raise ValueError("this cache is text-only: it has no image rows")
     return np.unique(self.caption_image_rows(split)).astype(np.int64)
+
+  def first_captions(self, splits: str | Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct images of ``splits`` (one split, several, or ``None``: all) and the first caption of each.
+
+    Returns:
+      ``(image_rows, caption_rows)``, int ``[k]`` each and row-aligned: sorted rows of ``image_emb`` and, for
+      each, the first row of ``text_emb`` (in index order) that captions it.
+    """
+    if self.image_emb is None:
+      raise ValueError("this cache is text-only: it has no image rows")
+    splits = (splits,) if isinstance(splits, str) else splits
+    rows = np.array([i for i, r in enumerate(self.index) if splits is None or r["split"] in splits], np.int64)
+    images, first = np.unique(np.array([self.index[i]["image"] for i in rows], np.int64), return_index=True)
+    return images, rows[first]
 
   def labels(self, split: str | None = None) -> list[str | None]:
     """Label of each caption of :meth:`caption_rows`."""
@@ -82,3 +96,31 @@ def load_cache(out_dir: str | os.PathLike, *, mmap: bool = False) -> Cache:
   if image is not None and index and max(r["image"] for r in index) >= image.shape[0]:
     raise ValueError(f"{out_dir}: index.jsonl points past the {image.shape[0]} image rows")
   return Cache(image, text, index, manifest)
+
+
+def embed_command(path: str, dataset: str = "...") -> str:
+  """The command that builds the cache at ``path``.
+
+  The dataset and encoders come from a ``<dataset>__<image encoder>__<text encoder>`` directory name (the
+  Makefile's), else ``dataset`` and the default encoders.
+  """
+  parts = os.path.basename(os.path.normpath(path)).split("__")
+  dataset, image, text = parts if len(parts) == 3 else (dataset, "efficientnet-lite0", "all-MiniLM-L6-v2")
+  return (f"python -m sotalign_jax.cli.embed --dataset {dataset} --image-encoder {image} --text-encoder {text} "
+          f"--out {path}")
+
+
+def open_cache(path: str, *, key: str, dataset: str = "...", mmap: bool = False) -> Cache:
+  """:func:`load_cache`, or a ``FileNotFoundError`` saying how to build the cache that ``config.<key>`` names.
+
+  Args:
+    path: the cache directory.
+    key: the dotted config key that holds ``path``, for the message.
+    dataset: the dataset to suggest when ``path``'s name does not say (:func:`embed_command`).
+    mmap: memory-map the arrays.
+  """
+  try:
+    return load_cache(path, mmap=mmap)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f"config.{key}: {e}\nBuild it with `{embed_command(path, dataset)}` (`make caches` "
+                            f"builds the demo caches), or point config.{key} elsewhere.") from None

@@ -1,0 +1,113 @@
+r"""The alignment benchmark: every registered aligner × a few-pair sweep × seeds (experiments/benchmark.py).
+
+Launch (a rerun with the same workdir resumes: finished (method, p, seed) cells are skipped)::
+
+  python experiments/benchmark.py --config configs/benchmark.py:quick --workdir workdirs/bench_quick
+  python experiments/benchmark.py --config configs/benchmark.py:full --workdir workdirs/bench_full
+  python experiments/benchmark.py --config configs/benchmark.py:full --workdir workdirs/bench_other \
+      --config.data.cache=data_cache/openclipart__efficientnet-lite2__all-mpnet-base-v2
+  python experiments/benchmark.py --config configs/benchmark.py:quick --workdir workdirs/b \
+      --config.methods=cca,asif --config.n_pairs=10,100,-1 --config.hparams.cca.reg=0.3 --config.reference=cca
+
+The argument after ``:`` is a comma list of presets and ``key=value`` fields, applied left to right
+(:func:`sotalign_jax.runtime.config.parse_arg`). Presets: ``full`` (the default: every registered aligner,
+p ∈ {0, 10, 30, 100, 300, 1000, max}, 5 seeds), ``quick`` (the closed-form and training-free aligners,
+p ∈ {0, 10, 100, 1000}, 3 seeds: what ``make bench-align`` runs) and ``smoke`` (≈ 30 s on a small fake cache,
+for tests). Fields: ``seeds`` (int), ``tiny`` (bool: small held-out sets, few bootstrap replicates, no optional eval
+caches). ``methods`` and ``n_pairs`` are tuples: set them with ``--config.methods=...`` / ``--config.n_pairs=...``.
+Unknown names, and unknown ``--config.KEY`` overrides, are rejected naming the known ones.
+
+``hparams.<method>.<option>`` holds every registered method's options with their registry defaults (options whose
+default is ``None`` are left out and keep it), so any of them can be overridden from the command line.
+"""
+
+import ml_collections
+
+from sotalign_jax import aligners
+from sotalign_jax.data import protocol
+from sotalign_jax.runtime import config as cfg_lib
+from sotalign_jax.runtime import sweep
+
+ALL_METHODS = tuple(aligners.ALIGNERS)  # whatever is registered when the config is read
+FAST_METHODS = tuple(m for m in ALL_METHODS if not aligners.ALIGNERS[m].trained)
+INJECTED = ("run_dir", "val")  # fit options the benchmark fills itself when a method declares them
+PRESETS = {
+    "full": {},
+    "quick": {"seeds": 3, "n_pairs": (0, 10, 100, 1000), "methods": FAST_METHODS},
+    "smoke": {"seeds": 2, "n_pairs": (0, 8, -1), "methods": FAST_METHODS, "tiny": True},
+}
+
+
+def _hparams(spec) -> ml_collections.ConfigDict:
+  scalar = (bool, int, float, str)
+  return ml_collections.ConfigDict({k: v for k, v in spec.defaults.items() if k not in INJECTED and (
+      isinstance(v, scalar) or (isinstance(v, tuple) and all(isinstance(x, scalar) for x in v)))})
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = cfg_lib.parse_arg(arg, presets=PRESETS, methods=ALL_METHODS, n_pairs=(0, 10, 30, 100, 300, 1000, -1),
+                          seeds=5, tiny=False)
+  c = ml_collections.ConfigDict()
+  c.seed = 0                     # base of every PRNG key (key = fold_in(fold_in(key(seed), s), p))
+  c.seeds = arg.seeds            # seeds 0 .. seeds-1: each draws its own nested pairs, shared by every method
+  c.methods = arg.methods        # registered aligners (sotalign_jax.aligners.ALIGNERS), in table order
+  c.n_pairs = arg.n_pairs        # the sweep over p; -1 = max, values above max are capped to it
+  c.reference = ""               # differences are method − reference; "": sotalign if run, else best closed form
+
+  # --- data: any embedding cache written by `python -m sotalign_jax.cli.embed` (sotalign_jax/data/protocol.py) -----
+  c.data = ml_collections.ConfigDict()
+  c.data.cache = "data_cache/openclipart__efficientnet-lite0__all-MiniLM-L6-v2"
+  c.data.split = "hash"          # hash: test/val = lowest sha256(split_seed:image_id); cache: the cache's splits
+  c.data.split_seed = "benchmark"
+  c.data.test_size = 1000        # held-out test images, with all their captions (hash mode)
+  c.data.val_size = 500          # held-out validation images (hash mode), passed to methods that take `val`
+  c.data.unpaired_mode = "disjoint"  # disjoint: unpaired images and texts from disjoint halves | shared
+  c.data.max_unpaired = -1       # cap on each unpaired pool (-1: all the remainder gives)
+  c.data.min_unpaired = 100      # p = max leaves this many images in each unpaired half
+
+  # --- evaluation ----------------------------------------------------------------------------------------------
+  c.eval = ml_collections.ConfigDict()
+  c.eval.fashion_mnist_cache = "data_cache/fashion_mnist__efficientnet-lite0__all-MiniLM-L6-v2"  # "": skip
+  c.eval.tuxpaint_cache = "data_cache/tuxpaint__efficientnet-lite0__all-MiniLM-L6-v2"  # "": skip
+  c.eval.table_metrics = ("i2t_r1", "t2i_r1", "i2t_r10", "t2i_r10", "foscttm", "i2t_mean_rank", "t2i_median_rank",
+                          "matching_acc", "zeroshot_fashion_mnist", "tuxpaint_i2t_r1")
+  c.eval.compare_metrics = ("i2t_r1", "t2i_r1", "foscttm", "matching_acc")  # paired differences (per-query ones)
+  c.eval.n_boot = 1000           # bootstrap replicates of each paired difference
+  c.eval.confidence = 0.95
+
+  # --- per-method options (registry defaults) ------------------------------------------------------------------
+  c.hparams = ml_collections.ConfigDict({m: _hparams(aligners.ALIGNERS[m]) for m in ALL_METHODS})
+
+  if arg.tiny:
+    c.data.test_size = 150
+    c.data.val_size = 50
+    c.data.min_unpaired = 20
+    c.eval.n_boot = 200
+    c.eval.fashion_mnist_cache = c.eval.tuxpaint_cache = ""
+  return c
+
+
+def validate(c: ml_collections.ConfigDict):
+  """Raises ``ValueError`` naming the first bad key (the checks that need no data)."""
+  cfg_lib.check_subset(c, "methods", tuple(aligners.ALIGNERS))
+  if len(set(c.methods)) != len(c.methods):
+    raise ValueError(f"config.methods lists a method twice: {c.methods}")
+  cfg_lib.check_ints(c, ("seeds", "data.test_size", "eval.n_boot", "data.min_unpaired"))
+  cfg_lib.check_ints(c, ("data.val_size",), minimum=0)
+  cfg_lib.check_ints(c, ("n_pairs",), minimum=0, sentinel=-1)
+  cfg_lib.check_ints(c, ("data.max_unpaired",), sentinel=-1)
+  if not c.n_pairs:
+    raise ValueError("config.n_pairs is empty: give at least one p (e.g. --config.n_pairs=10,100)")
+  if c.reference and c.reference not in c.methods:
+    raise ValueError(f"config.reference={c.reference!r} is not one of config.methods {list(c.methods)} (\"\": auto)")
+  cfg_lib.check_one_of(c, "data.split", protocol.SPLIT_MODES)
+  cfg_lib.check_one_of(c, "data.unpaired_mode", protocol.UNPAIRED_MODES)
+  cfg_lib.check_subset(c, "eval.table_metrics", sweep.METRICS, what="metric")
+  cfg_lib.check_subset(c, "eval.compare_metrics", sweep.PER_QUERY_METRICS, what="per-query metric",
+                       allow_empty=True)
+  if not 0.0 < c.eval.confidence < 1.0:
+    raise ValueError(f"config.eval.confidence must lie in (0, 1), got {c.eval.confidence!r}")
+  for m in c.methods:
+    unknown = sorted(set(c.hparams[m]) - set(aligners.ALIGNERS[m].defaults)) if m in c.hparams else []
+    if unknown:
+      raise ValueError(f"config.hparams.{m}: unknown option(s) {unknown}")

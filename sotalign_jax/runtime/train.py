@@ -1,0 +1,79 @@
+r"""The training loop every trained method of the experiments runs: resume, step, log, checkpoint.
+
+:func:`train_loop` is big_vision's loop in one function: the state is replicated over a 1-D ``("data",)`` mesh
+(:func:`data_mesh`), the step is jitted with the state donated, step ``i`` draws its randomness from
+``fold_in(key, i)`` (inside the jitted step, from ``state.step``), one :func:`~sotalign_jax.runtime.workdir.itstime`
+check gates logging (with :func:`~sotalign_jax.runtime.workdir.check_finite`) and another the Orbax checkpoints.
+Resume order: the run directory's latest readable checkpoint > scratch; the step is read back from the state, so a
+resumed run takes the same steps with the same randomness as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any, Callable
+
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import numpy as np
+import optax
+from tqdm import tqdm
+
+from sotalign_jax.runtime import workdir as wd
+
+__all__ = ["data_mesh", "make_optimizer", "train_loop"]
+
+StepFn = Callable[[Any, Any, jax.Array], tuple[Any, dict]]
+
+
+def data_mesh() -> Mesh:
+  """A 1-D ``("data",)`` mesh over every device (of every host)."""
+  return Mesh(np.array(jax.devices()), ("data",))
+
+
+def make_optimizer(name: str = "adamw", *, lr: float, weight_decay: float, warmup_steps: int,
+                   steps: int) -> optax.GradientTransformation:
+  """``optax.<name>`` (any optimizer taking ``learning_rate`` and ``weight_decay``) with a linear warm-up to ``lr``
+  over ``warmup_steps`` (at most ``steps - 1``), then cosine decay to 0 at ``steps``."""
+  schedule = optax.warmup_cosine_decay_schedule(0.0, lr, min(warmup_steps, steps - 1) or 1, steps)
+  return getattr(optax, name)(learning_rate=schedule, weight_decay=weight_decay)
+
+
+def _step_with_rng(step_fn: StepFn, state, data, key):
+  return step_fn(state, data, jax.random.fold_in(key, state.step + 1))  # the step being taken, 1-based
+
+
+def train_loop(state, step_fn: StepFn, data, *, key: jax.Array, steps: int, run_dir: str, writer: wd.MetricWriter,
+               name: str, log_every: int, ckpt_every: int, mesh: Mesh):
+  """Trains ``state`` to ``steps`` updates, resuming from ``run_dir/ckpt``; returns the final (replicated) state.
+
+  Args:
+    state: a ``flax.training.train_state.TrainState`` (or subclass) at step 0, the restore target.
+    step_fn: ``step_fn(state, data, rng) -> (state, metrics)``, not jitted (it is jitted here, the state
+      donated); ``metrics`` holds at least ``loss`` and ``grad_norm`` (checked finite at every logged step).
+    data: the arrays ``step_fn`` samples from (e.g. pools row-sharded by ``distributed.shard_rows``).
+    key: the run's key; step ``i`` (1-based) gets ``fold_in(key, i)``.
+    steps: total number of updates.
+    run_dir: the method's run directory; checkpoints go to ``run_dir/ckpt`` (last 3 kept).
+    writer: where logged metrics go, as ``train/<name>/<metric>``.
+    name: the method, for the progress bar, the resume message and the metric prefix.
+    log_every: log every this many steps (and the first and last); ``ckpt_every``: checkpoint likewise.
+    mesh: the state is replicated over it.
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  manager = wd.checkpoint_manager(os.path.join(run_dir, "ckpt"), max_to_keep=3)
+  state, start = wd.restore_latest(manager, state)
+  if start:
+    print(f"[{name}] resuming from step {start}")
+  step = jax.jit(functools.partial(_step_with_rng, step_fn), donate_argnums=0)
+  state = jax.device_put(state, NamedSharding(mesh, P()))
+  for i in tqdm(range(start + 1, steps + 1), desc=name, initial=start, total=steps, disable=None, leave=False):
+    state, m = step(state, data, key)
+    if wd.itstime(i, log_every, steps, first=True):
+      wd.check_finite(i, loss=m["loss"], grad_norm=m["grad_norm"])
+      writer.write(i, m, prefix=f"train/{name}/")
+    if wd.itstime(i, ckpt_every, steps):
+      manager.save(i, args=ocp.args.StandardSave(state))
+  manager.wait_until_finished()
+  return state
