@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 WORKDIR ?= workdirs
 
-.PHONY: demo caches assets match scores cmcr test test-all bench clean-venv
+.PHONY: demo caches assets match scores cmcr bench-align test test-all bench clean-venv
 
 # The venv is rebuilt only when the pins change; a second run reuses it.
 $(STAMP): setup.cfg constraints.txt
@@ -44,6 +44,11 @@ assets: $(STAMP)
 demo: $(STAMP) $(DEMO_CACHES)
 	$(PY) experiments/sotalign.py --config configs/sotalign.py:demo --workdir $(WORKDIR)/sotalign_demo
 
+# Alignment benchmark, quick variant: closed-form and training-free aligners × p ∈ {0,10,100,1000} × 3 seeds with
+# intervals (README, Alignment benchmark); `configs/benchmark.py:full` is the whole sweep.
+bench-align: $(STAMP) $(DEMO_CACHES)
+	$(PY) experiments/benchmark.py --config configs/benchmark.py:quick --workdir $(WORKDIR)/bench_align_quick
+
 # Training-free matching (Maniparambil et al.), quick variant: a few minutes on 2 CPU cores.
 match: $(STAMP) $(CACHE)/openclipart__$(SUFFIX)/manifest.json
 	$(PY) experiments/match.py --config configs/match.py:quick --workdir $(WORKDIR)/match_quick
@@ -61,10 +66,11 @@ scores: $(STAMP)
 	$(PY) experiments/alignment_scores.py --config configs/alignment_scores.py:quick --workdir $(WORKDIR)/scores_quick
 
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" -n 2 --dist loadfile --nbmake tests notebooks
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q -rs -m "not slow" -n 2 --dist loadfile --nbmake tests notebooks
 
 test-all: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile --nbmake tests notebooks
+	$(PY) -m pytest -q -rs -n 2 --dist loadfile --nbmake tests notebooks
 
 bench: $(STAMP)
 	for b in cka encoders text_encoders sotalign_step qap local_cka scores; do \

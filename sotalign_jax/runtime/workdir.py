@@ -1,13 +1,14 @@
-"""What every experiment does with its workdir: metrics, checkpoints, results, and start-up checks.
+"""What every experiment does with its workdir: metrics, checkpoints, results (configs: :mod:`.config`).
 
 Kept apart from the math modules, which never touch files; atomic writes come from :mod:`sotalign_jax.runtime.io`.
 
 * :func:`itstime` gates logging, evaluation and checkpoints in one place.
 * :class:`MetricWriter` appends ``metrics.jsonl`` and TensorBoard scalars (``train/…``, ``eval/…``).
 * :func:`checkpoint_manager` / :func:`restore_latest` — Orbax, keep-last-k; a corrupted latest step is
-  reported and the previous good step is used (never a silent restart from zero).
-* :func:`write_results` — atomic ``results.json`` (``{"methods": {method: {metric: value}}}``) plus the same
-  as a markdown table.
+  reported and the previous good step is used (never a silent restart from zero); a checkpoint of a different
+  state (changed head, optimizer or sizes) raises :class:`CheckpointMismatchError` saying what differs.
+* :func:`write_results` — atomic ``results.json`` (``{"methods": {method: {metric: value}}}`` plus
+  :func:`provenance`: git commit, package versions, devices, host, seconds) and the same as a markdown table.
 * :func:`check_finite` — a NaN/Inf loss or input raises with the step and the quantity's name.
 
 On several hosts every process runs the same program; only process 0 writes files (:func:`is_primary`), Orbax
@@ -17,37 +18,26 @@ process 0 wrote. The workdir must be on a filesystem all hosts share (as Orbax r
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
 import os
 import shutil
-from typing import Any, Iterable, Mapping, Sequence
+import subprocess
+import sys
+import time
+from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
 
 from sotalign_jax.runtime import io as sio
 
-__all__ = ["start_experiment", "save_config", "parse_list", "check_ints", "check_positive", "check_nonnegative", "is_primary", "sync", "itstime", "MetricWriter", "checkpoint_manager", "restore_latest", "write_results", "markdown_table",
-           "check_finite", "atomic_write_text", "NonFiniteError"]
+__all__ = ["save_config", "is_primary", "sync", "itstime", "MetricWriter", "checkpoint_manager", "restore_latest",
+           "CheckpointMismatchError", "write_results", "provenance", "git_state", "markdown_table",
+           "check_finite", "NonFiniteError"]
 
 log = logging.getLogger(__name__)
-
-
-def start_experiment(argv, config, workdir, *, config_file: str):
-  """The launch checks every experiment's ``main`` does first; starts ``jax.distributed`` on several hosts.
-
-  Raises ``absl.app.UsageError`` on stray arguments or a missing ``--config`` / ``--workdir``.
-  """
-  from absl import app
-  from sotalign_jax.runtime import distributed
-  distributed.maybe_initialize()  # a no-op on one host; see README, Multi-host
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if config is None or workdir is None:
-    raise app.UsageError(f"both --config {config_file}[:variant] and --workdir DIR are required")
 
 
 def save_config(workdir: str, cfg):
@@ -55,42 +45,6 @@ def save_config(workdir: str, cfg):
   if is_primary():
     os.makedirs(workdir, exist_ok=True)
     sio.write_text(os.path.join(workdir, "config.json"), cfg.to_json_best_effort(indent=2))
-
-
-def _get(cfg, key: str):
-  return functools.reduce(getattr, key.split("."), cfg)
-
-
-def parse_list(cfg, key: str, choices: Sequence[str], *, what: str = "method") -> list[str]:
-  """The comma-separated ``config.<key>`` as a list; raises naming the key if it is empty or has unknown entries."""
-  items = [m.strip() for m in _get(cfg, key).split(",") if m.strip()]
-  bad = [m for m in items if m not in choices]
-  if bad or not items:
-    raise ValueError(f"config.{key}: unknown {what}(s) {bad}; choose from {list(choices)}")
-  return items
-
-
-def check_ints(cfg, keys: Iterable[str], *, minimum: int = 1):
-  """Raises naming the first ``config.<key>`` (dotted) that is not an integer ``>= minimum``."""
-  for key in keys:
-    v = _get(cfg, key)
-    if not isinstance(v, int) or v < minimum:
-      need = {1: "a positive integer", 0: "an integer >= 0"}.get(minimum, f"an integer >= {minimum}")
-      raise ValueError(f"config.{key} must be {need}, got {v!r}")
-
-
-def check_positive(cfg, keys: Iterable[str]):
-  """Raises naming the first ``config.<key>`` (dotted) that is not ``> 0``."""
-  for key in keys:
-    if not _get(cfg, key) > 0:
-      raise ValueError(f"config.{key} must be > 0, got {_get(cfg, key)!r}")
-
-
-def check_nonnegative(cfg, keys: Iterable[str]):
-  """Raises naming the first ``config.<key>`` (dotted) that is not ``>= 0``."""
-  for key in keys:
-    if not _get(cfg, key) >= 0:
-      raise ValueError(f"config.{key} must be >= 0, got {_get(cfg, key)!r}")
 
 
 def is_primary() -> bool:
@@ -167,29 +121,100 @@ def checkpoint_manager(directory: str, *, max_to_keep: int = 3):
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
+class CheckpointMismatchError(ValueError):
+  """A checkpoint holds a different state (other head, optimizer or sizes) than the run resuming from it."""
+
+
+def _saved_leaves(manager, step: int) -> dict[str, tuple]:
+  """``{dotted path: (shape, dtype)}`` of the arrays saved at ``step``, from its metadata (raises if unreadable)."""
+  import orbax.checkpoint as ocp
+  step_dir = os.path.join(str(manager.directory), str(step))
+  item_dir = os.path.join(step_dir, "default")
+  meta = ocp.StandardCheckpointer().metadata(item_dir if os.path.isdir(item_dir) else step_dir)
+  tree = getattr(meta, "item_metadata", meta)
+  tree = getattr(tree, "tree", tree)
+  if not isinstance(tree, Mapping) or not tree:
+    raise ValueError(f"no tree metadata in {step_dir}")
+  return {k: (tuple(getattr(v, "shape", ()) or ()), _dtype_name(v)) for k, v in ocp.tree.to_flat_dict(
+      tree, sep=".").items() if v is not None}
+
+
+def _target_leaves(target) -> dict[str, tuple]:
+  """The same ``{dotted path: (shape, dtype)}`` for the state a run wants to restore into."""
+  import orbax.checkpoint as ocp
+  flat = ocp.tree.to_flat_dict(ocp.tree.serialize_tree(target, keep_empty_nodes=True), sep=".")
+  return {k: (tuple(np.shape(v)), _dtype_name(v)) for k, v in flat.items() if v is not None}
+
+
+def _dtype_name(v) -> str | None:
+  """The dtype of an array leaf (or its metadata); None for Python scalars, whose dtype the saver picks."""
+  if isinstance(v, (bool, int, float, complex)) or getattr(v, "dtype", None) is None or not hasattr(v, "shape"):
+    return None
+  return np.dtype(v.dtype).name
+
+
+def _tree_differences(saved: Mapping[str, tuple], want: Mapping[str, tuple], *, limit: int = 8) -> list[str]:
+  """Human-readable differences between a checkpoint's leaves and the target's (empty if they agree)."""
+  fmt = lambda sd: f"shape {sd[0]}" + (f" {sd[1]}" if sd[1] else "")
+  out = [f"{k}: only in the checkpoint" for k in saved if k not in want]
+  out += [f"{k}: only in this run" for k in want if k not in saved]
+  for k in saved:
+    if k in want:
+      (s_shape, s_dtype), (w_shape, w_dtype) = saved[k], want[k]
+      if s_shape != w_shape or (s_dtype and w_dtype and s_dtype != w_dtype):
+        out.append(f"{k}: checkpoint {fmt(saved[k])}, this run {fmt(want[k])}")
+  return out[:limit] + ([f"... and {len(out) - limit} more"] if len(out) > limit else [])
+
+
+def _mismatch_error(manager, step: int, differences: Sequence[str]) -> CheckpointMismatchError:
+  directory = str(manager.directory)
+  return CheckpointMismatchError(
+      f"checkpoint step {step} in {directory} does not fit this run's state (the head, optimizer or sizes changed "
+      "since it was written):\n  " + "\n  ".join(differences) + "\nResuming would mix two different runs, and "
+      f"restarting would silently discard it: use a new --workdir for the changed config, or delete {directory} "
+      "to start this one from scratch.")
+
+
 def restore_latest(manager, target):
   """Restores the newest readable step into the structure of ``target``; returns ``(state, step)``.
 
   Steps are tried newest first. A step that fails to restore (truncated or corrupted files) is reported with
   a warning, moved aside to ``<dir>/corrupt-<step>`` and the previous one is tried. Returns ``(target, 0)``
   when there is no checkpoint at all.
+
+  Raises:
+    CheckpointMismatchError: a readable step holds a different tree than ``target`` (other paths, shapes or
+      dtypes: the head, optimizer or sizes of the config changed). The message lists the differences and says
+      what to do (a new ``--workdir``, or deleting the checkpoint directory); nothing is moved or deleted.
   """
   import orbax.checkpoint as ocp
+  want = _target_leaves(target)
   steps = sorted(manager.all_steps(), reverse=True)
   for step in steps:
     try:
-      state = manager.restore(step, args=ocp.args.StandardRestore(target))
-      return state, int(step)
-    except Exception as e:  # noqa: BLE001 — any failure to read a step means that step is unusable
-      bad = os.path.join(str(manager.directory), str(step))
-      aside = os.path.join(str(manager.directory), f"corrupt-{step}")
-      log.warning("checkpoint step %d is unreadable (%s: %s); moving it to %s and trying an older one",
-                  step, type(e).__name__, str(e).splitlines()[0][:200], aside)
-      print(f"warning: checkpoint step {step} is unreadable ({type(e).__name__}); falling back to an older step")
-      if os.path.exists(bad):
-        shutil.rmtree(aside, ignore_errors=True)
-        os.replace(bad, aside)
-      manager.reload()
+      saved = _saved_leaves(manager, step)
+    except Exception as e:  # noqa: BLE001 — metadata that cannot be read means the step is unusable
+      error = e
+    else:
+      differences = _tree_differences(saved, want)
+      if differences:
+        raise _mismatch_error(manager, step, differences)
+      try:
+        state = manager.restore(step, args=ocp.args.StandardRestore(target))
+        return state, int(step)
+      except Exception as e:  # noqa: BLE001 — the metadata agrees, so a failure to read means damaged files
+        if "do not match" in str(e) or "not compatible with the stored shape" in str(e):  # Orbax's own check
+          raise _mismatch_error(manager, step, [str(e).strip().splitlines()[0][:300]]) from e
+        error = e
+    bad = os.path.join(str(manager.directory), str(step))
+    aside = os.path.join(str(manager.directory), f"corrupt-{step}")
+    log.warning("checkpoint step %d is unreadable (%s: %s); moving it to %s and trying an older one",
+                step, type(error).__name__, (str(error).splitlines() or [""])[0][:200], aside)
+    print(f"warning: checkpoint step {step} is unreadable ({type(error).__name__}); falling back to an older step")
+    if os.path.exists(bad):
+      shutil.rmtree(aside, ignore_errors=True)
+      os.replace(bad, aside)
+    manager.reload()
   if steps:
     print("warning: no readable checkpoint left; starting from scratch")
   return target, 0
@@ -220,14 +245,90 @@ def markdown_table(methods: Mapping[str, Mapping[str, float]]) -> str:
   return "\n".join(lines)
 
 
+PROVENANCE_PACKAGES = ("jax", "jaxlib", "flax", "optax", "ott-jax", "orbax-checkpoint", "numpy", "ml-collections",
+                       "transformers", "tokenizers", "sotalign-jax")
+_IMPORT_TIME = time.time()
+_SOURCE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # sotalign_jax/, inside the checkout
+
+
+def _git(*args: str) -> str | None:
+  """``git args`` run in this package's source tree; None when git or the repository is absent."""
+  try:
+    out = subprocess.run(["git", "-C", _SOURCE_DIR, *args], capture_output=True, text=True, timeout=20,
+                         check=False)
+  except (OSError, subprocess.SubprocessError):
+    return None
+  return out.stdout if out.returncode == 0 else None
+
+
+def git_state() -> dict[str, Any]:
+  """``{"commit": sha or None, "dirty": bool or None}`` of the checkout this package runs from.
+
+  ``dirty`` is true when tracked files differ from the commit (untracked files are not counted); both are None
+  when git is not installed or the package does not run from a git checkout.
+  """
+  commit = _git("rev-parse", "HEAD")
+  if commit is None:
+    return {"commit": None, "dirty": None}
+  status = _git("status", "--porcelain", "--untracked-files=no")
+  return {"commit": commit.strip(), "dirty": None if status is None else bool(status.strip())}
+
+
+def process_seconds() -> float:
+  """Wall-clock seconds since this process started (Linux ``/proc``; elsewhere since this module's import)."""
+  try:
+    with open("/proc/self/stat") as fh:
+      start_ticks = int(fh.read().rsplit(")", 1)[1].split()[19])  # field 22, after the command name
+    with open("/proc/stat") as fh:
+      boot = next(int(line.split()[1]) for line in fh if line.startswith("btime "))
+    return max(time.time() - (boot + start_ticks / os.sysconf("SC_CLK_TCK")), 0.0)
+  except (OSError, ValueError, IndexError, StopIteration):
+    return time.time() - _IMPORT_TIME
+
+
+def provenance(*, seconds: float | None = None) -> dict[str, Any]:
+  """What produced a result: code (git commit, dirty tree), package versions, devices, host, time.
+
+  ``seconds`` is the experiment's own timing if it has one; ``process_seconds`` is always the wall time since the
+  process started.
+  """
+  import importlib.metadata
+  import platform
+  import socket
+  versions = {"python": platform.python_version()}
+  for name in PROVENANCE_PACKAGES:
+    try:
+      versions[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      versions[name] = None
+  devices = jax.devices()
+  elapsed = round(process_seconds(), 1)
+  return {
+      **git_state(), "versions": versions, "platform": jax.default_backend(), "device_kind": devices[0].device_kind,
+      "n_devices": len(devices), "n_local_devices": jax.local_device_count(), "process_count": jax.process_count(),
+      "host": socket.gethostname(), "argv": list(sys.argv),
+      "seconds": elapsed if seconds is None else seconds, "process_seconds": elapsed,
+      "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+  }
+
+
 def write_results(workdir: str, methods: Mapping[str, Mapping[str, float]], **extra) -> str:
-  """Atomically writes ``workdir/results.json`` and ``results.md`` (process 0 only); returns the markdown table."""
+  """Atomically writes ``workdir/results.json`` and ``results.md`` (process 0 only); returns the markdown table.
+
+  ``results.json`` holds ``{"methods": ..., **extra, "n_devices": ..., "provenance": ...}``: :func:`provenance`
+  (git commit and dirty flag, package versions, platform / device kind / device and process counts, host,
+  seconds — ``extra["seconds"]`` when the experiment passes it, else the process's wall time).
+  """
   def clean(v):  # NaN ("not evaluated") becomes null, so the file is strict JSON
     if isinstance(v, Mapping):
       return {k: clean(x) for k, x in v.items()}
     return None if isinstance(v, float) and math.isnan(v) else v
   table = markdown_table(methods)
   if is_primary():
-    sio.write_text(os.path.join(workdir, "results.json"), json.dumps(clean({"methods": methods, **extra}), indent=2))
+    prov = provenance(seconds=extra.get("seconds"))
+    record = {"methods": methods, **extra}
+    record.setdefault("n_devices", prov["n_devices"])
+    record["provenance"] = prov
+    sio.write_text(os.path.join(workdir, "results.json"), json.dumps(clean(record), indent=2))
     sio.write_text(os.path.join(workdir, "results.md"), table + "\n")
   return table

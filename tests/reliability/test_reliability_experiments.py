@@ -1,6 +1,7 @@
 """Faults during real experiment runs (subprocesses on a small fake cache / synthetic .npy spaces).
 
 * the newest Orbax checkpoint is truncated → the rerun reports it unreadable, resumes from the previous step;
+* the rerun has another head or optimizer → CheckpointMismatchError naming the difference, no silent restart;
 * the loss diverges → NonFiniteError naming the step and the quantity, checkpoints left restorable;
 * NaN in the cache → rejected at start-up naming the file;
 * bad config values (types, sizes) → rejected at start-up naming the key.
@@ -87,6 +88,22 @@ def test_truncated_latest_checkpoint_is_reported_and_the_previous_step_resumed(c
   assert got == pytest.approx(ref, abs=1e-6)
 
 
+@pytest.mark.parametrize("override, difference", [
+    ("--config.head.kind=mlp", "only in this run"),  # the MLP head has layers the linear one has not
+    ("--config.optimizer=lion", "opt_state.0.nu"),  # lion keeps no second moment
+])
+def test_resume_with_a_changed_head_or_optimizer_is_an_error_not_a_restart(cache, finished, tmp_path, override,
+                                                                           difference):
+  workdir, ckpt = interrupted_copy(finished, tmp_path / "w")
+  before = sorted(os.listdir(ckpt))
+  out = sotalign(workdir, cache, *ARGS, override)
+  assert out.returncode != 0
+  assert "CheckpointMismatchError: checkpoint step 30" in out.stderr and difference in out.stderr, out.stderr[-3000:]
+  assert "use a new --workdir" in out.stderr and f"delete {ckpt}" in out.stderr
+  assert "starting from scratch" not in out.stdout and "unreadable" not in out.stdout
+  assert sorted(os.listdir(ckpt)) == before and not (workdir / "results.json").exists()
+
+
 def test_diverging_loss_names_step_and_quantity_and_keeps_checkpoints(cache, finished, tmp_path):
   import orbax.checkpoint as ocp
   workdir, ckpt = interrupted_copy(finished, tmp_path / "w")
@@ -118,7 +135,7 @@ def test_nan_in_the_cache_is_rejected_at_start_up_naming_the_file(cache, tmp_pat
   x[5, 3] = np.nan
   x[7, 0] = np.inf
   sio.save_npy(bad / name, x)
-  out = sotalign(tmp_path / "w", bad, "--config.methods=teacher_ridge,sotalign")
+  out = sotalign(tmp_path / "w", bad, "--config.methods=('teacher_ridge','sotalign')")
   assert out.returncode != 0
   err = out.stderr.strip().splitlines()[-1]
   assert str(bad / name) in err and "2 rows with NaN/Inf" in err, err
