@@ -16,7 +16,8 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("cka", "scores", "teachers", "metrics", "ot", "losses", "qap", "matching", "cmcr", "objectives",
+_SUBMODULES = ("cka", "scores", "teachers", "metrics", "ot", "losses", "qap", "matching", "cmcr", "objectives", "stats",
+               "aligners",
                "nn", "data", "encoders", "runtime", "cli")
 
 

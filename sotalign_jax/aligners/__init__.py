@@ -1,0 +1,50 @@
+r"""Every aligner behind one interface: ``fit(name, key, data, **hparams) -> Alignment``.
+
+.. code-block:: python
+
+  from sotalign_jax import aligners
+
+  data = aligners.AlignData(x=images, y=texts, pairs_x=px, pairs_y=py)   # unpaired pools may be [0, d]
+  a = aligners.fit("cca", key, data, dim=64)
+  scores = a.similarity(test_images, test_texts)                        # [n, m]
+  aligners.ALIGNERS["cca"].needs_pairs, aligners.ALIGNERS["cca"].min_pairs
+
+Registered now (closed form and training free, each with its citation and defaults in ``fit_<name>``):
+
+=============  ===========================================================  =========
+name           method                                                       min pairs
+=============  ===========================================================  =========
+``lstsq``      least squares, :math:`W = \hat X^+ \hat Y` (pseudo-inverse)   1
+``ridge``      ridge regression x → y                                        2
+``procrustes`` orthogonal Procrustes x → y                                   2
+``cca``        regularised CCA into a shared space                           2
+``relative``   relative representations (Moschella et al. 2023)              1
+``asif``       ASIF sparse relative representations (Norelli et al. 2023)    1
+``local_cka``  localized-CKA retrieval (Maniparambil et al. 2024)            2
+=============  ===========================================================  =========
+
+The trained methods (SAIL, semi-supervised SAIL, SOTAlign in both recipes, STRUCTURE, pseudo-labels, NNCLR
+positives, the all-pairs upper bound) are to register with the same signature once the shared training loop exists
+— see :mod:`sotalign_jax.aligners.base` for how; their modules then go into ``_METHOD_MODULES``.
+"""
+
+import importlib
+
+from sotalign_jax.aligners.base import (ALIGNERS, CENTER_MODES, AlignData, AlignerSpec, Alignment, NeedsPairsError,
+                                        check_data, cosine, fit, get, register)
+from sotalign_jax.aligners.linear import LinearAlignment, fit_cca, fit_lstsq, fit_procrustes, fit_ridge
+from sotalign_jax.aligners.training_free import (ASIFAlignment, LocalCKAAlignment, RelativeAlignment,
+                                                 asif_representation, fit_asif, fit_local_cka, fit_relative)
+
+__all__ = [
+    "AlignData", "Alignment", "AlignerSpec", "NeedsPairsError", "ALIGNERS", "CENTER_MODES", "register", "fit", "get",
+    "check_data", "cosine", "LinearAlignment", "RelativeAlignment", "ASIFAlignment", "LocalCKAAlignment",
+    "asif_representation", "fit_lstsq", "fit_ridge", "fit_procrustes", "fit_cca", "fit_relative", "fit_asif",
+    "fit_local_cka",
+]
+
+# Modules whose import registers methods (closed-form and training-free ones are imported above).
+_METHOD_MODULES = ("sotalign_jax.aligners.linear", "sotalign_jax.aligners.training_free")
+for _m in _METHOD_MODULES:
+  importlib.import_module(_m)
+del _m

@@ -1,0 +1,305 @@
+r"""The interface every aligner shares: the data it is fitted on, the fitted ``Alignment``, the registry by name.
+
+A method is a pure ``fit(key, data, **hparams) -> Alignment``:
+
+* :class:`AlignData` — unpaired images ``x`` and texts ``y`` (independent samples, either may be empty) and the
+  row-aligned pairs ``(pairs_x, pairs_y)`` (possibly none).
+* :class:`Alignment` — a pytree (arrays as leaves, options as static metadata, so it passes through ``jit``) that
+  maps queries and keys into one shared space, ``embed_x(x) -> [n, k]``, ``embed_y(y) -> [m, k]``, and scores them,
+  ``similarity(qx, ky) -> [n, m]`` (cosine of the embeddings unless the method says otherwise). Training-free scorers
+  without a shared space (local CKA) implement only ``similarity`` and set ``has_embeddings = False``.
+* :data:`ALIGNERS` — ``name -> AlignerSpec``; :func:`fit` looks a method up, fills its defaults, rejects unknown
+  options and raises :class:`NeedsPairsError` (a ``ValueError``) when there are fewer pairs than the method needs, so
+  a benchmark can mark the cell "needs pairs" instead of reporting a made-up chance score.
+
+Preprocessing shared by the methods (``center``): every side is centred with a mean estimated on the rows the
+method is given — ``"all"`` (default) the unpaired *and* paired rows of that side, ``"pairs"`` the pairs only
+(:func:`sotalign_jax.teachers.fit`'s convention), ``"none"``. The mean is a label-free statistic, so it is
+preprocessing, not learning from unpaired data: ``AlignerSpec.uses_unpaired`` marks methods whose *fit* learns from
+unpaired rows (semi-supervised ones). Centring with the larger pool is what makes one or two pairs usable at all
+(with ``"pairs"``, a single centred pair is zero). The same convention is used by unpaired-rosetta
+(Schnaus et al.), whose baselines centre with the unpaired training mean.
+
+Trained methods (SAIL, semi-supervised SAIL, SOTAlign and its paper recipe, STRUCTURE, S-CLIP-style pseudo-labels,
+NNCLR-style positives, the all-pairs upper bound) register here with the same signature once the shared training
+loop lands: a module defines ``fit_<name>(key, data, *, <hparams with defaults>) -> Alignment`` (typically an
+``Alignment`` subclass holding the trained head parameters and implementing ``_embed_x`` / ``_embed_y``), decorates
+it with ``@register("<name>", needs_pairs=..., uses_unpaired=..., min_pairs=..., citation=..., trained=True)`` and is
+added to ``_METHOD_MODULES`` in ``aligners/__init__.py``. Methods that can run without pairs (``min_pairs=0``)
+register ``needs_pairs=False``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+from types import MappingProxyType
+from typing import Any, Callable, ClassVar, Literal, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sotalign_jax._arrays import DEFAULT_PRECISION, on_host, unit
+
+__all__ = [
+    "AlignData", "Alignment", "AlignerSpec", "NeedsPairsError", "ALIGNERS", "register", "fit", "get", "check_data",
+    "cosine", "side_mean", "preprocess", "CENTER_MODES",
+]
+
+Center = Literal["all", "pairs", "none"]
+CENTER_MODES = ("all", "pairs", "none")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data.
+# ----------------------------------------------------------------------------------------------------------------
+class AlignData(NamedTuple):
+  """What an aligner is fitted on.
+
+  Attributes:
+    x: ``[nx, dx]`` unpaired x-rows (images); may be empty, ``[0, dx]``.
+    y: ``[ny, dy]`` unpaired y-rows (texts), independent of ``x``; may be empty, ``[0, dy]``.
+    pairs_x: ``[p, dx]`` paired x-rows; row ``i`` is the partner of ``pairs_y[i]``; ``p`` may be 0.
+    pairs_y: ``[p, dy]`` paired y-rows.
+  """
+  x: Any
+  y: Any
+  pairs_x: Any
+  pairs_y: Any
+
+  @property
+  def n_pairs(self) -> int:
+    return int(np.shape(self.pairs_x)[0])
+
+  @property
+  def dims(self) -> tuple[int, int]:
+    return int(np.shape(self.pairs_x)[1]), int(np.shape(self.pairs_y)[1])
+
+  @classmethod
+  def create(cls, *, pairs_x=None, pairs_y=None, x=None, y=None, dx: int | None = None,
+             dy: int | None = None) -> "AlignData":
+    """Fills missing parts with empty ``[0, d]`` arrays (``d`` from the given parts, or ``dx`` / ``dy``)."""
+    def dim(parts, d, name):
+      for a in parts:
+        if a is not None:
+          return int(np.shape(a)[1])
+      if d is None:
+        raise ValueError(f"cannot infer {name}: give an x-/y-side array or {name}=")
+      return int(d)
+
+    dx, dy = dim((x, pairs_x), dx, "dx"), dim((y, pairs_y), dy, "dy")
+    empty = lambda d: np.zeros((0, d), np.float32)  # noqa: E731
+    return check_data(cls(empty(dx) if x is None else x, empty(dy) if y is None else y,
+                          empty(dx) if pairs_x is None else pairs_x, empty(dy) if pairs_y is None else pairs_y))
+
+
+def _check_rows(a, name: str) -> jax.Array:
+  if on_host(a) and not np.isfinite(np.asarray(a, np.float32)).all():
+    raise ValueError(f"`{name}` contains NaN or Inf; clean or drop those rows first")
+  a = jnp.asarray(a)
+  if not jnp.issubdtype(a.dtype, jnp.floating):
+    a = a.astype(jnp.float32)
+  if a.ndim != 2 or a.shape[1] == 0:
+    raise ValueError(f"`{name}` must be a 2-D [n, d] array of features (n may be 0), got shape {a.shape}")
+  return a
+
+
+def check_data(data: AlignData) -> AlignData:
+  """Validates shapes (each part ``[n, d]``, x-parts share ``dx``, y-parts ``dy``, pairs row-aligned)."""
+  if not isinstance(data, AlignData):
+    raise TypeError(f"`data` must be an AlignData(x, y, pairs_x, pairs_y), got {type(data).__name__}")
+  x, y, px, py = (_check_rows(a, n) for a, n in zip(data, AlignData._fields))
+  if x.shape[1] != px.shape[1]:
+    raise ValueError(f"`x` and `pairs_x` must share the feature size dx, got {x.shape[1]} and {px.shape[1]}")
+  if y.shape[1] != py.shape[1]:
+    raise ValueError(f"`y` and `pairs_y` must share the feature size dy, got {y.shape[1]} and {py.shape[1]}")
+  if px.shape[0] != py.shape[0]:
+    raise ValueError(f"`pairs_x` and `pairs_y` must hold the same pairs (same number of rows), got {px.shape[0]} and "
+                     f"{py.shape[0]}")
+  return AlignData(x, y, px, py)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Preprocessing and scores.
+# ----------------------------------------------------------------------------------------------------------------
+def cosine(u: jax.Array, v: jax.Array) -> jax.Array:
+  r"""``[n, m]`` cosine similarities :math:`\langle u_i, v_j\rangle / \|u_i\|\|v_j\|` at full precision (zero rows
+  give zeros)."""
+  return jnp.matmul(unit(u), unit(v).T, precision=DEFAULT_PRECISION)
+
+
+def side_mean(unpaired: jax.Array, paired: jax.Array, center: Center) -> jax.Array:
+  """``[d]`` centring vector of one side: mean of unpaired + paired rows (``"all"``), of the pairs, or zeros."""
+  if center not in CENTER_MODES:
+    raise ValueError(f"center must be one of {CENTER_MODES}, got {center!r}")
+  d = paired.shape[1]
+  rows = {"all": jnp.concatenate([unpaired, paired]), "pairs": paired, "none": paired[:0]}[center]
+  if rows.shape[0] == 0:
+    return jnp.zeros((d,), paired.dtype)
+  return rows.mean(0)
+
+
+def preprocess(a: jax.Array, mean: jax.Array, normalize: bool) -> jax.Array:
+  """``a − mean``, with rows scaled to unit L2 norm if ``normalize``."""
+  a = a - mean
+  return unit(a) if normalize else a
+
+
+def check_queries(a, dim: int, name: str) -> jax.Array:
+  """A ``[n, dim]`` float array. Shape checks only (no value checks), so it is free under ``jit``."""
+  a = jnp.asarray(a)
+  if not jnp.issubdtype(a.dtype, jnp.floating):
+    a = a.astype(jnp.float32)
+  if a.ndim != 2 or a.shape[1] != dim:
+    raise ValueError(f"`{name}` must be a [n, {dim}] array, got shape {a.shape}")
+  return a
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Alignments.
+# ----------------------------------------------------------------------------------------------------------------
+class Alignment:
+  """A fitted aligner: maps x-queries and y-keys into a shared space and scores them.
+
+  Subclasses are frozen dataclasses registered as pytrees (``jax.tree_util.register_dataclass``): arrays are
+  leaves, options are static metadata, so an alignment passes through ``jit``, ``vmap`` and checkpointing like any
+  pytree. A subclass implements ``_embed_x`` / ``_embed_y`` (and ``_similarity`` if it is not the cosine of the
+  embeddings); the public ``embed_x`` / ``embed_y`` / ``similarity`` run them under ``jit`` (compiled once per
+  shape, so a benchmark scoring fixed-size query chunks compiles once). A scorer without a shared space sets
+  ``has_embeddings = False`` and implements only ``_similarity``.
+  """
+  has_embeddings: ClassVar[bool] = True
+
+  def embed_x(self, x) -> jax.Array:
+    """``[n, dx] -> [n, k]`` embeddings of x-queries in the shared space."""
+    self._require_embeddings()
+    return _jit_embed_x(self, x)
+
+  def embed_y(self, y) -> jax.Array:
+    """``[m, dy] -> [m, k]`` embeddings of y-keys in the shared space."""
+    self._require_embeddings()
+    return _jit_embed_y(self, y)
+
+  def similarity(self, qx, ky) -> jax.Array:
+    """``[n, m]`` scores of x-queries against y-keys (larger = more similar)."""
+    return _jit_similarity(self, qx, ky)
+
+  def _require_embeddings(self):
+    if not self.has_embeddings:
+      raise NotImplementedError(f"{type(self).__name__} is a training-free scorer without a shared embedding space; "
+                                "call similarity(qx, ky) instead of embed_x / embed_y")
+
+  def _embed_x(self, x) -> jax.Array:
+    raise NotImplementedError
+
+  def _embed_y(self, y) -> jax.Array:
+    raise NotImplementedError
+
+  def _similarity(self, qx, ky) -> jax.Array:
+    """Default score: cosine of the embeddings."""
+    return cosine(self._embed_x(qx), self._embed_y(ky))
+
+
+_jit_embed_x = jax.jit(lambda a, x: a._embed_x(x))  # pylint: disable=protected-access
+_jit_embed_y = jax.jit(lambda a, y: a._embed_y(y))  # pylint: disable=protected-access
+_jit_similarity = jax.jit(lambda a, qx, ky: a._similarity(qx, ky))  # pylint: disable=protected-access
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Registry.
+# ----------------------------------------------------------------------------------------------------------------
+class NeedsPairsError(ValueError):
+  """The method was asked to fit on fewer pairs than it needs (a benchmark marks the cell 'needs pairs')."""
+
+
+class AlignerSpec(NamedTuple):
+  """A registered method.
+
+  Attributes:
+    name: registry key.
+    fn: ``fit_fn(key, data, **hparams) -> Alignment``.
+    needs_pairs: the method cannot run without pairs.
+    uses_unpaired: the fit learns from the unpaired rows (beyond the centring statistics every method may use).
+    min_pairs: fewest pairs the method accepts.
+    defaults: the keyword-only hyperparameters of ``fn`` with their defaults (read from its signature).
+    trained: fitted by gradient descent (False for closed-form and training-free methods).
+    citation: where the method comes from.
+  """
+  name: str
+  fn: Callable[..., Alignment]
+  needs_pairs: bool
+  uses_unpaired: bool
+  min_pairs: int
+  defaults: Mapping[str, Any]
+  trained: bool
+  citation: str
+
+
+ALIGNERS: dict[str, AlignerSpec] = {}
+
+
+def register(name: str, *, needs_pairs: bool, uses_unpaired: bool, min_pairs: int, citation: str,
+             trained: bool = False):
+  """Decorator adding ``fit_fn(key, data, *, **hparams)`` to :data:`ALIGNERS` under ``name``.
+
+  The registered (and returned) function validates ``data`` and the number of pairs before calling ``fit_fn``, so
+  the checks are the same whether a method is called directly or through :func:`fit`. Every hyperparameter is
+  keyword-only with a default; the defaults are read from the signature into ``AlignerSpec.defaults``.
+  """
+  if needs_pairs and min_pairs < 1:
+    raise ValueError(f"{name}: a method that needs pairs must have min_pairs >= 1, got {min_pairs}")
+
+  def deco(fn):
+    if name in ALIGNERS:
+      raise ValueError(f"aligner {name!r} is already registered")
+    params = inspect.signature(fn).parameters
+    defaults = {k: p.default for k, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    missing = [k for k, v in defaults.items() if v is inspect.Parameter.empty]
+    if missing:
+      raise ValueError(f"{name}: every hyperparameter needs a default, {missing} have none")
+
+    @functools.wraps(fn)
+    def checked(key, data, **hparams):  # the same checks whether called directly or through fit()
+      data = check_data(data)
+      if data.n_pairs < min_pairs:
+        raise NeedsPairsError(f"aligner {name!r} needs pairs: at least min_pairs={min_pairs}, got {data.n_pairs}")
+      return fn(key, data, **hparams)
+
+    ALIGNERS[name] = AlignerSpec(name, checked, needs_pairs, uses_unpaired, int(min_pairs),
+                                 MappingProxyType(defaults), trained, citation)
+    return checked
+
+  return deco
+
+
+def get(name: str) -> AlignerSpec:
+  """The :class:`AlignerSpec` registered as ``name``."""
+  if name not in ALIGNERS:
+    raise ValueError(f"unknown aligner {name!r}; registered: {sorted(ALIGNERS)}")
+  return ALIGNERS[name]
+
+
+def fit(name: str, key: jax.Array | None, data: AlignData, **hparams) -> Alignment:
+  """Fits the registered method ``name`` on ``data`` with its defaults overridden by ``hparams``.
+
+  Args:
+    name: a key of :data:`ALIGNERS`.
+    key: PRNG key (closed-form and training-free methods ignore it; ``None`` is accepted for them).
+    data: :class:`AlignData`.
+    **hparams: options of the method (see its ``fit_<name>`` docstring); unknown names raise ``ValueError``.
+
+  Raises:
+    NeedsPairsError: if ``data`` has fewer than ``spec.min_pairs`` pairs.
+  """
+  spec = get(name)
+  unknown = sorted(set(hparams) - set(spec.defaults))
+  if unknown:
+    raise ValueError(f"unknown hyperparameter(s) {unknown} for aligner {name!r}; it takes {sorted(spec.defaults)}")
+  return spec.fn(key, data, **hparams)
+
+
+def static_field(default=dataclasses.MISSING):
+  """A dataclass field kept as static pytree metadata (hashable options, not arrays)."""
+  return dataclasses.field(default=default, metadata=dict(static=True))
