@@ -1,8 +1,6 @@
 """Tests of sotalign_jax.distributed: launcher detection, initialisation, and per-host row blocks."""
 
 import json
-import os
-import subprocess
 import sys
 import textwrap
 
@@ -12,7 +10,7 @@ import pytest
 
 from sotalign_jax.runtime import distributed
 
-from conftest import REPO, run_processes, run_with_fake_devices
+from conftest import run_processes, run_with_fake_devices
 
 SLURM_2 = {"SLURM_JOB_ID": "17", "SLURM_STEP_NODELIST": "node[1-2]", "SLURM_NTASKS": "2", "SLURM_PROCID": "1",
            "SLURM_LOCALID": "0"}
@@ -182,7 +180,8 @@ _SHARD_ROWS_WORKER = textwrap.dedent("""
     mesh = Mesh(np.array(jax.devices()), ("data",))
     g = distributed.shard_rows(read, 7, mesh=mesh)
     idx = np.array([6, 0, 3, 3, 5, 1])
-    picked = jax.jit(lambda g, i: g[i], out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))(g, idx)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    picked = jax.jit(lambda g, i: g[i], out_shardings=replicated)(g, idx)
     print(json.dumps({"process": jax.process_index(), "reads": reads, "shape": list(g.shape),
                       "range": list(distributed.local_row_range(7, mesh=mesh)),
                       "picked": np.asarray(picked.addressable_data(0)).tolist()}))

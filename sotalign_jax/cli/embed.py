@@ -39,11 +39,10 @@ import shutil
 import signal
 import sys
 import time
-from typing import Any, Iterator, NamedTuple, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from sotalign_jax.data.cache import load_cache
 from sotalign_jax.runtime import io as sio
 from sotalign_jax.data import core
 from sotalign_jax.data import splits as splits_lib

@@ -38,7 +38,8 @@ def load_folder(directory: str | os.PathLike) -> Dataset:
       except json.JSONDecodeError as e:
         raise ValueError(f"{index}:{lineno}: not valid JSON ({e})") from e
       if not isinstance(obj, dict) or not isinstance(obj.get("image"), str) or not isinstance(obj.get("caption"), str):
-        raise ValueError(f"{index}:{lineno}: each line needs string fields 'image' and 'caption', got {line.strip()[:200]}")
+        raise ValueError(f"{index}:{lineno}: each line needs string fields 'image' and 'caption', "
+                         f"got {line.strip()[:200]}")
       if not obj["caption"].strip():
         raise ValueError(f"{index}:{lineno}: empty caption")
       rel = os.path.normpath(obj["image"])

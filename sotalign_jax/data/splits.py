@@ -4,7 +4,8 @@ Each id is mapped to a number in ``[0, 1)``:
 
 .. math::
 
-  u(\\mathrm{id}) = \\mathrm{int}\\big(\\mathrm{SHA256}(\\mathrm{seed} \\,\\|\\, \\texttt{":"} \\,\\|\\, \\mathrm{id})_{[0:8]}\\big) / 2^{64}
+  u(\\mathrm{id}) = \\mathrm{int}\\big(\\mathrm{SHA256}(
+  \\mathrm{seed} \\,\\|\\, \\texttt{":"} \\,\\|\\, \\mathrm{id})_{[0:8]}\\big) / 2^{64}
 
 (``hashlib``, not Python's salted ``hash``), so the split of an image depends on nothing but its id and
 the seed: it is the same on every machine and run, whatever the order or the rest of the data.

@@ -27,8 +27,8 @@ Preprocessing: the TF-Lite input scaling ``(x - 127) / 128`` (``MEAN_RGB = 127``
 Lite builder), not the ImageNet mean/std of the PyTorch package's example. Checked with the original PyTorch model on
 8 Debian ``openclipart-png`` images (``tests/fixtures/README.md``): mean probability of the expected
 class 0.25 / 0.13 / 0.13 (Lite0/1/2) with the TF scaling vs 0.14 / 0.12 / 0.08 with mean/std, at equal or better
-top-1 hits (3 / 4 / 3 of 8; clip art is far from ImageNet). Geometry follows the TF evaluation pipeline: central square crop of
-``res / (res + 32)`` of the shorter side, bicubic resize to ``res``.
+top-1 hits (3 / 4 / 3 of 8; clip art is far from ImageNet). Geometry follows the TF evaluation pipeline: central
+square crop of ``res / (res + 32)`` of the shorter side, bicubic resize to ``res``.
 """
 
 from __future__ import annotations

@@ -128,7 +128,8 @@ def host_shard(n_rows: int, *, process_index: Optional[int] = None, process_coun
 
   Process :math:`i` of :math:`p` gets rows :math:`[\lfloor i n / p \rfloor, \lfloor (i + 1) n / p \rfloor)`:
   the blocks are disjoint, cover all rows in order, and their sizes differ by at most one. With ``even=True``
-  the last ``n_rows % p`` rows are dropped so that every block has ``n_rows // p`` rows. On one host the slice is ``slice(0, n_rows)``.
+  the last ``n_rows % p`` rows are dropped so that every block has ``n_rows // p`` rows.
+  On one host the slice is ``slice(0, n_rows)``.
 
   Args:
     n_rows: number of rows of the array (e.g. an embedding cache), ``>= 0``.
@@ -217,6 +218,6 @@ def local_row_range(n_rows: int, *, mesh: Mesh, axis_name: str = "data") -> tupl
 
 
 def padded_rows(n_rows: int, mesh: Mesh, axis_name: str = "data") -> int:
-  """``n_rows`` rounded up to a multiple of the size of ``mesh``'s axis ``axis_name``: the rows of :func:`shard_rows`."""
+  """``n_rows`` rounded up to a multiple of the size of ``mesh``'s axis ``axis_name`` (rows of :func:`shard_rows`)."""
   size = mesh.shape[axis_name]
   return -(-int(n_rows) // size) * size
