@@ -1,0 +1,262 @@
+r"""The alignment benchmark: every registered aligner × a few-pair sweep × seeds, with intervals.
+
+  python experiments/benchmark.py --config configs/benchmark.py:quick --workdir workdirs/bench_quick
+
+Reads top to bottom: config (``configs/benchmark.py``: ``get_config``, ``validate``) → the protocol on the cache
+(:mod:`sotalign_jax.data.protocol`: held-out test and validation images, per seed nested pairs and unpaired pools)
+→ for every (method, p, seed) cell: ``aligners.fit`` → scores on the test set → metrics, saved as one ``done/``
+record and one ``cells/*.npz`` of per-query values (:class:`sotalign_jax.runtime.sweep.CellStore`) → intervals
+over seeds and paired differences (:mod:`sotalign_jax.runtime.sweep`) → ``results.json``, ``results.md``, the
+plot ``sweep.png``, and the markdown on stdout.
+
+A rerun with the same workdir skips every finished cell; a killed sweep reruns to the same table (closed-form and
+training-free methods are deterministic; trained ones get the key ``fold_in(fold_in(key(seed), s), p)``).
+
+Metrics of a cell, on the test images with all their captions: R@1/5/10 image→text (a hit is any caption of the
+image) and text→image; mean and median rank (1-based, ties count half, :func:`sotalign_jax.metrics.
+per_query_metrics`); FOSCTTM and matching accuracy on the square score matrix of the test images against their
+first caption (:func:`~sotalign_jax.metrics.foscttm_per_query`, the per-query value the mean of both directions;
+:func:`~sotalign_jax.metrics.matching_hits`, a linear assignment); zero-shot fashion-mnist accuracy and tuxpaint
+image→text R@1 when those caches exist; the fit's wall-clock seconds.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import time
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from sotalign_jax import aligners, metrics
+from sotalign_jax.data.cache import open_cache
+from sotalign_jax.data.protocol import Protocol, resolve_n_pairs
+from sotalign_jax.runtime import config as cfg_lib
+from sotalign_jax.runtime import io as sio, sweep, workdir as wd
+
+CONFIG = cfg_lib.experiment_config(__file__)  # configs/benchmark.py: get_config, validate
+
+
+# ================================================================================================================
+# Data: the protocol, the evaluation sets, one cell's AlignData
+# ================================================================================================================
+def read_cache(path: str, key: str):
+  """The cache ``config.<key>`` names, with its arrays in memory as float32 (rows are indexed many times)."""
+  cache = open_cache(path, key=key)
+  img = None if cache.image_emb is None else np.asarray(cache.image_emb, np.float32)
+  cache = cache._replace(image_emb=img, text_emb=np.asarray(cache.text_emb, np.float32))
+  for name, emb in (("image", cache.image_emb), ("text", cache.text_emb)):
+    if emb is not None and not np.isfinite(emb).all():
+      raise ValueError(f"config.{key}: the {name} embeddings of {path} contain NaN/Inf; rebuild the cache")
+  return cache
+
+
+def make_protocol(cache, cfg) -> Protocol:
+  d = cfg.data
+  try:
+    return Protocol.from_cache(cache, split=d.split, test_size=d.test_size, val_size=d.val_size,
+                               split_seed=d.split_seed, unpaired_mode=d.unpaired_mode, max_unpaired=d.max_unpaired,
+                               min_unpaired=d.min_unpaired)
+  except ValueError as e:
+    raise ValueError(f"config.data (test_size={d.test_size}, val_size={d.val_size}) on {d.cache}: {e}") from None
+
+
+def retrieval_set(cache, held: dict) -> dict:
+  return {"x": cache.image_emb[held["image_rows"]], "y": cache.text_emb[held["caption_rows"]],
+          "i2t": held["positives"], "t2i": held["owner"], "first": held["first"]}
+
+
+def whole_cache_set(cache) -> dict:
+  """Every image of a cache with all its captions (tuxpaint: a cross-domain test set)."""
+  rows, owner = np.unique(cache.caption_image_rows(), return_inverse=True)
+  return {"x": cache.image_emb[rows], "y": cache.text_emb,
+          "i2t": [np.where(owner == i)[0].tolist() for i in range(len(rows))]}
+
+
+def eval_sets(cache, proto: Protocol, cfg) -> dict:
+  sets = {"test": retrieval_set(cache, proto.held_out("test"))}
+  if len(sets["test"]["x"]) < 2:
+    raise ValueError(f"config.data: the test set of {cfg.data.cache} has {len(sets['test']['x'])} images")
+  if cfg.eval.tuxpaint_cache and os.path.exists(os.path.join(cfg.eval.tuxpaint_cache, "manifest.json")):
+    sets["tuxpaint"] = whole_cache_set(read_cache(cfg.eval.tuxpaint_cache, "eval.tuxpaint_cache"))
+  if cfg.eval.fashion_mnist_cache and os.path.exists(os.path.join(cfg.eval.fashion_mnist_cache, "manifest.json")):
+    fm = read_cache(cfg.eval.fashion_mnist_cache, "eval.fashion_mnist_cache")
+    labels = np.array(fm.labels())
+    classes = sorted(set(labels))
+    prompt_row = [int(np.where(labels == c)[0][0]) for c in classes]  # every caption of a class is its prompt
+    sets["fashion"] = {"x": fm.image_emb[fm.caption_image_rows()], "y": fm.text_emb[prompt_row],
+                       "labels": np.searchsorted(classes, labels)}
+  return sets
+
+
+def cell_data(cache, rows: dict) -> aligners.AlignData:
+  x, y = cache.image_emb, cache.text_emb
+  return aligners.AlignData.create(x=x[rows["unp_x"]], y=y[rows["unp_y"]], pairs_x=x[rows["pair_x"]],
+                                   pairs_y=y[rows["pair_y"]])
+
+
+# ================================================================================================================
+# Evaluation of one fitted alignment
+# ================================================================================================================
+def evaluate(alignment: aligners.Alignment, sets: dict, *, seed: int) -> tuple[dict, dict]:
+  """``(metrics, per_query)`` of a fitted alignment (see the module docstring)."""
+  t = sets["test"]
+  sim = np.asarray(jax.device_get(alignment.similarity(t["x"], t["y"])), np.float32)  # [images, captions]
+  i2t = metrics.per_query_metrics(sim, positives=t["i2t"])
+  t2i = metrics.per_query_metrics(sim.T, positives=t["t2i"])
+  square = sim[:, t["first"]]
+  fos = metrics.foscttm_per_query(square)
+  per_query = {**{f"i2t_{k}": v for k, v in i2t.items() if k != "rank"}, "i2t_mean_rank": i2t["rank"],
+               **{f"t2i_{k}": v for k, v in t2i.items() if k != "rank"}, "t2i_mean_rank": t2i["rank"],
+               "foscttm": 0.5 * (fos["x2y"] + fos["y2x"]), "matching_acc": metrics.matching_hits(square, seed=seed)}
+  per_query = {k: per_query[k] for k in sweep.PER_QUERY_METRICS}
+  out = {k: float(np.mean(v)) for k, v in per_query.items()}
+  out["i2t_median_rank"] = float(np.median(i2t["rank"]))
+  out["t2i_median_rank"] = float(np.median(t2i["rank"]))
+  out["zeroshot_fashion_mnist"] = out["tuxpaint_i2t_r1"] = float("nan")  # NaN: not evaluated
+  if "fashion" in sets:
+    s = sets["fashion"]
+    pred = np.argmax(np.asarray(alignment.similarity(s["x"], s["y"])), axis=1)
+    out["zeroshot_fashion_mnist"] = float(np.mean(pred == s["labels"]))
+  if "tuxpaint" in sets:
+    s = sets["tuxpaint"]
+    sim_t = np.asarray(alignment.similarity(s["x"], s["y"]), np.float32)
+    out["tuxpaint_i2t_r1"] = float(metrics.per_query_metrics(sim_t, positives=s["i2t"], ks=(1,))["r1"].mean())
+  return out, per_query
+
+
+# ================================================================================================================
+# One cell: fit, time, evaluate
+# ================================================================================================================
+def fit_kwargs(method: str, cfg, *, run_dir: str, val: aligners.AlignData) -> dict:
+  """The method's options from ``config.hparams``, plus ``run_dir`` / ``val`` if its fit function takes them."""
+  spec = aligners.get(method)
+  kwargs = dict(cfg.hparams[method]) if method in cfg.hparams else {}
+  kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+  accepts = set(spec.defaults) | set(inspect.signature(spec.fn).parameters)
+  if "run_dir" in accepts:
+    kwargs["run_dir"] = run_dir
+  if "val" in accepts:
+    kwargs["val"] = val
+  return kwargs
+
+
+def run_cell(method: str, p: int, seed: int, *, cache, proto: Protocol, sets: dict, val, cfg, workdir: str):
+  """``(record, per_query or None)`` of one (method, p, seed) cell."""
+  spec = aligners.get(method)
+  record = {"method": method, "p": int(p), "seed": int(seed), "status": "ok"}
+  if p < spec.min_pairs:
+    return {**record, "status": sweep.NEEDS_PAIRS, "reason": f"needs >= {spec.min_pairs} pairs"}, None
+  rows = proto.draw(seed, p)
+  data = cell_data(cache, rows)
+  record["sizes"] = {"pairs": int(p), "unpaired_x": len(rows["unp_x"]), "unpaired_y": len(rows["unp_y"])}
+  key = jax.random.fold_in(jax.random.fold_in(jax.random.key(cfg.seed), seed), p)
+  kwargs = fit_kwargs(method, cfg, run_dir=os.path.join(workdir, "runs", method, f"p{p}_s{seed}"), val=val)
+  start = time.perf_counter()
+  try:
+    alignment = aligners.fit(method, key, data, **kwargs)
+    jax.block_until_ready(jax.tree.leaves(alignment))
+  except aligners.NeedsPairsError as e:
+    return {**record, "status": sweep.NEEDS_PAIRS, "reason": str(e)}, None
+  except Exception as e:
+    raise RuntimeError(f"cell {method} p={p} seed={seed} failed: {type(e).__name__}: {e}") from e
+  fit_seconds = time.perf_counter() - start
+  out, per_query = evaluate(alignment, sets, seed=seed)
+  record["metrics"] = {**out, "fit_seconds": fit_seconds}
+  record["eval_seconds"] = time.perf_counter() - start - fit_seconds
+  return record, per_query
+
+
+# ================================================================================================================
+# Main
+# ================================================================================================================
+def run(cfg, workdir: str) -> dict:
+  CONFIG.validate(cfg)
+  t_start = time.time()
+  wd.save_config(workdir, cfg)
+  cache = read_cache(cfg.data.cache, "data.cache")
+  proto = make_protocol(cache, cfg)
+  ps, labels = resolve_n_pairs(cfg.n_pairs, proto.p_max)
+  sets = eval_sets(cache, proto, cfg)
+  held_val = proto.held_out("val")
+  val = aligners.AlignData.create(pairs_x=cache.image_emb[held_val["image_rows"]],
+                                  pairs_y=cache.text_emb[held_val["caption_rows"][held_val["first"]]],
+                                  dx=cache.image_emb.shape[1], dy=cache.text_emb.shape[1])
+  seeds = list(range(cfg.seeds))
+  methods = list(cfg.methods)
+  n_train = int((proto.roles == "train").sum())
+  print(f"benchmark on {cfg.data.cache}: {len(sets['test']['x'])} test images / {len(sets['test']['y'])} captions, "
+        f"{len(held_val['image_rows'])} validation images, {n_train} training images; p ∈ "
+        f"{[labels[p] for p in ps]} (max = {proto.p_max}), {len(seeds)} seeds, unpaired mode "
+        f"{cfg.data.unpaired_mode}; extra eval sets: {sorted(set(sets) - {'test'}) or 'none'}")
+
+  store = sweep.CellStore(workdir)
+  writer = wd.MetricWriter(workdir)
+  grid = [(m, p, s) for s in seeds for p in ps for m in methods]
+  cells = {c: store.load(*c) for c in grid}
+  todo = [c for c in grid if cells[c] is None]
+  print(f"{len(grid) - len(todo)} of {len(grid)} cells done before, {len(todo)} to run")
+  for method, p, seed in tqdm(todo, desc="cells", disable=not wd.is_primary(), dynamic_ncols=True):
+    record, per_query = run_cell(method, p, seed, cache=cache, proto=proto, sets=sets, val=val, cfg=cfg,
+                                 workdir=workdir)
+    if wd.is_primary():
+      store.save(record, per_query)
+    if record["status"] == "ok":
+      writer.write(p, record["metrics"], prefix=f"cell/{method}/seed{seed}/")
+    cells[method, p, seed] = record
+
+  # --- statistics ----------------------------------------------------------------------------------------------
+  summary = sweep.summarise(cells, methods=methods, ps=ps, seeds=seeds, confidence=cfg.eval.confidence)
+  reference = cfg.reference or sweep.choose_reference(
+      summary, methods=methods, trained={m: aligners.get(m).trained for m in methods})
+  comparison = sweep.compare(store, cells, summary, reference=reference, methods=methods, ps=ps, seeds=seeds,
+                             metrics=cfg.eval.compare_metrics, n_boot=cfg.eval.n_boot,
+                             confidence=cfg.eval.confidence)
+  for m in methods:
+    for p in ps:
+      if summary[m][p]:
+        writer.write(p, {k: v["mean"] for k, v in summary[m][p].items() if v}, prefix=f"summary/{m}/")
+  writer.close()
+
+  # --- outputs -------------------------------------------------------------------------------------------------
+  sizes = {labels[p]: next((cells[c]["sizes"] for c in grid if c[1] == p and "sizes" in cells[c]), None)
+           for p in ps}
+  header = (f"## Alignment benchmark: {cfg.data.cache}\n\n{len(sets['test']['x'])} test images "
+            f"({len(sets['test']['y'])} captions), {len(held_val['image_rows'])} held-out validation images, "
+            f"{n_train} training images; nested pairs per seed, unpaired pools from the rest ({cfg.data.unpaired_mode}"
+            f"); {len(seeds)} seeds; reference: {reference}.\n")
+  md = sweep.markdown(summary, comparison, methods=methods, ps=ps, labels=labels, reference=reference,
+                      table_metrics=cfg.eval.table_metrics, compare_metrics=cfg.eval.compare_metrics,
+                      n_seeds=len(seeds), confidence=cfg.eval.confidence, header=header)
+  fit_s = lambda c: c["fit_seconds"]["mean"] if c and c.get("fit_seconds") else None  # noqa: E731
+  timing = {m: {f"p={labels[p]}": fit_s(summary[m][p]) for p in ps} for m in methods}
+  seconds = round(time.time() - t_start, 1)
+  extra = {
+      "cells": [sweep.to_json(cells[c]) for c in grid], "summary": sweep.to_json(summary),
+      "comparison": sweep.to_json(comparison), "reference": reference, "methods_run": methods,
+      "p_values": list(ps), "p_labels": {str(p): labels[p] for p in ps}, "seeds": seeds,
+      "protocol": {"cache": cfg.data.cache, "split": cfg.data.split, "split_seed": cfg.data.split_seed,
+                   "n_test_images": len(sets["test"]["x"]), "n_test_captions": len(sets["test"]["y"]),
+                   "n_val_images": len(held_val["image_rows"]), "n_train_images": n_train, "p_max": proto.p_max,
+                   "unpaired_mode": cfg.data.unpaired_mode, "max_unpaired": cfg.data.max_unpaired,
+                   "sizes_by_p": sizes, "eval_sets": sorted(sets)},
+      "cells_run_now": len(todo), "seconds": seconds,
+  }
+  methods_means = {m: {f"p{p}/{k}": v["mean"] for p in ps if summary[m][p] for k, v in summary[m][p].items() if v}
+                   for m in methods}
+  wd.write_results(workdir, methods_means, **extra)  # results.json with provenance (results.md is replaced below)
+  if not wd.is_primary():
+    return extra
+  full = md + "\n### fit seconds (wall clock, mean over seeds; not part of the resumable result)\n\n" + \
+      wd.markdown_table(timing) + "\n"
+  sio.write_text(os.path.join(workdir, "results.md"), full)
+  sweep.plot(summary, methods=methods, ps=ps, labels=labels, path=os.path.join(workdir, "sweep.png"))
+  print("\n" + md)
+  print(f"{len(todo)} cells run in {seconds:.1f} s; results in {workdir}/results.{{json,md}}, plot sweep.png")
+  return extra
+
+
+if __name__ == "__main__":
+  cfg_lib.launch(run, "configs/benchmark.py")

@@ -1,0 +1,280 @@
+r"""A resumable (method, p, seed) sweep and its statistics: the cell store, intervals, paired differences, tables.
+
+Used by ``experiments/benchmark.py``; nothing here knows about aligners or caches.
+
+* :class:`CellStore` — one cell is ``done/<method>/p<p>_s<seed>.json`` (its scalar metrics, or the status
+  ``"needs_pairs"``) and, for a computed cell, ``cells/<method>/p<p>_s<seed>.npz`` with its per-query values. Both
+  are written atomically, the ``.npz`` first, so a ``done`` file means the cell is complete; a rerun skips it.
+* :func:`summarise` — per (method, p, metric): the mean over seeds with a Student-t interval
+  (:func:`sotalign_jax.stats.seed_interval`).
+* :func:`compare` — per p and metric: each method minus the reference, and the reference minus the best other
+  method, with :func:`sotalign_jax.stats.paired_difference` on the per-query values of the seeds both have (same
+  pairs, same test queries), and the seeds each wins.
+* :func:`markdown` / :func:`plot` — ``results.md`` and the R@1 / FOSCTTM-vs-p figure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from sotalign_jax import stats
+from sotalign_jax.runtime import io as sio
+
+__all__ = ["METRICS", "PER_QUERY_METRICS", "LOWER_IS_BETTER", "CellStore", "summarise", "compare",
+           "choose_reference", "markdown", "plot", "to_json"]
+
+# Every scalar a cell reports; the per-query ones are stored per test query for the paired bootstrap.
+METRICS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "foscttm", "i2t_mean_rank",
+           "t2i_mean_rank", "i2t_median_rank", "t2i_median_rank", "matching_acc", "zeroshot_fashion_mnist",
+           "tuxpaint_i2t_r1", "fit_seconds")
+PER_QUERY_METRICS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "foscttm", "i2t_mean_rank",
+                     "t2i_mean_rank", "matching_acc")
+LOWER_IS_BETTER = frozenset({"foscttm", "i2t_mean_rank", "t2i_mean_rank", "i2t_median_rank", "t2i_median_rank",
+                             "fit_seconds"})
+NEEDS_PAIRS = "needs_pairs"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Cells on disk.
+# ----------------------------------------------------------------------------------------------------------------
+class CellStore:
+  """The ``done/`` and ``cells/`` files of a sweep under ``workdir``."""
+
+  def __init__(self, workdir: str):
+    self.workdir = workdir
+
+  def _path(self, kind: str, method: str, p: int, seed: int, ext: str) -> str:
+    return os.path.join(self.workdir, kind, method, f"p{int(p)}_s{int(seed)}.{ext}")
+
+  def load(self, method: str, p: int, seed: int) -> dict | None:
+    """The record of a finished cell, or ``None``."""
+    path = self._path("done", method, p, seed, "json")
+    if not os.path.exists(path):
+      return None
+    with open(path, encoding="utf-8") as fh:
+      return json.load(fh)
+
+  def save(self, record: Mapping[str, Any], per_query: Mapping[str, np.ndarray] | None = None):
+    """Writes a cell (its per-query values first, then the ``done`` record that marks it finished)."""
+    method, p, seed = record["method"], record["p"], record["seed"]
+    if per_query is not None:
+      sio.save_npz(self._path("cells", method, p, seed, "npz"),
+                   **{k: np.asarray(v, np.float32) for k, v in per_query.items()})
+    sio.write_json(self._path("done", method, p, seed, "json"), to_json(record))
+
+  def per_query(self, method: str, p: int, seed: int) -> dict[str, np.ndarray]:
+    """The per-query arrays of a computed cell."""
+    with np.load(self._path("cells", method, p, seed, "npz")) as z:
+      return {k: np.asarray(z[k], np.float64) for k in z.files}
+
+
+def to_json(v):
+  """``v`` with NumPy scalars and arrays as Python numbers and lists, NaN as ``None`` (strict JSON)."""
+  if isinstance(v, Mapping):
+    return {str(k): to_json(x) for k, x in v.items()}
+  if isinstance(v, (list, tuple)):
+    return [to_json(x) for x in v]
+  if isinstance(v, np.ndarray):
+    return to_json(v.tolist())
+  if isinstance(v, np.generic):
+    v = v.item()
+  if isinstance(v, float) and not math.isfinite(v):
+    return None
+  return v
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Statistics.
+# ----------------------------------------------------------------------------------------------------------------
+def _ok(cells: Mapping, method: str, p: int, seeds: Sequence[int]) -> list[int]:
+  """Seeds with a computed cell of (method, p)."""
+  return [s for s in seeds if (method, p, s) in cells and cells[method, p, s]["status"] == "ok"]
+
+
+def _finite(v) -> bool:
+  return v is not None and isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def summarise(cells: Mapping, *, methods: Sequence[str], ps: Sequence[int], seeds: Sequence[int],
+              confidence: float = 0.95) -> dict:
+  """``{method: {p: {metric: {"mean", "low", "high", "n"}}}}`` over the computed seeds; ``None`` where a (method,
+  p) has no computed cell (needs pairs) or a metric was not evaluated (its optional data is missing)."""
+  out = {}
+  for m in methods:
+    out[m] = {}
+    for p in ps:
+      ok = _ok(cells, m, p, seeds)
+      if not ok:
+        out[m][p] = None
+        continue
+      out[m][p] = {}
+      for k in METRICS:
+        vals = [cells[m, p, s]["metrics"].get(k) for s in ok]
+        if not all(map(_finite, vals)):
+          out[m][p][k] = None
+          continue
+        iv = stats.seed_interval(vals, confidence=confidence)
+        out[m][p][k] = {"mean": iv.mean, "low": iv.low, "high": iv.high, "n": iv.n}
+  return out
+
+
+def choose_reference(summary: Mapping, *, methods: Sequence[str], trained: Mapping[str, bool],
+                     preferred: str = "sotalign") -> str:
+  """``preferred`` when it is among ``methods``, else the closed-form (untrained) method with the best R@1 (mean of
+  both directions, averaged over the p values it has), else the best method."""
+  if preferred in methods:
+    return preferred
+
+  def score(m):
+    vals = [0.5 * (c["i2t_r1"]["mean"] + c["t2i_r1"]["mean"]) for c in summary[m].values() if c]
+    return float(np.mean(vals)) if vals else -math.inf
+
+  pool = [m for m in methods if not trained.get(m, False)] or list(methods)
+  return max(pool, key=score)
+
+
+def _boot_seed(*parts) -> int:
+  return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:4], "big")
+
+
+def _difference(store: CellStore, a: str, b: str, p: int, seeds: Sequence[int], metric: str, *, n_boot: int,
+                confidence: float) -> dict:
+  pa = np.stack([store.per_query(a, p, s)[metric] for s in seeds])
+  pb = np.stack([store.per_query(b, p, s)[metric] for s in seeds])
+  d = stats.paired_difference(pa, pb, n_boot=n_boot, confidence=confidence, seed=_boot_seed(a, b, p, metric))
+  better = d.per_seed < 0 if metric in LOWER_IS_BETTER else d.per_seed > 0
+  return {"a": a, "b": b, "diff": d.diff, "low": d.low, "high": d.high, "excludes_zero": d.excludes_zero,
+          "wins": int(better.sum()), "n_seeds": d.n_seeds, "seeds": list(seeds), "per_seed": d.per_seed.tolist(),
+          "seed_low": d.seed_interval.low, "seed_high": d.seed_interval.high}
+
+
+def compare(store: CellStore, cells: Mapping, summary: Mapping, *, reference: str, methods: Sequence[str],
+            ps: Sequence[int], seeds: Sequence[int], metrics: Sequence[str], n_boot: int = 1000,
+            confidence: float = 0.95) -> dict:
+  """Paired differences at every p and metric.
+
+  Returns:
+    ``{"vs_reference": {p: {metric: {method: diff}}}, "vs_best_other": {p: {metric: diff}}}`` where a ``diff`` is
+    ``{"a", "b", "diff" (a − b), "low", "high", "excludes_zero", "wins" (seeds where a is better, the metric's
+    direction taken into account), "n_seeds", "seeds", "per_seed", "seed_low", "seed_high"}``; a method with no
+    seed in common with the reference at that p is left out.
+  """
+  vs_ref, vs_best = {}, {}
+  for p in ps:
+    vs_ref[p], vs_best[p] = {}, {}
+    ref_seeds = set(_ok(cells, reference, p, seeds))
+    for metric in metrics:
+      vs_ref[p][metric] = {}
+      if not ref_seeds:
+        continue
+      for m in methods:
+        common = [s for s in _ok(cells, m, p, seeds) if s in ref_seeds]
+        if m != reference and common:
+          vs_ref[p][metric][m] = _difference(store, m, reference, p, common, metric, n_boot=n_boot,
+                                             confidence=confidence)
+      others = [m for m in vs_ref[p][metric] if summary[m][p] and summary[m][p].get(metric)]
+      if others:
+        sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+        best = max(others, key=lambda m: sign * summary[m][p][metric]["mean"])
+        common = vs_ref[p][metric][best]["seeds"]
+        vs_best[p][metric] = _difference(store, reference, best, p, common, metric, n_boot=n_boot,
+                                         confidence=confidence)
+  return {"vs_reference": vs_ref, "vs_best_other": vs_best}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tables and plot.
+# ----------------------------------------------------------------------------------------------------------------
+def _digits(metric: str) -> int:
+  return 1 if metric.endswith("rank") or metric.endswith("seconds") else 3
+
+
+def _fmt_interval(c, metric: str) -> str:
+  if not c:
+    return "–"
+  d = _digits(metric)
+  if c["n"] < 2 or not _finite(c["low"]):
+    return f"{c['mean']:.{d}f}"
+  return f"{c['mean']:.{d}f} ± {0.5 * (c['high'] - c['low']):.{d}f}"
+
+
+def _fmt_diff(d, metric: str) -> str:
+  if not d:
+    return "–"
+  k = _digits(metric)
+  star = "*" if d["excludes_zero"] else ""
+  return f"{d['diff']:+.{k}f} [{d['low']:+.{k}f}, {d['high']:+.{k}f}]{star} {d['wins']}/{d['n_seeds']}"
+
+
+def markdown(summary: Mapping, comparison: Mapping, *, methods: Sequence[str], ps: Sequence[int],
+             labels: Mapping[int, str], reference: str, table_metrics: Sequence[str],
+             compare_metrics: Sequence[str], n_seeds: int, confidence: float, header: str = "") -> str:
+  """The benchmark's markdown: one methods × p table per metric, then the difference tables."""
+  cols = [f"p={labels[p]}" + (f" ({p})" if labels[p] != str(p) else "") for p in ps]
+  head = lambda first: [f"| {first} | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]  # noqa: E731
+  pct = f"{100 * confidence:g}%"
+  out = [header] if header else []
+  for metric in table_metrics:
+    if not any(summary[m][p] and summary[m][p].get(metric) for m in methods for p in ps):
+      continue  # never evaluated (e.g. its optional cache is missing)
+    arrow = "lower is better" if metric in LOWER_IS_BETTER else "higher is better"
+    out += [f"### {metric} ({arrow}; mean ± {pct} interval over {n_seeds} seeds; – = needs pairs)", ""]
+    out += head("method")
+    for m in methods:
+      out.append(f"| {m} | " + " | ".join(_fmt_interval(summary[m][p] and summary[m][p].get(metric), metric)
+                                          for p in ps) + " |")
+    out.append("")
+  for metric in compare_metrics:
+    vs_ref = comparison["vs_reference"]
+    if not any(vs_ref[p].get(metric) for p in ps):
+      continue
+    out += [f"### Δ {metric}: method − {reference} (paired bootstrap over test queries within seeds, {pct}; "
+            f"* = interval excludes 0; n/m = seeds where the method is better)", ""]
+    out += head("method")
+    for m in methods:
+      if m != reference:
+        out.append(f"| {m} | " + " | ".join(_fmt_diff(vs_ref[p].get(metric, {}).get(m), metric) for p in ps) + " |")
+    best = [comparison["vs_best_other"][p].get(metric) for p in ps]
+    out.append(f"| **{reference} − best other** | " + " | ".join(
+        _fmt_diff(b, metric) + (f" (vs {b['b']})" if b else "") for b in best) + " |")
+    out.append("")
+  return "\n".join(out).rstrip() + "\n"
+
+
+def plot(summary: Mapping, *, methods: Sequence[str], ps: Sequence[int], labels: Mapping[int, str], path: str,
+         metrics: Sequence[str] = ("i2t_r1", "t2i_r1", "foscttm")):
+  """Each metric vs p with its seed-interval band per method; log-x, p = 0 drawn left of the smallest p > 0."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  from sotalign_jax.runtime import workdir as wd  # pylint: disable=g-import-not-at-top
+  positive = [p for p in ps if p > 0] or [1]
+  x_of = {p: (p if p > 0 else min(positive) / 3.0) for p in ps}
+  fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
+  for ax, metric in zip(axes[0], metrics):
+    for m in methods:
+      pts = [(x_of[p], summary[m][p][metric]) for p in ps if summary[m][p] and summary[m][p].get(metric)]
+      if not pts:
+        continue
+      x = np.array([a for a, _ in pts])
+      mean = np.array([c["mean"] for _, c in pts])
+      lo = np.array([c["low"] if _finite(c["low"]) else c["mean"] for _, c in pts])
+      hi = np.array([c["high"] if _finite(c["high"]) else c["mean"] for _, c in pts])
+      (line,) = ax.plot(x, mean, marker="o", ms=3, label=m)
+      ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
+    ax.set_xscale("log")
+    ax.set_xticks([x_of[p] for p in ps])
+    ax.set_xticklabels([labels[p] if labels[p] != "max" else f"max\n{p}" for p in ps], fontsize=7)
+    ax.minorticks_off()
+    ax.set_xlabel("paired examples p")
+    ax.set_ylabel(metric + (" (lower is better)" if metric in LOWER_IS_BETTER else ""))
+    ax.grid(alpha=0.3)
+  axes[0][0].legend(fontsize=7)
+  fig.tight_layout()
+  wd.save_figure(fig, path)
