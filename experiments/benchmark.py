@@ -44,13 +44,9 @@ CONFIG = cfg_lib.experiment_config(__file__)  # configs/benchmark.py: get_config
 # ================================================================================================================
 def read_cache(path: str, key: str):
   """The cache ``config.<key>`` names, with its arrays in memory as float32 (rows are indexed many times)."""
-  cache = open_cache(path, key=key)
+  cache = open_cache(path, key=key, check_values=True)
   img = None if cache.image_emb is None else np.asarray(cache.image_emb, np.float32)
-  cache = cache._replace(image_emb=img, text_emb=np.asarray(cache.text_emb, np.float32))
-  for name, emb in (("image", cache.image_emb), ("text", cache.text_emb)):
-    if emb is not None and not np.isfinite(emb).all():
-      raise ValueError(f"config.{key}: the {name} embeddings of {path} contain NaN/Inf; rebuild the cache")
-  return cache
+  return cache._replace(image_emb=img, text_emb=np.asarray(cache.text_emb, np.float32))
 
 
 def make_protocol(cache, cfg) -> Protocol:

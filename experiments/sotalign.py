@@ -49,18 +49,8 @@ TRAIN_SPLITS = ("paired", "unpaired")
 # ================================================================================================================
 def read_cache(path: str, key: str):
   """The cache that ``config.<key>`` names, memory-mapped (rows are read only when a pool or eval set takes them),
-  after a NaN/Inf scan split over hosts (each scans :func:`distributed.host_shard` of the rows)."""
-  cache = open_cache(path, key=key, mmap=True)
-  for name, emb in (("image_embeddings.npy", cache.image_emb), ("text_embeddings.npy", cache.text_emb)):
-    if emb is None:
-      continue
-    block = distributed.host_shard(len(emb))
-    bad = sum(int((~np.isfinite(emb[a:min(a + 65536, block.stop)])).any(1).sum())
-              for a in range(block.start, block.stop, 65536))
-    if bad:
-      raise ValueError(f"config.{key}: {os.path.join(path, name)} has {bad} rows with NaN/Inf; rebuild the cache "
-                       "(delete it and rerun `python -m sotalign_jax.cli.embed ...`)")
-  return cache
+  after a NaN/Inf scan split over hosts."""
+  return open_cache(path, key=key, mmap=True, check_values=True)
 
 
 class Pool(NamedTuple):

@@ -201,7 +201,6 @@ def zero_shot_accuracy(image_emb, class_text_emb, labels, *, precision=DEFAULT_P
 # one: rank_q = 1 + g_q + t_q / 2 (the mid-rank, 1-based), FOSCTTM_q = (g_q + t_q / 2) / |N_q| and
 # hit@k_q = clip((k − g_q) / (t_q + 1), 0, 1), the probability that the random rank g_q + U{1..t_q+1} is ≤ k.
 # ----------------------------------------------------------------------------------------------------------------
-_BENCH_PREC = jax.lax.Precision.HIGHEST
 
 
 def _bench_scores(a, b, name_a: str, name_b: str):
@@ -274,7 +273,7 @@ def _tie_counts(q, g, idx, mask, *, chunk: int, cos: bool):
 
   def one(args):
     qc, pc = args
-    s = jnp.matmul(qc, g.T, precision=_BENCH_PREC) if cos else qc
+    s = jnp.matmul(qc, g.T, precision=DEFAULT_PRECISION) if cos else qc
     s = jnp.where(jnp.isnan(s), -jnp.inf, s)  # a missing (NaN) score ranks last
     is_pos = pc if mask is not None else jnp.arange(ng)[None, :] == pc[:, None]
     best = jnp.max(jnp.where(is_pos, s, -jnp.inf), axis=1, keepdims=True)

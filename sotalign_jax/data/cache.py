@@ -110,7 +110,7 @@ def embed_command(path: str, dataset: str = "...") -> str:
           f"--out {path}")
 
 
-def open_cache(path: str, *, key: str, dataset: str = "...", mmap: bool = False) -> Cache:
+def open_cache(path: str, *, key: str, dataset: str = "...", mmap: bool = False, check_values: bool = False) -> Cache:
   """:func:`load_cache`, or a ``FileNotFoundError`` saying how to build the cache that ``config.<key>`` names.
 
   Args:
@@ -118,9 +118,24 @@ def open_cache(path: str, *, key: str, dataset: str = "...", mmap: bool = False)
     key: the dotted config key that holds ``path``, for the message.
     dataset: the dataset to suggest when ``path``'s name does not say (:func:`embed_command`).
     mmap: memory-map the arrays.
+    check_values: scan the embeddings for NaN/Inf rows (in 65,536-row chunks, so a memory-mapped cache is never
+      read whole; on several hosts each scans its own block, :func:`sotalign_jax.runtime.distributed.host_shard`)
+      and raise a ``ValueError`` naming the file and the count.
   """
   try:
-    return load_cache(path, mmap=mmap)
+    cache = load_cache(path, mmap=mmap)
   except FileNotFoundError as e:
     raise FileNotFoundError(f"config.{key}: {e}\nBuild it with `{embed_command(path, dataset)}` (`make caches` "
                             f"builds the demo caches), or point config.{key} elsewhere.") from None
+  if check_values:
+    from sotalign_jax.runtime import distributed  # pylint: disable=g-import-not-at-top
+    for name, emb in (("image_embeddings.npy", cache.image_emb), ("text_embeddings.npy", cache.text_emb)):
+      if emb is None:
+        continue
+      block = distributed.host_shard(len(emb))
+      bad = sum(int((~np.isfinite(emb[a:min(a + 65536, block.stop)])).any(1).sum())
+                for a in range(block.start, block.stop, 65536))
+      if bad:
+        raise ValueError(f"config.{key}: {os.path.join(path, name)} has {bad} rows with NaN/Inf; rebuild the cache "
+                         "(delete it and rerun `python -m sotalign_jax.cli.embed ...`)")
+  return cache
