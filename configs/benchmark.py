@@ -10,12 +10,21 @@ Launch (a rerun with the same workdir resumes: finished (method, p, seed) cells 
       --config.methods=cca,asif --config.n_pairs=10,100,-1 --config.hparams.cca.reg=0.3 --config.reference=cca
 
 The argument after ``:`` is a comma list of presets and ``key=value`` fields, applied left to right
-(:func:`sotalign_jax.runtime.config.parse_arg`). Presets: ``full`` (the default: every registered aligner,
-p ∈ {0, 10, 30, 100, 300, 1000, max}, 5 seeds), ``quick`` (the closed-form and training-free aligners,
-p ∈ {0, 10, 100, 1000}, 3 seeds: what ``make bench-align`` runs) and ``smoke`` (≈ 30 s on a small fake cache,
-for tests). Fields: ``seeds`` (int), ``tiny`` (bool: small held-out sets, few bootstrap replicates, no optional eval
-caches). ``methods`` and ``n_pairs`` are tuples: set them with ``--config.methods=...`` / ``--config.n_pairs=...``.
-Unknown names, and unknown ``--config.KEY`` overrides, are rejected naming the known ones.
+(:func:`sotalign_jax.runtime.config.parse_arg`). Presets:
+
+* ``full`` (the default): every registered aligner but ``sotalign_paper`` (whose 2,000-step, 32k-batch recipe is
+  for an accelerator: add it with ``--config.methods``), p ∈ {0, 10, 30, 100, 300, 1000, max}, 5 seeds, the trained
+  methods at :data:`CPU_BUDGET`;
+* ``demo``: what ``make demo`` runs — the closed forms, SAIL, SOTAlign and the upper bound at p = 500, 3 seeds;
+* ``wordnet``: the lemma ↔ gloss two-view testbed (``make wordnet-cache``), p ∈ {100, 300, 1000, 3000}, 3 seeds,
+  2,000 test items; combine with ``pool=1000`` etc. for the unpaired pool size;
+* ``quick``: the closed-form and training-free aligners, p ∈ {0, 10, 100, 1000}, 3 seeds (``make bench-align``);
+* ``smoke``: ≈ 30 s on a small fake cache, for tests.
+
+Fields: ``seeds`` (int), ``tiny`` (bool: small held-out sets, few bootstrap replicates, no optional eval caches),
+``cpu_budget`` (bool: :data:`CPU_BUDGET`), ``wordnet`` (bool), ``pool`` (int: ``data.max_unpaired``, -1 = all).
+``methods`` and ``n_pairs`` are tuples: set them with ``--config.methods=...`` / ``--config.n_pairs=...``. Unknown
+names, and unknown ``--config.KEY`` overrides, are rejected naming the known ones.
 
 ``hparams.<method>.<option>`` holds every registered method's options with their registry defaults (options whose
 default is ``None`` are left out and keep it), so any of them can be overridden from the command line.
@@ -30,23 +39,33 @@ from sotalign_jax.runtime import sweep
 
 ALL_METHODS = tuple(aligners.ALIGNERS)  # whatever is registered when the config is read
 FAST_METHODS = tuple(m for m in ALL_METHODS if not aligners.ALIGNERS[m].trained)
-INJECTED = ("run_dir", "val")  # fit options the benchmark fills itself when a method declares them
+GPU_METHODS = ("sotalign_paper",)  # 2,000 steps × an α grid at batches of up to 32k: for an accelerator
+CPU_METHODS = tuple(m for m in ALL_METHODS if m not in GPU_METHODS)
+WORDNET = "data_cache/wordnet_two_view__all-MiniLM-L6-v2__all-mpnet-base-v2"  # make wordnet-cache
+DEMO_METHODS = ("cca", "ridge", "procrustes", "sail", "sotalign", "upper_bound")
 PRESETS = {
-    "full": {},
+    "full": {"cpu_budget": True},
     "quick": {"seeds": 3, "n_pairs": (0, 10, 100, 1000), "methods": FAST_METHODS},
     "smoke": {"seeds": 2, "n_pairs": (0, 8, -1), "methods": FAST_METHODS, "tiny": True},
+    "demo": {"seeds": 3, "n_pairs": (500,), "methods": DEMO_METHODS, "cpu_budget": True},
+    "wordnet": {"wordnet": True, "seeds": 3, "n_pairs": (100, 300, 1000, 3000),
+                "methods": ("cca", "procrustes", "sail", "sotalign", "upper_bound"), "cpu_budget": True},
 }
+CPU_BUDGET = {"steps": 400, "batch_unpaired": 256}
+"""What ``cpu_budget`` sets for every trained method but ``sotalign_paper``: fewer steps and a smaller unpaired batch
+than the registry's recipe (600 and 512), so that the full sweep's ≈ 200 trained fits finish in about an hour on 2
+CPU cores. The README reports the sweep with this budget; set ``cpu_budget=false`` for the registry's recipe."""
 
 
 def _hparams(spec) -> ml_collections.ConfigDict:
   scalar = (bool, int, float, str)
-  return ml_collections.ConfigDict({k: v for k, v in spec.defaults.items() if k not in INJECTED and (
+  return ml_collections.ConfigDict({k: v for k, v in spec.defaults.items() if k not in aligners.INJECTED and (
       isinstance(v, scalar) or (isinstance(v, tuple) and all(isinstance(x, scalar) for x in v)))})
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = cfg_lib.parse_arg(arg, presets=PRESETS, methods=ALL_METHODS, n_pairs=(0, 10, 30, 100, 300, 1000, -1),
-                          seeds=5, tiny=False)
+  arg = cfg_lib.parse_arg(arg, presets=PRESETS, methods=CPU_METHODS, n_pairs=(0, 10, 30, 100, 300, 1000, -1),
+                          seeds=5, tiny=False, cpu_budget=False, wordnet=False, pool=-1)
   c = ml_collections.ConfigDict()
   c.seed = 0                     # base of every PRNG key (key = fold_in(fold_in(key(seed), s), p))
   c.seeds = arg.seeds            # seeds 0 .. seeds-1: each draws its own nested pairs, shared by every method
@@ -62,7 +81,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.test_size = 1000        # held-out test images, with all their captions (hash mode)
   c.data.val_size = 500          # held-out validation images (hash mode), passed to methods that take `val`
   c.data.unpaired_mode = "disjoint"  # disjoint: unpaired images and texts from disjoint halves | shared
-  c.data.max_unpaired = -1       # cap on each unpaired pool (-1: all the remainder gives)
+  c.data.max_unpaired = arg.pool  # cap on each unpaired pool (-1: all the remainder gives)
   c.data.min_unpaired = 100      # p = max leaves this many images in each unpaired half
 
   # --- evaluation ----------------------------------------------------------------------------------------------
@@ -77,6 +96,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # --- per-method options (registry defaults) ------------------------------------------------------------------
   c.hparams = ml_collections.ConfigDict({m: _hparams(aligners.ALIGNERS[m]) for m in ALL_METHODS})
+  if arg.cpu_budget:
+    for m in ALL_METHODS:
+      if aligners.ALIGNERS[m].trained and m not in GPU_METHODS:
+        c.hparams[m].update(CPU_BUDGET)
+  if arg.wordnet:  # lemmas (MiniLM) ↔ glosses (MPNet): text-only views, no image eval sets
+    c.data.cache = WORDNET
+    c.data.test_size = 2000
+    c.eval.fashion_mnist_cache = c.eval.tuxpaint_cache = ""
+    c.eval.table_metrics = tuple(m for m in c.eval.table_metrics if m not in ("zeroshot_fashion_mnist",
+                                                                               "tuxpaint_i2t_r1"))
+  c.log_every = 100              # trained methods: metrics.jsonl / TensorBoard every this many steps
+  c.ckpt_every = 200             # and an Orbax checkpoint (a killed cell resumes from it)
 
   if arg.tiny:
     c.data.test_size = 150
@@ -84,6 +115,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.min_unpaired = 20
     c.eval.n_boot = 200
     c.eval.fashion_mnist_cache = c.eval.tuxpaint_cache = ""
+    for m in ALL_METHODS:
+      if aligners.ALIGNERS[m].trained:
+        c.hparams[m].update(steps=20, batch_paired=32, batch_unpaired=64, teacher_dim=16)
+        if "sinkhorn_iters" in c.hparams[m]:
+          c.hparams[m].sinkhorn_iters = 20
   return c
 
 
@@ -92,7 +128,7 @@ def validate(c: ml_collections.ConfigDict):
   cfg_lib.check_subset(c, "methods", tuple(aligners.ALIGNERS))
   if len(set(c.methods)) != len(c.methods):
     raise ValueError(f"config.methods lists a method twice: {c.methods}")
-  cfg_lib.check_ints(c, ("seeds", "data.test_size", "eval.n_boot", "data.min_unpaired"))
+  cfg_lib.check_ints(c, ("seeds", "data.test_size", "eval.n_boot", "data.min_unpaired", "log_every", "ckpt_every"))
   cfg_lib.check_ints(c, ("data.val_size",), minimum=0)
   cfg_lib.check_ints(c, ("n_pairs",), minimum=0, sentinel=-1)
   cfg_lib.check_ints(c, ("data.max_unpaired",), sentinel=-1)

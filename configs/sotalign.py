@@ -6,40 +6,45 @@ Launch (one convention for every experiment; a rerun with the same workdir resum
   python experiments/sotalign.py --config configs/sotalign.py:full --workdir workdirs/sotalign_full
   python experiments/sotalign.py --config configs/sotalign.py:sotalign,n_pairs=2000 --workdir workdirs/n2000
   python experiments/sotalign.py --config configs/sotalign.py:demo --workdir workdirs/alpha \
-      --config.sotalign.alpha=0.5 --config.methods="('teacher_cca','sail','sotalign')"
+      --config.sotalign.alpha=0.5 --config.methods=cca,sail,sotalign
 
 The argument after ``:`` is a comma list of presets and ``key=value`` fields, applied left to right
-(:func:`sotalign_jax.runtime.config.parse_arg`). Presets: ``demo`` (500 pairs, what ``make demo`` runs; also the
-default), ``full`` (sweeps n_pairs ∈ {100, 500, 2000}), ``smoke`` (a few tiny steps on whatever cache is given:
-for tests), ``teachers`` (the closed forms only) and one per trained method (``sail``, ``structure``,
-``pseudo_label``, ``sotalign``, ``upper_bound``) that runs only it. Fields: ``n_pairs`` (int), ``steps`` (int),
-``tiny`` (bool: tiny batches and solver sizes). Unknown names, and unknown ``--config.KEY`` overrides, are
-rejected naming the known ones.
+(:func:`sotalign_jax.runtime.config.parse_arg`). Presets: ``demo`` (500 pairs; also the default), ``full`` (sweeps
+n_pairs ∈ {100, 500, 2000}), ``smoke`` (a few tiny steps on whatever cache is given: for tests), ``teachers`` (the
+closed forms only) and one per trained method (``sail``, ``sail_semi``, ``structure``, ``pseudo_label``, ``nnclr``,
+``sotalign``, ``sotalign_paper``, ``upper_bound``) that runs only it (``sotalign_paper`` runs only when named: its
+2,000-step recipe with an α grid is slow on a CPU). Fields: ``n_pairs`` (int), ``steps`` (int), ``tiny`` (bool: tiny
+batches and solver sizes). Unknown names, and unknown ``--config.KEY`` overrides, are rejected naming the known
+ones. Methods are registry names (:mod:`sotalign_jax.aligners`); ``config.<method>`` holds a method's own options.
 """
 
 import ml_collections
 import optax
 
-from sotalign_jax import teachers
-from sotalign_jax.objectives import METHODS
+from sotalign_jax import aligners
+from sotalign_jax.aligners.base import CENTER_MODES
+from sotalign_jax.aligners.trained import TEACHERS
 from sotalign_jax.runtime import config as cfg_lib
 
-TEACHER_METHODS = tuple(m for m in METHODS if METHODS[m].teacher)
+TEACHER_METHODS = ("cca", "ridge", "procrustes")
+TRAINED = ("sail", "sail_semi", "structure", "pseudo_label", "nnclr", "sotalign", "upper_bound")
+METHODS = TEACHER_METHODS + TRAINED + ("sotalign_paper",)  # registry names (sotalign_jax.aligners)
 PRESETS = {
     "demo": {},
     "full": {"n_pairs_sweep": (100, 500, 2000), "steps": 3000},
     "smoke": {"tiny": True, "n_pairs": 64, "steps": 20},
     "teachers": {"methods": TEACHER_METHODS},
-    **{m: {"methods": (m,)} for m in METHODS if m not in TEACHER_METHODS},
+    **{m: {"methods": (m,)} for m in TRAINED + ("sotalign_paper",)},
 }
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = cfg_lib.parse_arg(arg, presets=PRESETS, methods=tuple(METHODS), n_pairs=500, n_pairs_sweep=(), steps=600,
+  arg = cfg_lib.parse_arg(arg, presets=PRESETS, methods=TEACHER_METHODS + TRAINED, n_pairs=500, n_pairs_sweep=(),
+                          steps=600,
                           tiny=False)
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.methods = arg.methods        # subset of METHODS, in the order they run
+  c.methods = arg.methods        # registry names (METHODS), in the order they run
 
   # --- data: embedding caches written by `python -m sotalign_jax.cli.embed` ---------------------------------------
   c.data = ml_collections.ConfigDict()
@@ -55,6 +60,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.split = "test"          # "val" while tuning; "test" is never tuned on
   c.eval.fashion_mnist_cache = "data_cache/fashion_mnist__efficientnet-lite0__all-MiniLM-L6-v2"  # "": skip
   c.eval.tuxpaint_cache = "data_cache/tuxpaint__efficientnet-lite0__all-MiniLM-L6-v2"  # "": skip
+
+  # --- preprocessing of every method (sotalign_jax.aligners.base): centre on the pairs' mean, no unit norm, so the
+  # closed forms are sotalign_jax.teachers.fit and every fitted map folds into heads on raw features -------------
+  c.preprocess = ml_collections.ConfigDict()
+  c.preprocess.center = "pairs"  # all | pairs | none
+  c.preprocess.normalize = False
 
   # --- teacher (closed form, pairs only) -----------------------------------------------------------------------
   c.teacher = ml_collections.ConfigDict()
@@ -77,9 +88,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.siglip_t = 10.0              # SigLIP init: t' = log 10, b = -10
   c.siglip_b = -10.0
 
-  # --- per-method terms (README, SOTAlign: how α was chosen) ---------------------------------------------------
+  # --- per-method options (README, SOTAlign: how α was chosen); any registry option of a method can be set here --
   c.sotalign = ml_collections.ConfigDict()
-  c.sotalign.divergence = "klot"   # klot | sinkhorn_divergence (ablation)
   c.sotalign.alpha = 10.0
   c.sotalign.eps_student = 0.05
   c.sotalign.eps_teacher = 0.005
@@ -90,6 +100,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.pseudo_label = ml_collections.ConfigDict()
   c.pseudo_label.alpha = 1.0
   c.pseudo_label.eps = 0.005
+  c.sail_semi = ml_collections.ConfigDict()
+  c.sail_semi.alpha = 1.0
+  c.nnclr = ml_collections.ConfigDict()
+  c.nnclr.alpha = 1.0
+  c.sotalign_paper = ml_collections.ConfigDict(  # the paper's recipe is its own: the shared keys above do not apply
+      {k: v for k, v in aligners.get("sotalign_paper").defaults.items() if k not in ("alpha_grid",)})
+  c.sotalign_paper.alpha_grid = (1e-3, 1e-4, 1e-5)
 
   # --- bookkeeping -------------------------------------------------------------------------------------------
   c.log_every = 50
@@ -101,6 +118,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.teacher.cca_dim = 16
     c.log_every = c.ckpt_every = 10
     c.sotalign.sinkhorn_iters = 20
+    c.sotalign_paper.update(steps=arg.steps, batch_paired=32, batch_unpaired=64, sinkhorn_iters=20, teacher_dim=16)
   return c
 
 
@@ -111,8 +129,8 @@ def validate(c: ml_collections.ConfigDict):
                          "teacher.cca_dim", "head.hidden", "sotalign.sinkhorn_iters"))
   cfg_lib.check_positive(c, ("lr", "sotalign.eps_student", "sotalign.eps_teacher", "teacher.ridge_lam"))
   cfg_lib.check_one_of(c, "head.kind", ("linear", "mlp"))
-  cfg_lib.check_one_of(c, "teacher.name", teachers.TEACHERS)
-  cfg_lib.check_one_of(c, "sotalign.divergence", ("klot", "sinkhorn_divergence"))
+  cfg_lib.check_one_of(c, "teacher.name", TEACHERS)
+  cfg_lib.check_one_of(c, "preprocess.center", CENTER_MODES)
   cfg_lib.check_one_of(c, "eval.split", ("val", "test"))
   if not hasattr(optax, c.optimizer):
     raise ValueError(f"config.optimizer: optax has no optimizer {c.optimizer!r} (try adamw or lion)")

@@ -10,7 +10,9 @@ over seeds and paired differences (:mod:`sotalign_jax.runtime.sweep`) → ``resu
 plot ``sweep.png``, and the markdown on stdout.
 
 A rerun with the same workdir skips every finished cell; a killed sweep reruns to the same table (closed-form and
-training-free methods are deterministic; trained ones get the key ``fold_in(fold_in(key(seed), s), p)``).
+training-free methods are deterministic; trained ones get the key ``fold_in(fold_in(key(seed), s), p)`` and
+resume an interrupted fit from its checkpoints in ``runs/``). An all-pairs method (the upper bound) is fitted once
+per seed on every training pair and shown at every p.
 
 Metrics of a cell, on the test images with all their captions: R@1/5/10 image→text (a hit is any caption of the
 image) and text→image; mean and median rank (1-based, ties count half, :func:`sotalign_jax.metrics.
@@ -22,7 +24,6 @@ image→text R@1 when those caches exist; the fit's wall-clock seconds.
 
 from __future__ import annotations
 
-import inspect
 import os
 import time
 
@@ -34,7 +35,7 @@ from sotalign_jax import aligners, metrics
 from sotalign_jax.data.cache import open_cache
 from sotalign_jax.data.protocol import Protocol, resolve_n_pairs
 from sotalign_jax.runtime import config as cfg_lib
-from sotalign_jax.runtime import io as sio, sweep, workdir as wd
+from sotalign_jax.runtime import io as sio, sweep, train as train_lib, workdir as wd
 
 CONFIG = cfg_lib.experiment_config(__file__)  # configs/benchmark.py: get_config, validate
 
@@ -126,33 +127,33 @@ def evaluate(alignment: aligners.Alignment, sets: dict, *, seed: int) -> tuple[d
 # ================================================================================================================
 # One cell: fit, time, evaluate
 # ================================================================================================================
-def fit_kwargs(method: str, cfg, *, run_dir: str, val: aligners.AlignData) -> dict:
-  """The method's options from ``config.hparams``, plus ``run_dir`` / ``val`` if its fit function takes them."""
-  spec = aligners.get(method)
+def fit_kwargs(method: str, cfg) -> dict:
+  """The method's options from ``config.hparams`` (lists as tuples)."""
   kwargs = dict(cfg.hparams[method]) if method in cfg.hparams else {}
-  kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
-  accepts = set(spec.defaults) | set(inspect.signature(spec.fn).parameters)
-  if "run_dir" in accepts:
-    kwargs["run_dir"] = run_dir
-  if "val" in accepts:
-    kwargs["val"] = val
-  return kwargs
+  return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
 
 
-def run_cell(method: str, p: int, seed: int, *, cache, proto: Protocol, sets: dict, val, cfg, workdir: str):
-  """``(record, per_query or None)`` of one (method, p, seed) cell."""
+def run_cell(method: str, p: int, seed: int, *, cache, proto: Protocol, sets: dict, val, cfg, workdir: str,
+             writer: wd.MetricWriter):
+  """``(record, per_query or None)`` of one (method, p, seed) cell. Trained methods train on the shared checkpointed
+  loop in ``runs/<method>/p<p>_s<seed>`` (a killed cell resumes from its last checkpoint)."""
   spec = aligners.get(method)
   record = {"method": method, "p": int(p), "seed": int(seed), "status": "ok"}
-  if p < spec.min_pairs:
+  if p < spec.min_pairs and not spec.all_pairs:
     return {**record, "status": sweep.NEEDS_PAIRS, "reason": f"needs >= {spec.min_pairs} pairs"}, None
-  rows = proto.draw(seed, p)
+  rows = proto.all_pairs() if spec.all_pairs else proto.draw(seed, p)
   data = cell_data(cache, rows)
-  record["sizes"] = {"pairs": int(p), "unpaired_x": len(rows["unp_x"]), "unpaired_y": len(rows["unp_y"])}
-  key = jax.random.fold_in(jax.random.fold_in(jax.random.key(cfg.seed), seed), p)
-  kwargs = fit_kwargs(method, cfg, run_dir=os.path.join(workdir, "runs", method, f"p{p}_s{seed}"), val=val)
+  record["sizes"] = {"pairs": len(rows["pair_x"]), "unpaired_x": len(rows["unp_x"]), "unpaired_y": len(rows["unp_y"])}
+  p_key = 2**31 - 1 if spec.all_pairs else p  # the all-pairs data do not depend on p
+  key = jax.random.fold_in(jax.random.fold_in(jax.random.key(cfg.seed), seed), p_key)
+  cell = f"{'all' if spec.all_pairs else f'p{p}'}_s{seed}"
+  loop = train_lib.checkpointed_loop(os.path.join(workdir, "runs", method, cell), writer=writer,
+                                     name=f"{method}/{cell}", log_every=cfg.log_every, ckpt_every=cfg.ckpt_every,
+                                     mesh=train_lib.data_mesh())
   start = time.perf_counter()
   try:
-    alignment = aligners.fit(method, key, data, **kwargs)
+    alignment = aligners.fit(method, key, data, loop=loop, mesh=train_lib.data_mesh(), val=val,
+                             **fit_kwargs(method, cfg))
     jax.block_until_ready(jax.tree.leaves(alignment))
   except aligners.NeedsPairsError as e:
     return {**record, "status": sweep.NEEDS_PAIRS, "reason": str(e)}, None
@@ -194,9 +195,16 @@ def run(cfg, workdir: str) -> dict:
   cells = {c: store.load(*c) for c in grid}
   todo = [c for c in grid if cells[c] is None]
   print(f"{len(grid) - len(todo)} of {len(grid)} cells done before, {len(todo)} to run")
+  upper = {}  # an all-pairs method sees the same data at every p: fitted once per seed
   for method, p, seed in tqdm(todo, desc="cells", disable=not wd.is_primary(), dynamic_ncols=True):
-    record, per_query = run_cell(method, p, seed, cache=cache, proto=proto, sets=sets, val=val, cfg=cfg,
-                                 workdir=workdir)
+    if aligners.get(method).all_pairs and (method, seed) in upper:
+      record, per_query = upper[method, seed]
+      record = {**record, "p": int(p)}
+    else:
+      record, per_query = run_cell(method, p, seed, cache=cache, proto=proto, sets=sets, val=val, cfg=cfg,
+                                   workdir=workdir, writer=writer)
+      if aligners.get(method).all_pairs:
+        upper[method, seed] = record, per_query
     if wd.is_primary():
       store.save(record, per_query)
     if record["status"] == "ok":
@@ -209,7 +217,8 @@ def run(cfg, workdir: str) -> dict:
       summary, methods=methods, trained={m: aligners.get(m).trained for m in methods})
   comparison = sweep.compare(store, cells, summary, reference=reference, methods=methods, ps=ps, seeds=seeds,
                              metrics=cfg.eval.compare_metrics, n_boot=cfg.eval.n_boot,
-                             confidence=cfg.eval.confidence)
+                             confidence=cfg.eval.confidence,
+                             not_competing=[m for m in methods if aligners.get(m).all_pairs])
   for m in methods:
     for p in ps:
       if summary[m][p]:

@@ -204,8 +204,8 @@ def train_step(state, data, rng, *, f1, f2, method, n, cfg_static, sharding):
   (_, (aux, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   new_state = state.apply_gradients(grads=grads).replace(batch_stats=stats)
   updates = jax.tree.map(lambda a, b: a - b, new_state.params, state.params)
-  return new_state, {**aux, "grad_norm": optax.global_norm(grads), "param_norm": optax.global_norm(state.params),
-                     "update_norm": optax.global_norm(updates)}
+  return new_state, {**aux, "grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(state.params),
+                     "update_norm": optax.tree.norm(updates)}
 
 
 def train(method: str, spaces: dict, cfg, run_dir: str, writer: wd.MetricWriter):

@@ -2,11 +2,13 @@ r"""SOTAlign: semi-supervised alignment of a frozen image encoder and a frozen t
 
   python experiments/sotalign.py --config configs/sotalign.py:demo --workdir workdirs/sotalign_demo
 
-Reads top to bottom: config (``configs/sotalign.py``: ``get_config``, ``validate``) → data pools → teachers → per
-method: heads, train step, :func:`sotalign_jax.runtime.train.train_loop` (Orbax checkpoints) → evaluation →
-``results.json`` + markdown table + plot. Method keys: ``teacher_cca``, ``teacher_ridge``, ``teacher_procrustes``
-(closed form, pairs only), ``sail`` (SigLIP on the pairs), ``structure`` and ``pseudo_label`` (semi-supervised
-baselines), ``sotalign`` (SigLIP + α·KLOT on unpaired data) and ``upper_bound`` (SigLIP on every training pair).
+Reads top to bottom: config (``configs/sotalign.py``: ``get_config``, ``validate``) → data pools → per method
+``aligners.fit`` through the registry (:mod:`sotalign_jax.aligners`; trained methods on the shared checkpointed loop,
+:func:`sotalign_jax.runtime.train.checkpointed_loop`) → evaluation → ``results.json`` + markdown table + plot.
+Methods are registry names: ``cca``, ``ridge``, ``procrustes`` (closed form, pairs only), ``sail`` (SigLIP on the
+pairs), ``sail_semi``, ``structure``, ``pseudo_label``, ``nnclr`` (semi-supervised baselines), ``sotalign``
+(SigLIP + α·KLOT on unpaired data), ``sotalign_paper`` (the paper's recipe) and ``upper_bound`` (SigLIP on every
+training pair). For many seeds and intervals use ``experiments/benchmark.py``.
 
 Data-parallel over all devices: the pools are row-sharded over a 1-D mesh (:func:`distributed.shard_rows`), the
 batches too. On several hosts each reads from the memory-mapped cache only the pool rows its devices hold, and
@@ -19,7 +21,6 @@ randomness is ``fold_in(seed, step)``, reaches the same final metrics as an unin
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import time
@@ -27,20 +28,16 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
-import optax
-from flax.training import train_state
 
-from sotalign_jax import losses, metrics, objectives, teachers
+from sotalign_jax import aligners, metrics
 from sotalign_jax.data.cache import open_cache
 from sotalign_jax.data.splits import stable_uniform
-from sotalign_jax.nn.heads import init_head, linear_params, load_heads, save_heads
+from sotalign_jax.nn.heads import linear_params, save_heads
 from sotalign_jax.runtime import config as cfg_lib
 from sotalign_jax.runtime import distributed, io as sio, train as train_lib, workdir as wd
 
 CONFIG = cfg_lib.experiment_config(__file__)  # configs/sotalign.py: get_config, validate
-METHODS = objectives.METHODS
 TRAIN_SPLITS = ("paired", "unpaired")
 
 
@@ -81,6 +78,17 @@ class Pool(NamedTuple):
         out.append(np.asarray(array[idx[lo:hi]], np.float32))
       offset += len(idx)
     return np.concatenate(out)
+
+  @property
+  def shape(self) -> tuple[int, int]:
+    return (len(self), int(self.parts[0][0].shape[1]))
+
+  def __getitem__(self, rows: slice) -> np.ndarray:
+    """Rows ``[start, stop)`` (a slice with step 1): a pool is a lazy row source of ``aligners.AlignData``."""
+    if not isinstance(rows, slice) or rows.step not in (None, 1):
+      raise TypeError("a Pool is read by contiguous slices, pool[start:stop]")
+    start, stop, _ = rows.indices(len(self))
+    return self.read(start, stop) if stop > start else np.zeros((0, self.shape[1]), np.float32)
 
   def subset(self, positions: np.ndarray) -> "Pool":
     """The rows at sorted ``positions`` of the concatenation."""
@@ -139,6 +147,15 @@ def retrieval_set(cache, split: str) -> dict:
           "i2t": [np.where(owner == i)[0].tolist() for i in range(len(imgs))]}
 
 
+def validation_pairs(cache) -> aligners.AlignData | None:
+  """The cache's ``val`` images with their first captions, for methods that choose a hyperparameter (None if none)."""
+  if not len(cache.caption_rows("val")):
+    return None
+  imgs, caps = cache.first_captions("val")
+  return aligners.AlignData.create(pairs_x=np.asarray(cache.image_emb[imgs], np.float32),
+                                   pairs_y=np.asarray(cache.text_emb[caps], np.float32))
+
+
 def eval_sets(cache, cfg) -> dict:
   sets = {"main": retrieval_set(cache, cfg.eval.split)}
   if cfg.eval.tuxpaint_cache and os.path.exists(os.path.join(cfg.eval.tuxpaint_cache, "manifest.json")):
@@ -175,106 +192,59 @@ def evaluate(embed_x, embed_y, sets: dict) -> dict[str, float]:
 
 
 # ================================================================================================================
-# Teachers
+# Fit one method through the registry (sotalign_jax.aligners), on the shared checkpointed loop
 # ================================================================================================================
-def fit_teacher(name: str, pools: dict, cfg) -> teachers.LinearTeacher:
-  n = len(pools["pair_x"])
-  return teachers.fit(name, pools["pair_x"].read(), pools["pair_y"].read(), dim=min(cfg.teacher.cca_dim, n - 1),
-                      reg=cfg.teacher.cca_reg, lam=cfg.teacher.ridge_lam)
+CONFIG_KEYS = {  # registry option -> config key (the options every trained method shares, and the teachers')
+    "steps": "steps", "optimizer": "optimizer", "lr": "lr", "weight_decay": "weight_decay",
+    "warmup_steps": "warmup_steps", "batch_paired": "batch_paired", "batch_unpaired": "batch_unpaired",
+    "head": "head.kind", "hidden": "head.hidden", "siglip_t": "siglip_t", "siglip_b": "siglip_b",
+    "teacher": "teacher.name", "teacher_dim": "teacher.cca_dim", "teacher_reg": "teacher.cca_reg",
+    "ridge_lam": "teacher.ridge_lam", "dim": "teacher.cca_dim", "reg": "teacher.cca_reg", "lam": "teacher.ridge_lam",
+    "center": "preprocess.center", "normalize": "preprocess.normalize",
+}
 
 
-# ================================================================================================================
-# Training one method
-# ================================================================================================================
-def unpaired_term(method: str, cfg):
-  """``(term, alpha)``: the method's unpaired term with its config options bound, and its weight."""
-  spec = METHODS[method]
-  if spec.section is None:
-    return objectives.UNPAIRED_TERMS["none"], 0.0
-  options = dict(cfg[spec.section])
-  alpha = options.pop("alpha")
-  name = options.pop("divergence", spec.term)
-  return functools.partial(objectives.UNPAIRED_TERMS[name], **options), alpha
+def method_hparams(method: str, cfg) -> dict:
+  """The registry options of ``method``: the shared keys of :data:`CONFIG_KEYS` it takes (not for
+  ``sotalign_paper``, whose recipe is its own), then its own section ``config.<method>`` if there is one."""
+  spec = aligners.get(method)
+  hp = {} if method == "sotalign_paper" else {
+      k: cfg_lib.get_path(cfg, path) for k, path in CONFIG_KEYS.items() if k in spec.defaults}
+  if method in cfg:
+    hp.update({k: tuple(v) if isinstance(v, list) else v for k, v in cfg[method].items()})
+  return hp
 
 
-def train_step(state, data, rng, *, f, g, term, alpha, sizes, batch_paired, batch_unpaired, sharding):
-  """One update on a random paired batch and (for semi-supervised methods) a random unpaired batch.
-
-  The pools in ``data`` are row-sharded and zero-padded (:func:`distributed.shard_rows`); ``sizes`` holds their
-  real row counts, the only rows sampled.
-  """
-  kp, kx, ky = jax.random.split(rng, 3)
-  n_pairs, n_ux, n_uy = sizes
-  sample = lambda k, n, b: jax.random.choice(k, n, (b,), replace=b > n)
-  ip = sample(kp, n_pairs, batch_paired)
-  xp, yp = (jax.lax.with_sharding_constraint(data[k][ip], sharding) for k in ("pair_x", "pair_y"))
-  xu = jax.lax.with_sharding_constraint(data["unp_x"][sample(kx, n_ux, batch_unpaired)], sharding)
-  yu = jax.lax.with_sharding_constraint(data["unp_y"][sample(ky, n_uy, batch_unpaired)], sharding)
-
-  def loss_fn(params):
-    zx = f.apply({"params": params["f"]}, xp)
-    zy = g.apply({"params": params["g"]}, yp)
-    pair_loss = losses.siglip_loss(zx, zy, t_log=params["t_log"],
-                                   bias=params["bias"])
-    unpaired = objectives.UnpairedBatch(
-        xu, yu, f.apply({"params": params["f"]}, xu), g.apply({"params": params["g"]}, yu),
-        (xu - data["teacher_mx"]) @ data["teacher_wx"], (yu - data["teacher_my"]) @ data["teacher_wy"],
-        jnp.exp(params["t_log"]))
-    unpaired_loss = term(unpaired)
-    return pair_loss + alpha * unpaired_loss, {"pair_loss": pair_loss, "unpaired_loss": unpaired_loss}
-
-  (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  new_state = state.apply_gradients(grads=grads)
-  updates = jax.tree.map(lambda a, b: a - b, new_state.params, state.params)
-  return new_state, {"loss": loss, **aux, "grad_norm": optax.global_norm(grads),
-                     "param_norm": optax.global_norm(state.params), "update_norm": optax.global_norm(updates),
-                     "temperature": jnp.exp(state.params["t_log"]), "bias": state.params["bias"]}
-
-
-def train(method: str, pools: dict, teacher: teachers.LinearTeacher, cfg, run_dir: str, writer: wd.MetricWriter):
-  """Trains ``method``'s heads (resuming from ``run_dir``); returns the embed functions of the trained heads."""
+def fit_method(method: str, pools: dict, cfg, run_dir: str, writer: wd.MetricWriter, val) -> aligners.Alignment:
+  """``aligners.fit(method, ...)`` on the pools, trained methods on :func:`train_lib.checkpointed_loop` in
+  ``run_dir`` (resumable) over every device."""
+  spec = aligners.get(method)
+  pair = ("all_x", "all_y") if spec.all_pairs else ("pair_x", "pair_y")
+  data = aligners.AlignData(pools["unp_x"], pools["unp_y"], pools[pair[0]].read(), pools[pair[1]].read())
   mesh = train_lib.data_mesh()
-  kf, kg, key = jax.random.split(jax.random.key(cfg.seed), 3)
-  hidden = cfg.head.hidden if cfg.head.kind == "mlp" else 0
-  f, pf = init_head(kf, teacher.wx, teacher.mx, hidden=hidden)
-  g, pg = init_head(kg, teacher.wy, teacher.my, hidden=hidden)
-  params = {"f": pf, "g": pg, "t_log": jnp.log(jnp.float32(cfg.siglip_t)), "bias": jnp.float32(cfg.siglip_b)}
-  tx = train_lib.make_optimizer(cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                warmup_steps=cfg.warmup_steps, steps=cfg.steps)
-  state = train_state.TrainState.create(apply_fn=None, params=params, tx=tx)
-
-  # every pool row-sharded over the devices, each host reading only the rows its devices hold
-  pair = ("all_x", "all_y") if METHODS[method].all_pairs else ("pair_x", "pair_y")
-  named = dict(zip(("pair_x", "pair_y", "unp_x", "unp_y"), pair + ("unp_x", "unp_y")))
-  data = {k: distributed.shard_rows(pools[p].read, len(pools[p]), mesh=mesh) for k, p in named.items()}
-  data.update(jax.device_put({"teacher_wx": teacher.wx, "teacher_wy": teacher.wy, "teacher_mx": teacher.mx,
-                              "teacher_my": teacher.my}, NamedSharding(mesh, P())))
-  sizes = (len(pools[pair[0]]), len(pools["unp_x"]), len(pools["unp_y"]))
-  if jax.process_count() > 1:
+  if spec.trained and jax.process_count() > 1:
     print(f"[{method}] process {jax.process_index()}/{jax.process_count()} reads rows " + ", ".join(
         f"{k} [{a}, {b})" for k in ("unp_x", "unp_y")
         for a, b in [distributed.local_row_range(len(pools[k]), mesh=mesh)]))
-  term, alpha = unpaired_term(method, cfg)
-  step_fn = functools.partial(train_step, f=f, g=g, term=term, alpha=alpha, sizes=sizes,
-                              batch_paired=cfg.batch_paired, batch_unpaired=cfg.batch_unpaired,
-                              sharding=NamedSharding(mesh, P("data")))
-  state = train_lib.train_loop(state, step_fn, data, key=key, steps=cfg.steps, run_dir=run_dir, writer=writer,
-                               name=method, log_every=cfg.log_every, ckpt_every=cfg.ckpt_every, mesh=mesh)
-  return write_heads(run_dir, {"f": state.params["f"], "g": state.params["g"]}, hidden=hidden)
+  loop = train_lib.checkpointed_loop(run_dir, writer=writer, name=method, log_every=cfg.log_every,
+                                     ckpt_every=cfg.ckpt_every, mesh=mesh)
+  return aligners.fit(method, jax.random.key(cfg.seed), data, loop=loop, mesh=mesh, val=val,
+                      **method_hparams(method, cfg))
 
 
-def write_heads(run_dir: str, params: dict, *, hidden: int):
-  """Process 0 writes the heads (:func:`save_heads`); every process returns them once the files are there."""
+def write_heads(run_dir: str, alignment: aligners.Alignment):
+  """Saves the fitted maps as heads on raw features (:func:`save_heads`, for ``python -m sotalign_jax.cli.evaluate``)
+  when they are affine or trained heads without unit-norm preprocessing; process 0 writes."""
+  if isinstance(alignment, aligners.HeadsAlignment) and not alignment.normalize:
+    params, hidden = aligners.folded_heads(alignment), alignment.hidden
+  elif isinstance(alignment, aligners.LinearAlignment) and not alignment.normalize:
+    wy = jnp.eye(alignment.my.shape[0]) if alignment.wy is None else alignment.wy
+    params, hidden = {"f": linear_params(alignment.wx, alignment.mx), "g": linear_params(wy, alignment.my)}, 0
+  else:
+    return
   if wd.is_primary():
     save_heads(run_dir, params, hidden=hidden)
   wd.sync(f"heads:{run_dir}")
-  return load_heads(run_dir)
-
-
-def teacher_heads(teacher: teachers.LinearTeacher, run_dir: str):
-  """A teacher is a pair of linear heads ``(x - m) W``: saved in the same format as trained heads."""
-  params = {"f": linear_params(teacher.wx, teacher.mx), "g": linear_params(teacher.wy, teacher.my)}
-  return write_heads(run_dir, params, hidden=0)
 
 
 # ================================================================================================================
@@ -286,6 +256,7 @@ def run(cfg, workdir: str) -> dict:
   wd.save_config(workdir, cfg)
   cache = read_cache(cfg.data.cache, "data.cache")
   sets = eval_sets(cache, cfg)
+  val = validation_pairs(cache)
   writer = wd.MetricWriter(workdir)
   sizes = sorted(set(cfg.data.n_pairs_sweep) | {cfg.data.n_pairs})
   by_size: dict[int, dict] = {}
@@ -294,7 +265,6 @@ def run(cfg, workdir: str) -> dict:
     pools = make_pools(cache, cfg, n_pairs)
     print(f"n_pairs={n_pairs}: {len(pools['pair_x'])} pairs, {len(pools['unp_x'])} unpaired images, "
           f"{len(pools['unp_y'])} unpaired texts, {len(sets['main']['x'])} {cfg.eval.split} images")
-    fitted = {}
     by_size[n_pairs] = {}
     for method in methods:
       done = os.path.join(workdir, "done", f"{method}_n{n_pairs}.json")
@@ -302,15 +272,10 @@ def run(cfg, workdir: str) -> dict:
         with open(done) as fh:
           by_size[n_pairs][method] = json.load(fh)
         continue
-      tname = METHODS[method].teacher or cfg.teacher.name
-      if tname not in fitted:
-        fitted[tname] = fit_teacher(tname, pools, cfg)
       run_dir = os.path.join(workdir, "runs", f"{method}_n{n_pairs}")
-      if METHODS[method].teacher:
-        embed_x, embed_y = teacher_heads(fitted[tname], run_dir)
-      else:
-        embed_x, embed_y = train(method, pools, fitted[tname], cfg, run_dir, writer)
-      result = evaluate(embed_x, embed_y, sets)
+      alignment = fit_method(method, pools, cfg, run_dir, writer, val)
+      write_heads(run_dir, alignment)
+      result = evaluate(alignment.embed_x, alignment.embed_y, sets)
       writer.write(n_pairs, result, prefix=f"eval/{method}/")
       if wd.is_primary():
         sio.write_json(done, result)

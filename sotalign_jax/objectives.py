@@ -11,6 +11,11 @@ same batch, and returns a scalar to add to the paired SigLIP loss:
   structure in the aligned space (:func:`sotalign_jax.losses.structure_regularizer`).
 * ``pseudo_label`` — S-CLIP-style soft pseudo-captions: the teacher's OT plan between the unpaired images and
   texts, row- and column-normalised, is the target of the student's softmax over the batch.
+* ``extra_negatives`` — semi-supervised SAIL: the unpaired images and texts join the SigLIP batch as extra
+  negatives (every entry of the enlarged batch that is not a true pair is labelled −1).
+* ``nn_positives`` — NNCLR-style nearest-neighbour positives (after Dwibedi et al., ICCV 2021): each unpaired image
+  borrows the caption of its nearest *paired* image (in the frozen image space) as a positive, each unpaired text
+  the image of its nearest paired text.
 * ``none`` — no unpaired term (SAIL-style supervised training, and the all-pairs upper bound).
 """
 
@@ -28,6 +33,7 @@ __all__ = ["UnpairedBatch", "UNPAIRED_TERMS", "Method", "METHODS", "klot_term_wi
 
 
 class UnpairedBatch(NamedTuple):
+  """One step's unpaired batch (and, for the terms that relate it to the pairs, the step's paired batch)."""
   x: jax.Array    # [n, dx] raw image features
   y: jax.Array    # [m, dy] raw text features
   zx: jax.Array   # [n, k] student image embeddings (unnormalised)
@@ -35,6 +41,11 @@ class UnpairedBatch(NamedTuple):
   tx: jax.Array   # [n, k'] teacher image embeddings (constants)
   ty: jax.Array   # [m, k'] teacher text embeddings
   logit_scale: jax.Array  # exp(t'), the student's SigLIP temperature
+  logit_bias: jax.Array | None = None  # b, the student's SigLIP bias
+  pair_x: jax.Array | None = None   # [p, dx] raw features of the paired batch
+  pair_y: jax.Array | None = None   # [p, dy]
+  pair_zx: jax.Array | None = None  # [p, k] student embeddings of the paired batch
+  pair_zy: jax.Array | None = None  # [p, k]
 
 
 def klot_term(b: UnpairedBatch, *, eps_student: float, eps_teacher: float, sinkhorn_iters: int) -> jax.Array:
@@ -83,6 +94,56 @@ def pseudo_label_term(b: UnpairedBatch, *, eps: float) -> jax.Array:
   return 0.5 * (ce_i2t + ce_t2i)
 
 
+def _sigmoid_terms(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  return -jnp.sum(jax.nn.log_sigmoid(labels * logits))
+
+
+def extra_negatives_term(b: UnpairedBatch) -> jax.Array:
+  r"""Semi-supervised SAIL: SigLIP on the paired batch enlarged by the unpaired rows, which are negatives only.
+
+  With :math:`s = e^{t'}`, bias :math:`b` and the paired batch of size :math:`p`, the term adds every entry of the
+  enlarged :math:`(p + n) \times (p + m)` logit matrix outside the paired block, all labelled −1:
+
+  .. math::
+
+    \frac{1}{p}\Big[\sum_{i \le p, j \le m} \ell^-(z^x_i, u^y_j) + \sum_{i \le n, j \le p} \ell^-(u^x_i, z^y_j)
+      + \sum_{i \le n, j \le m} \ell^-(u^x_i, u^y_j)\Big], \qquad \ell^-(a, c) = -\log\sigma(-(s\cos(a, c) + b)),
+
+  so with weight α = 1 the total loss is exactly :func:`sotalign_jax.losses.siglip_loss` of the enlarged batch
+  with the same :math:`1/p` normalisation as the pair loss.
+  """
+  s, bias = b.logit_scale, b.logit_bias
+  ux, uy, px, py = unit(b.zx), unit(b.zy), unit(b.pair_zx), unit(b.pair_zy)
+  neg = lambda a, c: _sigmoid_terms(s * (a @ c.T) + bias, -1.0)  # noqa: E731
+  return (neg(px, uy) + neg(ux, py) + neg(ux, uy)) / px.shape[0]
+
+
+def nn_positives_term(b: UnpairedBatch) -> jax.Array:
+  r"""NNCLR-style nearest-neighbour positives for unpaired rows (after Dwibedi et al., ICCV 2021, "With a Little
+  Help from My Friends", whose positives are nearest neighbours in a support set; here the support set is the
+  step's paired batch and the neighbours are found in the *frozen* unimodal space, so no positive depends on the
+  model being trained).
+
+  Each unpaired image :math:`u^x_i` takes as positive the text :math:`z^y_{\nu(i)}` of its nearest paired image
+  :math:`\nu(i) = \arg\max_j \cos(x^u_i, x^p_j)`, and each unpaired text the image of its nearest paired text;
+  both pseudo-pair batches get a SigLIP loss whose label is +1 wherever two rows borrowed the same partner (so a
+  duplicated partner is never a negative of itself). The term is the mean of the two, each normalised by its
+  batch size as :func:`sotalign_jax.losses.siglip_loss`.
+  """
+  s, bias = b.logit_scale, b.logit_bias
+
+  def pseudo_siglip(queries, raw_queries, raw_support, partners, image_side: bool):
+    nn_idx = jnp.argmax(unit(raw_queries) @ unit(raw_support).T, axis=1)
+    keys = unit(partners)[nn_idx]
+    q = unit(queries)
+    logits = s * (q @ keys.T if image_side else keys @ q.T) + bias
+    labels = jnp.where(nn_idx[:, None] == nn_idx[None, :], 1.0, -1.0)
+    return _sigmoid_terms(logits, labels) / q.shape[0]
+
+  return 0.5 * (pseudo_siglip(b.zx, b.x, b.pair_x, b.pair_zy, True)
+                + pseudo_siglip(b.zy, b.y, b.pair_y, b.pair_zx, False))
+
+
 def no_term(b: UnpairedBatch) -> jax.Array:
   """No unpaired term (SAIL-style supervised training and the all-pairs upper bound)."""
   del b
@@ -94,6 +155,8 @@ UNPAIRED_TERMS: dict[str, Callable[..., jax.Array]] = {
     "sinkhorn_divergence": sinkhorn_divergence_term,
     "structure": structure_term,
     "pseudo_label": pseudo_label_term,
+    "extra_negatives": extra_negatives_term,
+    "nn_positives": nn_positives_term,
     "none": no_term,
 }
 

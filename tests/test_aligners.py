@@ -10,6 +10,7 @@ import pytest
 from sotalign_jax import aligners, metrics, teachers
 
 _K, _DX, _DY = 6, 20, 14
+CLOSED_FORM = sorted(m for m, spec in aligners.ALIGNERS.items() if not spec.trained)  # trained: test_trained_aligners
 
 
 def _views(rng, n, a, b, noise=0.3):
@@ -170,7 +171,7 @@ def test_cca_dim_is_capped_by_pairs(planted):
 # ----------------------------------------------------------------------------------------------------------------
 # Every method on the planted case.
 # ----------------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", sorted(aligners.ALIGNERS))
+@pytest.mark.parametrize("name", CLOSED_FORM)
 def test_every_method_beats_chance_on_planted_views(planted, name):
   data, tx, ty = planted
   a = aligners.fit(name, jax.random.key(0), data)
@@ -199,12 +200,17 @@ def test_registry_records_what_the_benchmark_needs():
   assert {"lstsq", "ridge", "procrustes", "cca", "local_cka", "relative", "asif"} <= set(aligners.ALIGNERS)
   for name, spec in aligners.ALIGNERS.items():
     assert spec.name == name and spec.needs_pairs and spec.min_pairs >= 1 and spec.citation
-    assert not spec.uses_unpaired and not spec.trained
+    assert spec.all_pairs == (name == "upper_bound")
+    assert not set(aligners.INJECTED) & set(spec.defaults)  # loop / mesh / val are passed, never tuned
+    if name in CLOSED_FORM:
+      assert not spec.uses_unpaired
+    else:
+      assert spec.uses_unpaired == (name not in ("sail", "upper_bound")), name
     assert callable(spec.fn) and isinstance(dict(spec.defaults), dict)
   assert aligners.ALIGNERS["lstsq"].defaults == {"center": "all", "normalize": True, "rtol": None}
 
 
-@pytest.mark.parametrize("name", sorted(aligners.ALIGNERS))
+@pytest.mark.parametrize("name", CLOSED_FORM)
 def test_too_few_pairs_raises_needs_pairs(planted, name):
   data, _, _ = planted
   spec = aligners.ALIGNERS[name]

@@ -219,7 +219,7 @@ def test_tuple_overrides_reach_the_config_in_every_form():
 @pytest.mark.parametrize("override, message", [
     ("--config.nonexistent=1", "unknown config key --config.nonexistent\nKeys of config: batch_paired, "),
     ("--config.sotalign.alpah=3", "unknown config key --config.sotalign.alpah; did you mean --config.sotalign.alpha?"
-                                  "\nKeys of config.sotalign: alpha, divergence, "),
+                                  "\nKeys of config.sotalign: alpha, eps_student, "),
     ("--config.sotalgn.alpha=3", "did you mean --config.sotalign.alpha?"),
     ("--config.head.hiden=3", "did you mean --config.head.hidden?\nKeys of config.head: hidden, kind"),
 ])

@@ -36,7 +36,7 @@ def test_evaluate_folder_cli(tmp_path):
   assert out.returncode == 0, out.stderr[-2000:]
   wd = tmp_path / "run"
   out = run("experiments/sotalign.py", "--config", "configs/sotalign.py:smoke", "--workdir", str(wd),
-            f"--config.data.cache={cache}", "--config.methods=('teacher_ridge','sail')", "--config.data.n_pairs=20",
+            f"--config.data.cache={cache}", "--config.methods=('ridge','sail')", "--config.data.n_pairs=20",
             "--config.teacher.cca_dim=8", "--config.eval.fashion_mnist_cache=", "--config.eval.tuxpaint_cache=")
   assert out.returncode == 0, out.stderr[-2000:]
 

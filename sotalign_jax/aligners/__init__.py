@@ -23,28 +23,32 @@ name           method                                                       min 
 ``local_cka``  localized-CKA retrieval (Maniparambil et al. 2024)            2
 =============  ===========================================================  =========
 
-The trained methods (SAIL, semi-supervised SAIL, SOTAlign in both recipes, STRUCTURE, pseudo-labels, NNCLR
-positives, the all-pairs upper bound) are to register with the same signature once the shared training loop exists
-— see :mod:`sotalign_jax.aligners.base` for how; their modules then go into ``_METHOD_MODULES``.
+Trained (heads started at a closed-form teacher, SigLIP on the pairs + α · an unpaired term;
+:mod:`sotalign_jax.aligners.trained`): ``sail``, ``sail_semi`` (unpaired rows as extra negatives), ``structure``,
+``pseudo_label`` (S-CLIP-style), ``nnclr`` (nearest-neighbour positives), ``sotalign`` (this project's recipe),
+``sotalign_paper`` (the paper's recipe, α chosen on validation pairs) and ``upper_bound`` (SAIL on every training
+pair: ``AlignerSpec.all_pairs``). They take ``loop=`` (a checkpointed training loop) and ``mesh=`` from the caller.
 """
 
 import importlib
 
-from sotalign_jax.aligners.base import (ALIGNERS, CENTER_MODES, AlignData, AlignerSpec, Alignment, NeedsPairsError,
-                                        check_data, cosine, fit, get, register)
+from sotalign_jax.aligners.base import (ALIGNERS, CENTER_MODES, INJECTED, AlignData, AlignerSpec, Alignment,
+                                        NeedsPairsError, check_data, cosine, fit, get, register)
 from sotalign_jax.aligners.linear import LinearAlignment, fit_cca, fit_lstsq, fit_procrustes, fit_ridge
 from sotalign_jax.aligners.training_free import (ASIFAlignment, LocalCKAAlignment, RelativeAlignment,
                                                  asif_representation, fit_asif, fit_local_cka, fit_relative)
+from sotalign_jax.aligners.trained import HeadsAlignment, fit_heads, folded_heads
 
 __all__ = [
     "AlignData", "Alignment", "AlignerSpec", "NeedsPairsError", "ALIGNERS", "CENTER_MODES", "register", "fit", "get",
     "check_data", "cosine", "LinearAlignment", "RelativeAlignment", "ASIFAlignment", "LocalCKAAlignment",
     "asif_representation", "fit_lstsq", "fit_ridge", "fit_procrustes", "fit_cca", "fit_relative", "fit_asif",
-    "fit_local_cka",
+    "fit_local_cka", "HeadsAlignment", "fit_heads", "folded_heads", "INJECTED",
 ]
 
 # Modules whose import registers methods (closed-form and training-free ones are imported above).
-_METHOD_MODULES = ("sotalign_jax.aligners.linear", "sotalign_jax.aligners.training_free")
+_METHOD_MODULES = ("sotalign_jax.aligners.linear", "sotalign_jax.aligners.training_free",
+                   "sotalign_jax.aligners.trained")
 for _m in _METHOD_MODULES:
   importlib.import_module(_m)
 del _m

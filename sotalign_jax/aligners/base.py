@@ -58,6 +58,9 @@ CENTER_MODES = ("all", "pairs", "none")
 class AlignData(NamedTuple):
   """What an aligner is fitted on.
 
+  The unpaired parts may also be lazy row sources (:func:`is_row_source`), which trained methods read block by
+  block when they shard the pools; closed-form and training-free methods read them whole.
+
   Attributes:
     x: ``[nx, dx]`` unpaired x-rows (images); may be empty, ``[0, dx]``.
     y: ``[ny, dy]`` unpaired y-rows (texts), independent of ``x``; may be empty, ``[0, dy]``.
@@ -95,7 +98,17 @@ class AlignData(NamedTuple):
                           empty(dx) if pairs_x is None else pairs_x, empty(dy) if pairs_y is None else pairs_y))
 
 
+def is_row_source(a) -> bool:
+  """A lazy ``[n, d]`` row source: not an array, but ``a.shape`` and ``a[start:stop]`` (e.g. a pool of rows of a
+  memory-mapped cache), read only where a method places or uses its rows."""
+  return not isinstance(a, (np.ndarray, np.generic, jax.Array)) and hasattr(a, "shape") and hasattr(a, "__getitem__")
+
+
 def _check_rows(a, name: str) -> jax.Array:
+  if is_row_source(a):  # values are the source's responsibility (an embedding cache is scanned when opened)
+    if len(a.shape) != 2 or a.shape[1] == 0:
+      raise ValueError(f"`{name}` must be a 2-D [n, d] row source, got shape {tuple(a.shape)}")
+    return a
   if on_host(a) and not np.isfinite(np.asarray(a, np.float32)).all():
     raise ValueError(f"`{name}` contains NaN or Inf; clean or drop those rows first")
   a = jnp.asarray(a)
@@ -135,7 +148,10 @@ def side_mean(unpaired: jax.Array, paired: jax.Array, center: Center) -> jax.Arr
   if center not in CENTER_MODES:
     raise ValueError(f"center must be one of {CENTER_MODES}, got {center!r}")
   d = paired.shape[1]
-  rows = {"all": jnp.concatenate([unpaired, paired]), "pairs": paired, "none": paired[:0]}[center]
+  if center == "all" and is_row_source(unpaired):
+    unpaired = jnp.asarray(unpaired[0:unpaired.shape[0]], jnp.float32)
+  rows = {"all": lambda: jnp.concatenate([unpaired, paired]), "pairs": lambda: paired,
+          "none": lambda: paired[:0]}[center]()
   if rows.shape[0] == 0:
     return jnp.zeros((d,), paired.dtype)
   return rows.mean(0)
@@ -226,6 +242,7 @@ class AlignerSpec(NamedTuple):
     defaults: the keyword-only hyperparameters of ``fn`` with their defaults (read from its signature).
     trained: fitted by gradient descent (False for closed-form and training-free methods).
     citation: where the method comes from.
+    all_pairs: the protocol gives the method *every* training pair whatever p is (the all-pairs upper bound).
   """
   name: str
   fn: Callable[..., Alignment]
@@ -235,13 +252,20 @@ class AlignerSpec(NamedTuple):
   defaults: Mapping[str, Any]
   trained: bool
   citation: str
+  all_pairs: bool = False
 
+
+INJECTED = ("loop", "mesh", "val")
+"""Keyword arguments a caller provides rather than tunes: ``loop`` (the training loop: a checkpointed one in the
+experiments), ``mesh`` (the devices to shard over) and ``val`` (held-out validation pairs, an :class:`AlignData`,
+for methods that choose a hyperparameter). :func:`fit` passes each only to methods whose fit function declares it;
+none of them is in ``AlignerSpec.defaults``."""
 
 ALIGNERS: dict[str, AlignerSpec] = {}
 
 
 def register(name: str, *, needs_pairs: bool, uses_unpaired: bool, min_pairs: int, citation: str,
-             trained: bool = False):
+             trained: bool = False, all_pairs: bool = False):
   """Decorator adding ``fit_fn(key, data, *, **hparams)`` to :data:`ALIGNERS` under ``name``.
 
   The registered (and returned) function validates ``data`` and the number of pairs before calling ``fit_fn``, so
@@ -255,7 +279,8 @@ def register(name: str, *, needs_pairs: bool, uses_unpaired: bool, min_pairs: in
     if name in ALIGNERS:
       raise ValueError(f"aligner {name!r} is already registered")
     params = inspect.signature(fn).parameters
-    defaults = {k: p.default for k, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    defaults = {k: p.default for k, p in params.items()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY and k not in INJECTED}
     missing = [k for k, v in defaults.items() if v is inspect.Parameter.empty]
     if missing:
       raise ValueError(f"{name}: every hyperparameter needs a default, {missing} have none")
@@ -267,8 +292,9 @@ def register(name: str, *, needs_pairs: bool, uses_unpaired: bool, min_pairs: in
         raise NeedsPairsError(f"aligner {name!r} needs pairs: at least min_pairs={min_pairs}, got {data.n_pairs}")
       return fn(key, data, **hparams)
 
+    checked.accepts = frozenset(k for k in INJECTED if k in params)
     ALIGNERS[name] = AlignerSpec(name, checked, needs_pairs, uses_unpaired, int(min_pairs),
-                                 MappingProxyType(defaults), trained, citation)
+                                 MappingProxyType(defaults), trained, citation, all_pairs)
     return checked
 
   return deco
@@ -281,13 +307,15 @@ def get(name: str) -> AlignerSpec:
   return ALIGNERS[name]
 
 
-def fit(name: str, key: jax.Array | None, data: AlignData, **hparams) -> Alignment:
+def fit(name: str, key: jax.Array | None, data: AlignData, *, loop=None, mesh=None, val: AlignData | None = None,
+        **hparams) -> Alignment:
   """Fits the registered method ``name`` on ``data`` with its defaults overridden by ``hparams``.
 
   Args:
     name: a key of :data:`ALIGNERS`.
     key: PRNG key (closed-form and training-free methods ignore it; ``None`` is accepted for them).
     data: :class:`AlignData`.
+    loop, mesh, val: see :data:`INJECTED`; passed only to methods that take them (ignored by the others).
     **hparams: options of the method (see its ``fit_<name>`` docstring); unknown names raise ``ValueError``.
 
   Raises:
@@ -297,7 +325,10 @@ def fit(name: str, key: jax.Array | None, data: AlignData, **hparams) -> Alignme
   unknown = sorted(set(hparams) - set(spec.defaults))
   if unknown:
     raise ValueError(f"unknown hyperparameter(s) {unknown} for aligner {name!r}; it takes {sorted(spec.defaults)}")
-  return spec.fn(key, data, **hparams)
+  if spec.trained and key is None:
+    raise ValueError(f"aligner {name!r} is trained: give it a PRNG key (jax.random.key(seed))")
+  injected = {k: v for k, v in dict(loop=loop, mesh=mesh, val=val).items() if v is not None and k in spec.fn.accepts}
+  return spec.fn(key, data, **injected, **hparams)
 
 
 def static_field(default=dataclasses.MISSING):

@@ -202,6 +202,13 @@ class Protocol(NamedTuple):
   def train_positions(self) -> np.ndarray:
     return np.where(self.roles == "train")[0]
 
+  def all_pairs(self) -> dict[str, np.ndarray]:
+    """Cache rows of every training image with its first caption, as pairs, and empty unpaired pools: the data of
+    the all-pairs upper bound (the same for every seed and p)."""
+    train = self.train_positions
+    empty = np.zeros(0, np.int64)
+    return {"pair_x": self.image_rows[train], "pair_y": self.first_caption[train], "unp_x": empty, "unp_y": empty}
+
   def draw(self, seed: int, p: int) -> dict[str, np.ndarray]:
     """Cache rows of seed ``seed``'s data at ``p``.
 

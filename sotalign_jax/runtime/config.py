@@ -30,7 +30,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import ml_collections
 
 __all__ = ["parse_arg", "get", "check_ints", "check_positive", "check_nonnegative", "check_one_of", "check_subset",
-           "config_module", "experiment_config", "load_config", "check_overrides", "start_experiment", "launch"]
+           "config_module", "experiment_config", "get_path", "load_config", "check_overrides", "start_experiment",
+           "launch"]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -164,6 +165,13 @@ def experiment_config(experiment_file: str):
   """The config module of ``experiments/NAME.py`` (pass its ``__file__``): ``configs/NAME.py`` beside it."""
   root, name = os.path.split(os.path.dirname(os.path.abspath(experiment_file)))[0], os.path.basename(experiment_file)
   return config_module(os.path.join(root, "configs", name))
+
+
+def get_path(cfg, path: str):
+  """``cfg.a.b`` for ``path="a.b"``."""
+  for part in path.split("."):
+    cfg = cfg[part]
+  return cfg
 
 
 def load_config(spec: str):

@@ -156,8 +156,11 @@ def _difference(store: CellStore, a: str, b: str, p: int, seeds: Sequence[int], 
 
 def compare(store: CellStore, cells: Mapping, summary: Mapping, *, reference: str, methods: Sequence[str],
             ps: Sequence[int], seeds: Sequence[int], metrics: Sequence[str], n_boot: int = 1000,
-            confidence: float = 0.95) -> dict:
+            confidence: float = 0.95, not_competing: Sequence[str] = ()) -> dict:
   """Paired differences at every p and metric.
+
+  ``not_competing`` methods (the all-pairs upper bound, which sees every training pair) get a difference to the
+  reference but are never its "best other".
 
   Returns:
     ``{"vs_reference": {p: {metric: {method: diff}}}, "vs_best_other": {p: {metric: diff}}}`` where a ``diff`` is
@@ -178,7 +181,8 @@ def compare(store: CellStore, cells: Mapping, summary: Mapping, *, reference: st
         if m != reference and common:
           vs_ref[p][metric][m] = _difference(store, m, reference, p, common, metric, n_boot=n_boot,
                                              confidence=confidence)
-      others = [m for m in vs_ref[p][metric] if summary[m][p] and summary[m][p].get(metric)]
+      others = [m for m in vs_ref[p][metric]
+                if m not in not_competing and summary[m][p] and summary[m][p].get(metric)]
       if others:
         sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
         best = max(others, key=lambda m: sign * summary[m][p][metric]["mean"])

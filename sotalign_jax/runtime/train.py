@@ -12,36 +12,21 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any, Callable
 
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
-import optax
 from tqdm import tqdm
 
+from sotalign_jax.nn.optim import StepFn, make_optimizer, step_with_rng
 from sotalign_jax.runtime import workdir as wd
 
-__all__ = ["data_mesh", "make_optimizer", "train_loop"]
-
-StepFn = Callable[[Any, Any, jax.Array], tuple[Any, dict]]
+__all__ = ["data_mesh", "make_optimizer", "train_loop", "checkpointed_loop"]
 
 
 def data_mesh() -> Mesh:
   """A 1-D ``("data",)`` mesh over every device (of every host)."""
   return Mesh(np.array(jax.devices()), ("data",))
-
-
-def make_optimizer(name: str = "adamw", *, lr: float, weight_decay: float, warmup_steps: int,
-                   steps: int) -> optax.GradientTransformation:
-  """``optax.<name>`` (any optimizer taking ``learning_rate`` and ``weight_decay``) with a linear warm-up to ``lr``
-  over ``warmup_steps`` (at most ``steps - 1``), then cosine decay to 0 at ``steps``."""
-  schedule = optax.warmup_cosine_decay_schedule(0.0, lr, min(warmup_steps, steps - 1) or 1, steps)
-  return getattr(optax, name)(learning_rate=schedule, weight_decay=weight_decay)
-
-
-def _step_with_rng(step_fn: StepFn, state, data, key):
-  return step_fn(state, data, jax.random.fold_in(key, state.step + 1))  # the step being taken, 1-based
 
 
 def train_loop(state, step_fn: StepFn, data, *, key: jax.Array, steps: int, run_dir: str, writer: wd.MetricWriter,
@@ -66,7 +51,7 @@ def train_loop(state, step_fn: StepFn, data, *, key: jax.Array, steps: int, run_
   state, start = wd.restore_latest(manager, state)
   if start:
     print(f"[{name}] resuming from step {start}")
-  step = jax.jit(functools.partial(_step_with_rng, step_fn), donate_argnums=0)
+  step = jax.jit(functools.partial(step_with_rng, step_fn), donate_argnums=0)
   state = jax.device_put(state, NamedSharding(mesh, P()))
   for i in tqdm(range(start + 1, steps + 1), desc=name, initial=start, total=steps, disable=None, leave=False):
     state, m = step(state, data, key)
@@ -77,3 +62,16 @@ def train_loop(state, step_fn: StepFn, data, *, key: jax.Array, steps: int, run_
       manager.save(i, args=ocp.args.StandardSave(state))
   manager.wait_until_finished()
   return state
+
+
+def checkpointed_loop(run_dir: str, *, writer: wd.MetricWriter, name: str, log_every: int, ckpt_every: int,
+                      mesh: Mesh):
+  """:func:`train_loop` with its bookkeeping bound, as the ``loop=`` of a trained aligner
+  (:func:`sotalign_jax.nn.optim.plain_loop`'s signature): ``loop(state, step_fn, data, *, key, steps, name="")``.
+  A fit of several (``name``, e.g. one α of a grid) gets ``run_dir/name`` and the metric prefix ``name/...``."""
+  def loop(state, step_fn, data, *, key, steps, name: str = ""):
+    return train_loop(state, step_fn, data, key=key, steps=steps, run_dir=os.path.join(run_dir, name) if name
+                      else run_dir, writer=writer, name=f"{prefix}/{name}" if name else prefix,
+                      log_every=log_every, ckpt_every=ckpt_every, mesh=mesh)
+  prefix = name
+  return loop

@@ -135,7 +135,7 @@ def test_nan_in_the_cache_is_rejected_at_start_up_naming_the_file(cache, tmp_pat
   x[5, 3] = np.nan
   x[7, 0] = np.inf
   sio.save_npy(bad / name, x)
-  out = sotalign(tmp_path / "w", bad, "--config.methods=('teacher_ridge','sotalign')")
+  out = sotalign(tmp_path / "w", bad, "--config.methods=('ridge','sotalign')")
   assert out.returncode != 0
   err = out.stderr.strip().splitlines()[-1]
   assert str(bad / name) in err and "2 rows with NaN/Inf" in err, err

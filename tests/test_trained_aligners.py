@@ -1,0 +1,181 @@
+"""Tests of the trained aligners (sotalign_jax.aligners.trained) and their unpaired terms: each term against a
+plainly written NumPy version of its definition, the heads' start at the teacher, the O(batch) draws, the paper
+recipe's α selection, and the checkpointed loop giving exactly the in-memory loop's parameters."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sotalign_jax import aligners, losses, objectives
+from sotalign_jax.aligners import trained
+from sotalign_jax.nn.heads import AlignmentHead
+from sotalign_jax.runtime import train as train_lib, workdir as wd
+
+TRAINED = sorted(m for m, spec in aligners.ALIGNERS.items() if spec.trained)
+FAST = dict(steps=8, batch_paired=16, batch_unpaired=32, teacher_dim=4, sinkhorn_iters=10)
+
+
+def _log_sigmoid(v):
+  return -np.logaddexp(0.0, -v)
+
+
+def _cos(u, v):
+  u = u / np.linalg.norm(u, axis=1, keepdims=True)
+  v = v / np.linalg.norm(v, axis=1, keepdims=True)
+  return u @ v.T
+
+
+@pytest.fixture(scope="module")
+def planted():
+  rng = np.random.default_rng(0)
+  a, b = rng.standard_normal((5, 12)), rng.standard_normal((5, 10))
+  view = lambda z, m, s: (z @ m + 0.3 * rng.standard_normal((len(z), m.shape[1])) + s).astype(np.float32)  # noqa
+  z = rng.standard_normal((400, 5))
+  x, y = view(z, a, 1.0), view(z, b, -0.5)
+  data = aligners.AlignData(x[40:200], y[200:360], x[:40], y[:40])  # unpaired halves: no pair among them
+  return data, x[360:], y[360:]
+
+
+@pytest.fixture
+def batch():
+  rng = np.random.default_rng(1)
+  p, n, m, k = 5, 7, 6, 4
+  f = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
+  return objectives.UnpairedBatch(x=f(n, 9), y=f(m, 8), zx=f(n, k), zy=f(m, k), tx=f(n, 3), ty=f(m, 3),
+                                  logit_scale=np.float32(7.0), logit_bias=np.float32(-2.0), pair_x=f(p, 9),
+                                  pair_y=f(p, 8), pair_zx=f(p, k), pair_zy=f(p, k))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The unpaired terms against their definitions.
+# ----------------------------------------------------------------------------------------------------------------
+def test_extra_negatives_plus_pair_loss_is_siglip_of_the_enlarged_batch(batch):
+  s, b = float(batch.logit_scale), float(batch.logit_bias)
+  img = np.vstack([batch.pair_zx, batch.zx])       # [p + n, k]
+  txt = np.vstack([batch.pair_zy, batch.zy])       # [p + m, k]
+  p = batch.pair_zx.shape[0]
+  labels = -np.ones((len(img), len(txt)))
+  labels[np.arange(p), np.arange(p)] = 1.0         # only the true pairs are positives
+  want = -_log_sigmoid(labels * (s * _cos(img, txt) + b)).sum() / p
+  got = losses.siglip_loss(batch.pair_zx, batch.pair_zy, t_log=np.log(s), bias=b) + \
+      objectives.extra_negatives_term(batch)
+  np.testing.assert_allclose(float(got), want, rtol=1e-5)
+
+
+def test_nn_positives_matches_a_plain_loop(batch):
+  s, b = float(batch.logit_scale), float(batch.logit_bias)
+
+  def side(queries, raw_q, raw_support, partners):
+    total = 0.0
+    sims = _cos(raw_q, raw_support)
+    nn = [int(np.argmax(sims[i])) for i in range(len(raw_q))]
+    for i in range(len(queries)):
+      for j in range(len(queries)):
+        c = _cos(queries[i:i + 1], partners[nn[j]:nn[j] + 1])[0, 0]
+        label = 1.0 if nn[i] == nn[j] else -1.0
+        total -= _log_sigmoid(label * (s * c + b))
+    return total / len(queries)
+
+  want = 0.5 * (side(batch.zx, batch.x, batch.pair_x, batch.pair_zy) + side(batch.zy, batch.y, batch.pair_y,
+                                                                            batch.pair_zx))
+  np.testing.assert_allclose(float(objectives.nn_positives_term(batch)), want, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The recipe.
+# ----------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("center,normalize", [("all", True), ("pairs", False)])
+def test_heads_start_at_the_teacher(planted, center, normalize):
+  """With a zero learning rate the trained heads *are* the registry's CCA (same options): training starts there."""
+  data, tx, ty = planted
+  sail = aligners.fit("sail", jax.random.key(0), data, lr=0.0, steps=3, teacher_dim=4, center=center,
+                      normalize=normalize)
+  cca = aligners.fit("cca", None, data, dim=4, center=center, normalize=normalize)
+  np.testing.assert_allclose(np.asarray(sail.similarity(tx, ty)), np.asarray(cca.similarity(tx, ty)), atol=2e-5)
+
+
+def test_folded_heads_apply_to_raw_features(planted):
+  data, tx, ty = planted
+  a = aligners.fit("sotalign", jax.random.key(0), data, center="pairs", normalize=False, head="mlp", hidden=8,
+                   **FAST)
+  folded = aligners.folded_heads(a)
+  head = AlignmentHead(dim=a.params["f"]["linear"]["kernel"].shape[1], hidden=8)
+  np.testing.assert_allclose(head.apply({"params": folded["f"]}, tx), a.embed_x(tx), atol=1e-5)
+  np.testing.assert_allclose(head.apply({"params": folded["g"]}, ty), a.embed_y(ty), atol=1e-5)
+  with pytest.raises(ValueError, match="normalize=False"):
+    aligners.folded_heads(aligners.fit("sail", jax.random.key(0), data, **{k: FAST[k] for k in ("steps",)}))
+
+
+def test_unpaired_draws_cost_o_batch_not_o_pool():
+  """A draw from a million-row pool traces to no sort or permutation of the pool (``choice`` without replacement
+  would); the pair draw, without replacement, is exact (distinct rows)."""
+  jaxpr = str(jax.make_jaxpr(lambda k: trained._draw(k, 1_000_000, 512, replace=True))(jax.random.key(0)))
+  assert "sort" not in jaxpr and "[1000000" not in jaxpr  # no sort, no pool-sized array (the pool size is a scalar)
+  choice = str(jax.make_jaxpr(lambda k: jax.random.choice(k, 1_000_000, (512,), replace=False))(jax.random.key(0)))
+  assert "sort" in choice or "[1000000" in choice  # what the check would catch
+  out = trained._draw(jax.random.key(0), 1_000_000, 512, replace=True)
+  assert out.shape == (512,) and 0 <= int(out.min()) and int(out.max()) < 1_000_000
+  pairs = np.asarray(trained._draw(jax.random.key(1), 50, 20, replace=False))
+  assert len(set(pairs.tolist())) == 20
+  np.testing.assert_array_equal(trained._draw(jax.random.key(2), 30, 64, replace=False), np.arange(30))
+
+
+def test_checkpointed_loop_gives_the_in_memory_loops_parameters(planted, tmp_path):
+  data, tx, ty = planted
+  plain = aligners.fit("sotalign", jax.random.key(3), data, **FAST)
+  writer = wd.MetricWriter(str(tmp_path))
+  loop = train_lib.checkpointed_loop(str(tmp_path / "run"), writer=writer, name="sotalign", log_every=2,
+                                     ckpt_every=4, mesh=train_lib.data_mesh())
+  ckpt = aligners.fit("sotalign", jax.random.key(3), data, loop=loop, **FAST)
+  writer.close()
+  for a, b in zip(jax.tree.leaves(plain.params), jax.tree.leaves(ckpt.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert (tmp_path / "run" / "ckpt").is_dir()
+  resumed = aligners.fit("sotalign", jax.random.key(3), data, loop=loop, **FAST)  # restores the last checkpoint
+  np.testing.assert_array_equal(np.asarray(resumed.similarity(tx, ty)), np.asarray(plain.similarity(tx, ty)))
+
+
+def test_paper_recipe_keeps_the_alpha_with_the_best_validation_score(planted):
+  data, tx, ty = planted
+  val = aligners.AlignData.create(pairs_x=tx[:30], pairs_y=ty[:30])
+  hp = dict(FAST, batch_paired=40, alpha_grid=(1e-3, 300.0), lr=1e-2, optimizer="adamw")
+  a = aligners.fit("sotalign_paper", jax.random.key(0), data, val=val, **hp)
+  info = dict(a.info)
+  scores = dict(info["val_mean_r1"])
+  assert set(scores) == {1e-3, 300.0} and info["alpha"] == max(scores, key=scores.get)
+  direct = aligners.fit("sotalign_paper", jax.random.key(0), data, **dict(hp, alpha_grid=(info["alpha"],)))
+  np.testing.assert_allclose(np.asarray(a.similarity(tx, ty)), np.asarray(direct.similarity(tx, ty)), atol=1e-6)
+  assert aligners.get("sotalign_paper").defaults["alpha_grid"] == (1e-3, 1e-4, 1e-5)  # the paper's grid
+  paper = aligners.get("sotalign_paper").defaults
+  assert (paper["optimizer"], paper["lr"], paper["weight_decay"], paper["steps"], paper["siglip_t"],
+          paper["siglip_b"], paper["eps_student"], paper["eps_teacher"], paper["sinkhorn_iters"]) == (
+              "lion", 1e-4, 1e-5, 2000, 20.0, -10.0, 0.05, 0.01, 100)
+
+
+@pytest.mark.parametrize("name", TRAINED)
+def test_every_trained_method_fits_and_checks_its_input(planted, name):
+  data, tx, ty = planted
+  hp = {k: v for k, v in FAST.items() if k in aligners.get(name).defaults}
+  a = aligners.fit(name, jax.random.key(0), data, **hp)
+  sim = np.asarray(a.similarity(tx, ty))
+  assert sim.shape == (len(tx), len(ty)) and np.isfinite(sim).all()
+  assert np.mean(sim.argmax(1) == np.arange(len(tx))) > 5 / len(tx)  # far above chance from the teacher's start
+  with pytest.raises(aligners.NeedsPairsError):
+    aligners.fit(name, jax.random.key(0), data._replace(pairs_x=data.pairs_x[:1], pairs_y=data.pairs_y[:1]), **hp)
+  with pytest.raises(ValueError, match="PRNG key"):
+    aligners.fit(name, None, data, **hp)
+  if aligners.get(name).uses_unpaired:
+    empty = data._replace(x=data.x[:0], y=data.y[:0])
+    with pytest.raises(ValueError, match="needs unpaired images and texts"):
+      aligners.fit(name, jax.random.key(0), empty, **hp)
+
+
+def test_mesh_placement_reads_blocks_and_pads_with_zeros():
+  mesh = train_lib.data_mesh()
+  rows = np.arange(21, dtype=np.float32).reshape(7, 3)
+  arr, n = trained._place(rows, mesh)
+  assert n == 7 and arr.shape[0] >= 7 and arr.shape[0] % mesh.devices.size == 0
+  np.testing.assert_array_equal(np.asarray(arr)[:7], rows)
+  assert not np.asarray(arr)[7:].any()
+  np.testing.assert_allclose(trained._side_mean(arr, n, jnp.ones((2, 3)), "all"), (rows.sum(0) + 2) / 9)
