@@ -99,7 +99,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg.cpu_budget:
     for m in ALL_METHODS:
       if aligners.ALIGNERS[m].trained and m not in GPU_METHODS:
-        c.hparams[m].update(CPU_BUDGET)
+        c.hparams[m].update({k: v for k, v in CPU_BUDGET.items() if k in c.hparams[m]})
   if arg.wordnet:  # lemmas (MiniLM) ↔ glosses (MPNet): text-only views, no image eval sets
     c.data.cache = WORDNET
     c.data.test_size = 2000
@@ -117,9 +117,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.fashion_mnist_cache = c.eval.tuxpaint_cache = ""
     for m in ALL_METHODS:
       if aligners.ALIGNERS[m].trained:
-        c.hparams[m].update(steps=20, batch_paired=32, batch_unpaired=64, teacher_dim=16)
-        if "sinkhorn_iters" in c.hparams[m]:
-          c.hparams[m].sinkhorn_iters = 20
+        tiny = dict(steps=20, batch_paired=32, batch_unpaired=64, teacher_dim=16, sinkhorn_iters=20)
+        c.hparams[m].update({k: v for k, v in tiny.items() if k in c.hparams[m]})
   return c
 
 

@@ -29,7 +29,8 @@ import jax.numpy as jnp
 from sotalign_jax import losses, ot
 from sotalign_jax._arrays import unit
 
-__all__ = ["UnpairedBatch", "UNPAIRED_TERMS", "Method", "METHODS", "klot_term_with_diagnostics"]
+__all__ = ["UnpairedBatch", "UNPAIRED_TERMS", "klot_term_with_diagnostics", "extra_negatives_term",
+           "nn_positives_term"]
 
 
 class UnpairedBatch(NamedTuple):
@@ -159,32 +160,3 @@ UNPAIRED_TERMS: dict[str, Callable[..., jax.Array]] = {
     "nn_positives": nn_positives_term,
     "none": no_term,
 }
-
-
-class Method(NamedTuple):
-  """How one method of the SOTAlign experiment is fitted.
-
-  Attributes:
-    teacher: the closed-form teacher it *is* (no training), or ``None`` for a trained method, whose heads start
-      from the configured teacher.
-    term: its unpaired term in :data:`UNPAIRED_TERMS`.
-    section: the config section holding the term's keyword options and its ``weight`` (``None``: no term).
-    all_pairs: trained on every training pair (the upper bound) instead of the ``n_pairs`` pairs.
-  """
-  teacher: str | None = None
-  term: str = "none"
-  section: str | None = None
-  all_pairs: bool = False
-
-
-METHODS: dict[str, Method] = {
-    "teacher_cca": Method(teacher="cca"),
-    "teacher_ridge": Method(teacher="ridge"),
-    "teacher_procrustes": Method(teacher="procrustes"),
-    "sail": Method(),
-    "structure": Method(term="structure", section="structure"),
-    "pseudo_label": Method(term="pseudo_label", section="pseudo_label"),
-    "sotalign": Method(term="klot", section="sotalign"),
-    "upper_bound": Method(all_pairs=True),
-}
-"""Every method of ``experiments/sotalign.py``, declared once."""

@@ -7,6 +7,9 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
+import optax
+from flax.training import train_state
 import numpy as np
 import pytest
 
@@ -196,14 +199,18 @@ def test_planted_difference_excludes_zero_and_identical_methods_do_not(cache, tm
   assert "*" in rows[scrambled] and "*" not in rows[copy]
 
 
-def test_a_trained_method_gets_its_run_dir_and_may_run_without_pairs(cache, tmp_path):
+def test_a_trained_method_trains_on_the_checkpointed_loop_in_its_run_dir_and_may_run_without_pairs(cache, tmp_path):
   seen = []
 
   @aligners.register("_test_trained", needs_pairs=False, uses_unpaired=True, min_pairs=0, citation="test",
                      trained=True)
-  def fit_trained(key, data, *, steps: int = 3, run_dir: str | None = None) -> LinearAlignment:
-    """Stands in for a trained method that checkpoints under ``run_dir``."""
-    seen.append((run_dir, steps, data.n_pairs))
+  def fit_trained(key, data, *, steps: int = 3, loop=None) -> LinearAlignment:
+    """Stands in for a trained method: a few steps of the loop it is given, on a one-parameter state."""
+    state = train_state.TrainState.create(apply_fn=None, params={"w": jnp.zeros(())}, tx=optax.sgd(0.1))
+    step = lambda st, d, rng: (st.apply_gradients(grads={"w": jnp.ones(())}),  # noqa: E731
+                               {"loss": jnp.zeros(()), "grad_norm": jnp.ones(())})
+    final = loop(state, step, {}, key=key, steps=steps)
+    seen.append((int(final.step), data.n_pairs))
     dx, dy = data.dims
     w = jax.random.normal(key, (dx, dy))
     return LinearAlignment(w, None, data.x.mean(0), data.y.mean(0), True)
@@ -216,7 +223,7 @@ def test_a_trained_method_gets_its_run_dir_and_may_run_without_pairs(cache, tmp_
   status = {(c["method"], c["p"]): c["status"] for c in res["cells"]}
   assert status == {("cca", 0): "needs_pairs", ("cca", 8): "ok", ("_test_trained", 0): "ok",
                     ("_test_trained", 8): "ok"}
-  assert sorted(p for _, _, p in seen) == [0, 8] and all(s == 3 for _, s, _ in seen)
-  assert {os.path.relpath(r, tmp_path) for r, _, _ in seen} == {"runs/_test_trained/p0_s0",
-                                                                "runs/_test_trained/p8_s0"}
+  assert sorted(seen) == [(20, 0), (20, 8)]  # the smoke preset sets every trained method to 20 steps
+  for cell in ("p0_s0", "p8_s0"):  # each cell checkpoints in a run directory of its own
+    assert sorted(os.listdir(tmp_path / "runs" / "_test_trained" / cell / "ckpt")) == ["20"]
   assert res["reference"] == "cca"  # the auto reference is a closed-form method when sotalign is not run

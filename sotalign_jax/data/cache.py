@@ -106,6 +106,8 @@ def embed_command(path: str, dataset: str = "...") -> str:
   """
   parts = os.path.basename(os.path.normpath(path)).split("__")
   dataset, image, text = parts if len(parts) == 3 else (dataset, "efficientnet-lite0", "all-MiniLM-L6-v2")
+  if dataset == "wordnet_two_view":  # two text views (python -m sotalign_jax.cli.two_view; make wordnet-cache)
+    return f"python -m sotalign_jax.cli.two_view --x-encoder {image} --y-encoder {text} --out {path}"
   return (f"python -m sotalign_jax.cli.embed --dataset {dataset} --image-encoder {image} --text-encoder {text} "
           f"--out {path}")
 
