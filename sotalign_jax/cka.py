@@ -1,4 +1,4 @@
-r"""Representation-alignment scores: CKA (linear, RBF, biased/unbiased), mutual k-NN, CKNNA and SVCCA.
+r"""Representation-alignment scores: CKA (linear, RBF, biased/unbiased), mutual k-NN, CKNNA, SVCCA, TSI and QSI.
 
 All scores take two sets of features of the *same* ``n`` samples, ``x: [n, dx]`` and ``y: [n, dy]``, and
 return a float32 scalar. They are pure and jit/vmap-able; input checks run on concrete (non-traced) inputs.
@@ -24,7 +24,8 @@ Both estimators only need the sufficient statistics :math:`\sum K\circ L`, the r
 kernel they are accumulated over row blocks of the kernel, so memory is ``O(block · n)``.
 
 The k-NN scores follow the definitions of the Platonic Representation Hypothesis code (Huh et al., 2024):
-inner-product neighbourhoods that exclude the sample itself.
+inner-product neighbourhoods that exclude the sample itself. The order scores TSI and QSI (Soares et al., 2026, as
+computed by Schnaus et al., 2026) compare the order of Euclidean distances over random triplets / quadruplets.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from sotalign_jax._hsic import KernelStats, cka_from_stats, rbf_cka_stats, sq_di
 
 __all__ = [
     "linear_cka", "rbf_cka", "median_bandwidth", "mutual_knn", "cknna", "svcca", "hsic_biased", "hsic_unbiased",
+    "triplet_similarity_index", "quadruplet_similarity_index",
 ]
 
 
@@ -342,3 +344,89 @@ def svcca(x, y, *, dim: int = 10, precision=DEFAULT_PRECISION) -> jax.Array:
     raise ValueError(f"dim must satisfy 1 <= dim <= min(n, dx, dy) = {min(x.shape[0], x.shape[1], y.shape[1])}, "
                      f"got {dim!r}")
   return _svcca(x, y, int(dim), precision)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Order scores: triplet and quadruplet similarity indices (Soares et al., 2026; as in Schnaus et al., 2026).
+# ----------------------------------------------------------------------------------------------------------------
+def _closer(a: jax.Array, i, j, k, l) -> jax.Array:
+  """``d(a_i, a_j) < d(a_k, a_l)`` (Euclidean), elementwise over the index vectors."""
+  return jnp.linalg.norm(a[i] - a[j], axis=-1) < jnp.linalg.norm(a[k] - a[l], axis=-1)
+
+
+@functools.partial(jax.jit, static_argnames=("n_samples", "quadruplets", "chunk"))
+def _order_index(x, y, key, n_samples: int, quadruplets: bool, chunk: int = 4096):
+  n = x.shape[0]
+  idx = jax.random.randint(key, (4 if quadruplets else 3, n_samples), 0, n)
+
+  def agree(t):  # one tuple: (valid, orders agree)
+    if quadruplets:  # d(i, j) < d(k, l)
+      first, second = (t[0], t[1]), (t[2], t[3])
+      valid = (t[0] != t[1]) & (t[2] != t[3])
+    else:  # d(i, j) < d(i, k)
+      first, second = (t[0], t[1]), (t[0], t[2])
+      valid = (t[0] != t[1]) & (t[0] != t[2]) & (t[1] != t[2])
+    return valid, _closer(x, *first, *second) == _closer(y, *first, *second)
+
+  valid, same = jax.lax.map(agree, idx.T, batch_size=min(chunk, n_samples))
+  return jnp.sum(valid & same) / jnp.sum(valid)
+
+
+def _check_order(x, y, key, n_samples, min_n):
+  x, y = check_pair(x, y, min_n=min_n)
+  if not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
+    raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
+  if key is None:
+    raise ValueError("key is required: the tuples are drawn at random (e.g. key=jax.random.key(0))")
+  return x, y
+
+
+def triplet_similarity_index(x, y, *, key: jax.Array, n_samples: int = 100_000) -> jax.Array:
+  r"""Triplet similarity index (TSI): the fraction of random triplets of samples whose distance order agrees in
+  both spaces,
+
+  .. math::
+
+    \mathrm{TSI} = \frac{1}{|V|}\sum_{(i,j,k) \in V} \big[\,[d_x(i,j) < d_x(i,k)] = [d_y(i,j) < d_y(i,k)]\,\big],
+
+  with Euclidean distances ``d``. ``n_samples`` triplets are drawn uniformly with replacement (indices
+  ``jax.random.randint(key, (3, n_samples), 0, n)``) and those with a repeated index are dropped (``V``), as in
+  unpaired-rosetta (``unpaired_rosetta/geometry.py``, Schnaus et al., 2026, after Soares et al., 2026). A tie
+  counts as "not closer" in its space (strict ``<``), as there. 1 for spaces with the same distance order
+  (e.g. related by a similarity transform), about 0.5 for unrelated ones.
+
+  Args:
+    x: ``[n, dx]`` features.
+    y: ``[n, dy]`` features of the same samples (``n >= 3``).
+    key: PRNG key of the triplets.
+    n_samples: triplets drawn (the peer's default 100,000).
+
+  Returns:
+    A float32 scalar (NaN if no triplet was valid).
+  """
+  x, y = _check_order(x, y, key, n_samples, 3)
+  return _order_index(x, y, key, int(n_samples), False)
+
+
+def quadruplet_similarity_index(x, y, *, key: jax.Array, n_samples: int = 100_000) -> jax.Array:
+  r"""Quadruplet similarity index (QSI): the fraction of random quadruplets whose order ``d(i, j) < d(k, l)``
+  agrees in both spaces,
+
+  .. math::
+
+    \mathrm{QSI} = \frac{1}{|V|}\sum_{(i,j,k,l) \in V} \big[\,[d_x(i,j) < d_x(k,l)] = [d_y(i,j) < d_y(k,l)]\,\big],
+
+  Euclidean distances, indices ``jax.random.randint(key, (4, n_samples), 0, n)``, valid when ``i ≠ j`` and
+  ``k ≠ l`` (the peer's definition, ``unpaired_rosetta/geometry.py``); ties count as "not closer".
+
+  Args:
+    x: ``[n, dx]`` features.
+    y: ``[n, dy]`` features of the same samples (``n >= 2``).
+    key: PRNG key of the quadruplets.
+    n_samples: quadruplets drawn (100,000).
+
+  Returns:
+    A float32 scalar (NaN if no quadruplet was valid).
+  """
+  x, y = _check_order(x, y, key, n_samples, 2)
+  return _order_index(x, y, key, int(n_samples), True)

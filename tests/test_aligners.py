@@ -10,7 +10,9 @@ import pytest
 from sotalign_jax import aligners, metrics, teachers
 
 _K, _DX, _DY = 6, 20, 14
-CLOSED_FORM = sorted(m for m, spec in aligners.ALIGNERS.items() if not spec.trained)  # trained: test_trained_aligners
+# trained methods: test_trained_aligners.py; zero-pair ones (min_pairs = 0): test_unpaired_aligners.py
+CLOSED_FORM = sorted(m for m, spec in aligners.ALIGNERS.items() if not spec.trained and spec.needs_pairs)
+ZERO_PAIR = sorted(m for m, spec in aligners.ALIGNERS.items() if not spec.needs_pairs)
 
 
 def _views(rng, n, a, b, noise=0.3):
@@ -199,11 +201,14 @@ def test_alignments_are_pytrees_with_static_options(planted):
 def test_registry_records_what_the_benchmark_needs():
   assert {"lstsq", "ridge", "procrustes", "cca", "local_cka", "relative", "asif"} <= set(aligners.ALIGNERS)
   for name, spec in aligners.ALIGNERS.items():
-    assert spec.name == name and spec.needs_pairs and spec.min_pairs >= 1 and spec.citation
+    assert spec.name == name and spec.citation
+    assert (spec.min_pairs >= 1) == spec.needs_pairs == (name not in ZERO_PAIR)
     assert spec.all_pairs == (name == "upper_bound")
     assert not set(aligners.INJECTED) & set(spec.defaults)  # loop / mesh / val are passed, never tuned
     if name in CLOSED_FORM:
       assert not spec.uses_unpaired
+    elif name in ZERO_PAIR:
+      assert spec.uses_unpaired and not spec.trained
     else:
       assert spec.uses_unpaired == (name not in ("sail", "upper_bound")), name
     assert callable(spec.fn) and isinstance(dict(spec.defaults), dict)

@@ -11,17 +11,19 @@ r"""Every aligner behind one interface: ``fit(name, key, data, **hparams) -> Ali
 
 Registered now (closed form and training free, each with its citation and defaults in ``fit_<name>``):
 
-=============  ===========================================================  =========
-name           method                                                       min pairs
-=============  ===========================================================  =========
-``lstsq``      least squares, :math:`W = \hat X^+ \hat Y` (pseudo-inverse)   1
-``ridge``      ridge regression x → y                                        2
-``procrustes`` orthogonal Procrustes x → y                                   2
-``cca``        regularised CCA into a shared space                           2
-``relative``   relative representations (Moschella et al. 2023)              1
-``asif``       ASIF sparse relative representations (Norelli et al. 2023)    1
-``local_cka``  localized-CKA retrieval (Maniparambil et al. 2024)            2
-=============  ===========================================================  =========
+==========================  ===========================================================  =========
+name                        method                                                       min pairs
+==========================  ===========================================================  =========
+``lstsq``                   least squares, :math:`W = \hat X^+ \hat Y` (pseudo-inverse)  1
+``ridge``                   ridge regression x → y                                       2
+``procrustes``              orthogonal Procrustes x → y                                  2
+``cca``                     regularised CCA into a shared space                          2
+``relative``                relative representations (Moschella et al. 2023)             1
+``asif``                    ASIF sparse relative representations (Norelli et al. 2023)   1
+``local_cka``               localized-CKA retrieval (Maniparambil et al. 2024)           2
+``wasserstein_procrustes``  Wasserstein–Procrustes, geometric init (Schnaus et al.)      0
+``mini_vec2vec``            mini-vec2vec, unpaired anchors + refinement (Dar 2025)       0
+==========================  ===========================================================  =========
 
 Trained (heads started at a closed-form teacher, SigLIP on the pairs + α · an unpaired term;
 :mod:`sotalign_jax.aligners.trained`): ``sail``, ``sail_semi`` (unpaired rows as extra negatives), ``structure``,
@@ -38,17 +40,19 @@ from sotalign_jax.aligners.linear import LinearAlignment, fit_cca, fit_lstsq, fi
 from sotalign_jax.aligners.training_free import (ASIFAlignment, LocalCKAAlignment, RelativeAlignment,
                                                  asif_representation, fit_asif, fit_local_cka, fit_relative)
 from sotalign_jax.aligners.trained import HeadsAlignment, fit_heads, folded_heads
+from sotalign_jax.aligners.unpaired import fit_mini_vec2vec, fit_wasserstein_procrustes
 
 __all__ = [
     "AlignData", "Alignment", "AlignerSpec", "NeedsPairsError", "ALIGNERS", "CENTER_MODES", "register", "fit", "get",
     "check_data", "cosine", "LinearAlignment", "RelativeAlignment", "ASIFAlignment", "LocalCKAAlignment",
     "asif_representation", "fit_lstsq", "fit_ridge", "fit_procrustes", "fit_cca", "fit_relative", "fit_asif",
-    "fit_local_cka", "HeadsAlignment", "fit_heads", "folded_heads", "INJECTED",
+    "fit_local_cka", "HeadsAlignment", "fit_heads", "folded_heads", "INJECTED", "fit_wasserstein_procrustes",
+    "fit_mini_vec2vec",
 ]
 
 # Modules whose import registers methods (closed-form and training-free ones are imported above).
 _METHOD_MODULES = ("sotalign_jax.aligners.linear", "sotalign_jax.aligners.training_free",
-                   "sotalign_jax.aligners.trained")
+                   "sotalign_jax.aligners.trained", "sotalign_jax.aligners.unpaired")
 for _m in _METHOD_MODULES:
   importlib.import_module(_m)
 del _m
