@@ -153,7 +153,8 @@ def test_paper_recipe_keeps_the_alpha_with_the_best_validation_score(planted):
               "lion", 1e-4, 1e-5, 2000, 20.0, -10.0, 0.05, 0.01, 100)
 
 
-@pytest.mark.parametrize("name", TRAINED)
+@pytest.mark.parametrize("name", [n if n in ("sail", "sotalign", "nnclr") else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in TRAINED])  # the others: make test-all (their terms are tested above)
 def test_every_trained_method_fits_and_checks_its_input(planted, name):
   data, tx, ty = planted
   hp = {k: v for k, v in FAST.items() if k in aligners.get(name).defaults}
