@@ -237,6 +237,28 @@ def _embed_texts(texts: list[str], encoder: Any, *, shard_dir: str, chunk_size: 
   bar.close()
 
 
+def finished_manifest(out_dir: str, job_id: str, *, overwrite: bool) -> dict | None:
+  """The manifest of a finished cache at ``out_dir`` made by the same job (then there is nothing to do), else
+  ``None``; a finished cache of *another* job is an error unless ``overwrite``, which removes its manifest.
+
+  Raises:
+    FileExistsError: ``out_dir`` holds a finished cache made with other arguments and ``overwrite`` is false.
+  """
+  manifest_path = os.path.join(out_dir, "manifest.json")
+  if not os.path.exists(manifest_path):
+    return None
+  with open(manifest_path, encoding="utf-8") as f:
+    old = json.load(f)
+  if old.get("job_id") == job_id:
+    print(f"{out_dir}: already complete (nothing to do)", file=sys.stderr)
+    return old
+  if not overwrite:
+    raise FileExistsError(f"{out_dir} holds a cache made with other arguments: choose another --out "
+                          "or pass --overwrite")
+  os.remove(manifest_path)
+  return None
+
+
 def embed_dataset(dataset: core.Dataset, *, out_dir: str | os.PathLike, text_encoder: Any, image_encoder: Any = None,
                   limit: int | None = None, batch_size: int = 64, chunk_size: int | None = None, workers: int = 4,
                   split_fractions: dict[str, float] | None = None, split_sizes: dict[str, int] | None = None,
@@ -296,17 +318,9 @@ def embed_dataset(dataset: core.Dataset, *, out_dir: str | os.PathLike, text_enc
       "splits": {"fractions": split_fractions, "sizes": split_sizes, "seed": split_seed}, "limit": limit,
   }
   job_id = _fingerprint(job)
-  manifest_path = os.path.join(out_dir, "manifest.json")
-  if os.path.exists(manifest_path):
-    with open(manifest_path, encoding="utf-8") as f:
-      old = json.load(f)
-    if old.get("job_id") == job_id:
-      print(f"{out_dir}: already complete", file=sys.stderr)
-      return old
-    if not overwrite:
-      raise FileExistsError(f"{out_dir} holds a cache made with other arguments: choose another --out "
-                            "or pass --overwrite")
-    os.remove(manifest_path)
+  done = finished_manifest(out_dir, job_id, overwrite=overwrite)
+  if done is not None:
+    return done
   shard_dir = os.path.join(out_dir, "shards")
   job_path = os.path.join(shard_dir, "job.json")
   if os.path.exists(job_path):
@@ -390,7 +404,7 @@ def embed_dataset(dataset: core.Dataset, *, out_dir: str | os.PathLike, text_enc
                 "text_embeddings": "text_embeddings.npy", "index": "index.jsonl"},
       "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
   }
-  sio.write_json(manifest_path, manifest)
+  sio.write_json(os.path.join(out_dir, "manifest.json"), manifest)
   shutil.rmtree(shard_dir, ignore_errors=True)
   return manifest
 

@@ -221,17 +221,10 @@ def build_two_view(items: Sequence[Item], info: dict[str, Any], *, out_dir: str 
          "x_encoder": embed._encoder_desc(x_encoder), "y_encoder": embed._encoder_desc(y_encoder),
          "batch_size": batch_size, "chunk_size": chunk_size, "limit": info.get("limit"), "y_order": "length"}
   job_id = embed._fingerprint(job)
+  done = embed.finished_manifest(out_dir, job_id, overwrite=overwrite)
+  if done is not None:
+    return done
   manifest_path = os.path.join(out_dir, "manifest.json")
-  if os.path.exists(manifest_path):
-    with open(manifest_path, encoding="utf-8") as f:
-      old = json.load(f)
-    if old.get("job_id") == job_id:
-      print(f"{out_dir}: already complete (nothing to do)", file=sys.stderr)
-      return old
-    if not overwrite:
-      raise FileExistsError(f"{out_dir} holds a cache made with other arguments: choose another --out "
-                            "or pass --overwrite")
-    os.remove(manifest_path)
 
   # The glosses (3 to 114 MPNet tokens) are embedded sorted by length, so a batch pads to about its own length:
   # ≈1.5x fewer tokens and ≈2x less attention than in caption order. The lemmas (≤ 16 tokens: one bucket) keep theirs.
