@@ -66,8 +66,8 @@ import optax
 from flax.training import train_state
 
 from sotalign_jax import losses, objectives, teachers
-from sotalign_jax._arrays import DEFAULT_PRECISION, unit
-from sotalign_jax.aligners.base import (AlignData, Alignment, check_queries, register, static_field)
+from sotalign_jax._arrays import DEFAULT_PRECISION
+from sotalign_jax.aligners.base import AlignData, Alignment, check_queries, preprocess, register, static_field
 from sotalign_jax.nn.heads import AlignmentHead, init_head
 from sotalign_jax.nn.optim import Loop, make_optimizer, plain_loop
 
@@ -115,11 +115,11 @@ class HeadsAlignment(Alignment):
     return AlignmentHead(dim=self.params[side]["linear"]["kernel"].shape[1], hidden=self.hidden)
 
   def _embed_x(self, x) -> jax.Array:
-    x = _pre(check_queries(x, self.mx.shape[0], "x"), self.mx, self.normalize)
+    x = preprocess(check_queries(x, self.mx.shape[0], "x"), self.mx, self.normalize)
     return self._head("f").apply({"params": self.params["f"]}, x)
 
   def _embed_y(self, y) -> jax.Array:
-    y = _pre(check_queries(y, self.my.shape[0], "y"), self.my, self.normalize)
+    y = preprocess(check_queries(y, self.my.shape[0], "y"), self.my, self.normalize)
     return self._head("g").apply({"params": self.params["g"]}, y)
 
 
@@ -130,16 +130,11 @@ def folded_heads(a: HeadsAlignment) -> dict:
     raise ValueError("folded_heads needs normalize=False: unit-norm preprocessing cannot be folded into a bias")
   out = {}
   for side, m in (("f", a.mx), ("g", a.my)):
-    p = jax.tree.map(lambda v: v, a.params[side])
+    p = dict(a.params[side])
     for layer in [k for k in ("linear", "mlp_in") if k in p]:
       p[layer] = dict(p[layer], bias=p[layer]["bias"] - m @ p[layer]["kernel"])
     out[side] = p
   return out
-
-
-def _pre(a, mean, normalize: bool):
-  a = a - mean
-  return unit(a) if normalize else a
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -208,7 +203,7 @@ def _train_step(state, data, rng, *, f, g, term, alpha, sizes, batch_paired, bat
   constrain = (lambda a: a) if sharding is None else (lambda a: jax.lax.with_sharding_constraint(a, sharding))
   ip = _draw(kp, n_pairs, batch_paired, replace=False)
   xp, yp = constrain(data["pair_x"][ip]), constrain(data["pair_y"][ip])
-  pre = lambda a, side: _pre(a, data["m" + side], normalize)  # noqa: E731
+  pre = lambda a, side: preprocess(a, data["m" + side], normalize)  # noqa: E731
   if uses_unpaired:
     xu = constrain(data["unp_x"][_draw(kx, n_ux, batch_unpaired, replace=True)])
     yu = constrain(data["unp_y"][_draw(ky, n_uy, batch_unpaired, replace=True)])
@@ -277,7 +272,7 @@ def fit_heads(key, data: AlignData, *, term: str = "none", term_options: dict | 
   ux, nux = _place(data.x if uses_unpaired or center == "all" else np.zeros((0, px.shape[1]), np.float32), mesh)
   uy, nuy = _place(data.y if uses_unpaired or center == "all" else np.zeros((0, py.shape[1]), np.float32), mesh)
   mx, my = _side_mean(ux, nux, px, center), _side_mean(uy, nuy, py, center)
-  wx, wy = _teacher(teacher, _pre(px, mx, normalize), _pre(py, my, normalize), dim=int(teacher_dim),
+  wx, wy = _teacher(teacher, preprocess(px, mx, normalize), preprocess(py, my, normalize), dim=int(teacher_dim),
                     reg=teacher_reg, lam=ridge_lam)
 
   kf, kg, key = jax.random.split(key, 3)
@@ -296,8 +291,8 @@ def fit_heads(key, data: AlignData, *, term: str = "none", term_options: dict | 
       batch_unpaired=int(batch_unpaired), normalize=bool(normalize),
       sharding=None if mesh is None else NamedSharding(mesh, P("data")), uses_unpaired=uses_unpaired)
   state = (loop or plain_loop)(state, step_fn, pools, key=key, steps=int(steps), name=run_name)
-  trained = jax.tree.map(lambda a: a, {"f": state.params["f"], "g": state.params["g"]})
-  return HeadsAlignment(trained, mx, my, bool(normalize), width, tuple(info))
+  return HeadsAlignment({"f": state.params["f"], "g": state.params["g"]}, mx, my, bool(normalize), width,
+                        tuple(info))
 
 
 # ----------------------------------------------------------------------------------------------------------------
