@@ -116,6 +116,16 @@ def devices_used(workdir) -> tuple[int, int]:
   return res["n_devices"], res["provenance"]["process_count"]
 
 
+def importable_module(tmp_path, monkeypatch, name: str, source: str) -> str:
+  """Writes ``source`` as module ``name`` in a fresh directory on ``sys.path`` (undone after the test); returns the
+  directory. Fake encoders are passed to the CLIs as ``name:factory``."""
+  d = tmp_path / "fakemod"
+  d.mkdir()
+  (d / f"{name}.py").write_text(source)
+  monkeypatch.syspath_prepend(str(d))
+  return str(d)
+
+
 def in_ci() -> bool:
   """True under ``CI=true`` (any value but empty / 0 / false / no), where a missing asset fails instead of skipping."""
   return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")

@@ -9,6 +9,8 @@ import sys
 
 import numpy as np
 import pytest
+
+from conftest import importable_module
 from PIL import Image
 
 from sotalign_jax.cli import embed
@@ -49,11 +51,8 @@ def text():
 
 @pytest.fixture
 def fake(tmp_path, monkeypatch):
-  d = tmp_path / "fakemod"
-  d.mkdir()
-  (d / "fake_enc.py").write_text(FAKE_SRC)
-  monkeypatch.syspath_prepend(str(d))
-  return str(d), embed.load_encoder("fake_enc:image", "image"), embed.load_encoder("fake_enc:text", "text")
+  d = importable_module(tmp_path, monkeypatch, "fake_enc", FAKE_SRC)
+  return d, embed.load_encoder("fake_enc:image", "image"), embed.load_encoder("fake_enc:text", "text")
 
 
 def _make_folder(root, n=9, corrupt=True):

@@ -9,6 +9,8 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import importable_module
+
 from sotalign_jax.cli import two_view
 from sotalign_jax.data import MissingDataError, wordnet
 from sotalign_jax.data.cache import load_cache
@@ -72,13 +74,10 @@ N_ITEMS = 15  # entity bank hotdog Mercury aster_variety michaelmas_daisy spirit
 
 @pytest.fixture
 def fake(tmp_path, monkeypatch):
-  d = tmp_path / "fakemod"
-  d.mkdir()
-  (d / "fake_tv.py").write_text(FAKE_SRC)
-  monkeypatch.syspath_prepend(str(d))
+  d = importable_module(tmp_path, monkeypatch, "fake_tv", FAKE_SRC)
   sys.modules.pop("fake_tv", None)
   import fake_tv  # pylint: disable=g-import-not-at-top
-  yield str(d), fake_tv
+  yield d, fake_tv
   sys.modules.pop("fake_tv", None)
 
 
