@@ -349,27 +349,60 @@ def svcca(x, y, *, dim: int = 10, precision=DEFAULT_PRECISION) -> jax.Array:
 # ----------------------------------------------------------------------------------------------------------------
 # Order scores: triplet and quadruplet similarity indices (Soares et al., 2026; as in Schnaus et al., 2026).
 # ----------------------------------------------------------------------------------------------------------------
+ORDER_CHUNK = 4096  # tuples whose distances are formed at once (lax.map batches)
+
+
 def _closer(a: jax.Array, i, j, k, l) -> jax.Array:
   """``d(a_i, a_j) < d(a_k, a_l)`` (Euclidean), elementwise over the index vectors."""
   return jnp.linalg.norm(a[i] - a[j], axis=-1) < jnp.linalg.norm(a[k] - a[l], axis=-1)
 
 
-@functools.partial(jax.jit, static_argnames=("n_samples", "quadruplets", "chunk"))
-def _order_index(x, y, key, n_samples: int, quadruplets: bool, chunk: int = 4096):
-  n = x.shape[0]
-  idx = jax.random.randint(key, (4 if quadruplets else 3, n_samples), 0, n)
+@functools.partial(jax.jit, static_argnames=("n", "n_samples", "quadruplets"))
+def _order_tuples(key: jax.Array, n: int, n_samples: int, quadruplets: bool) -> jax.Array:
+  """The random tuples of TSI / QSI, ``jax.random.randint(key, (3 or 4, n_samples), 0, n)`` (as in the peer).
 
-  def agree(t):  # one tuple: (valid, orders agree)
+  int32 ``[3, n_samples]`` (triplets) or ``[4, n_samples]`` (quadruplets), uniform with replacement.
+  """
+  return jax.random.randint(key, (4 if quadruplets else 3, n_samples), 0, n)
+
+
+def _order_bits(a: jax.Array, idx: jax.Array, quadruplets: bool, chunk: int = ORDER_CHUNK):
+  r"""Each tuple's validity and distance order in one space: ``(valid, closer)``, bool ``[T]`` each.
+
+  For the columns ``(i, j, k)`` of ``idx [3, T]``: ``valid`` = the indices are distinct, ``closer`` =
+  :math:`d(a_i, a_j) < d(a_i, a_k)`; for ``(i, j, k, l)`` of ``idx [4, T]``: ``valid`` = :math:`i \ne j`
+  and :math:`k \ne l`, ``closer`` = :math:`d(a_i, a_j) < d(a_k, a_l)` (strict: a tie is "not closer").
+  ``valid`` depends on ``idx`` only. The tuples go ``chunk`` at a time (``lax.map``), so memory is
+  ``O(chunk · d)`` (four gathered rows per tuple), never ``O(T · d)``. A permutation ``π`` of ``a``'s rows is
+  ``_order_bits(a, π[idx])``: the indices are gathered, not ``a``.
+  """
+  def one(t):
     if quadruplets:  # d(i, j) < d(k, l)
-      first, second = (t[0], t[1]), (t[2], t[3])
-      valid = (t[0] != t[1]) & (t[2] != t[3])
-    else:  # d(i, j) < d(i, k)
-      first, second = (t[0], t[1]), (t[0], t[2])
-      valid = (t[0] != t[1]) & (t[0] != t[2]) & (t[1] != t[2])
-    return valid, _closer(x, *first, *second) == _closer(y, *first, *second)
+      return (t[0] != t[1]) & (t[2] != t[3]), _closer(a, t[0], t[1], t[2], t[3])
+    # d(i, j) < d(i, k)
+    return (t[0] != t[1]) & (t[0] != t[2]) & (t[1] != t[2]), _closer(a, t[0], t[1], t[0], t[2])
 
-  valid, same = jax.lax.map(agree, idx.T, batch_size=min(chunk, n_samples))
-  return jnp.sum(valid & same) / jnp.sum(valid)
+  return jax.lax.map(one, idx.T, batch_size=min(chunk, idx.shape[1]))
+
+
+def _order_agreement(valid: jax.Array, bits_x: jax.Array, bits_y: jax.Array) -> jax.Array:
+  r"""The order index :math:`\sum_t [v_t][b^x_t = b^y_t] / \sum_t [v_t]` over the last axis (broadcasting).
+
+  The division is exact (correctly rounded) for every entry, batched or not: XLA turns a division by a broadcast
+  count into a product with its rounded reciprocal (1 ulp off for some counts), so a grid cell or a permutation
+  score would differ from the single-pair value of the same count. The count is therefore broadcast through a
+  ``where`` that depends on the numerator.
+  """
+  agree = jnp.sum(valid & (bits_x == bits_y), -1)
+  return agree / jnp.where(agree >= 0, jnp.sum(valid, -1), 0)
+
+
+@functools.partial(jax.jit, static_argnames=("n_samples", "quadruplets", "chunk"))
+def _order_index(x, y, key, n_samples: int, quadruplets: bool, chunk: int = ORDER_CHUNK):
+  idx = _order_tuples(key, x.shape[0], n_samples, quadruplets)
+  valid, bits_x = _order_bits(x, idx, quadruplets, chunk)
+  _, bits_y = _order_bits(y, idx, quadruplets, chunk)  # the same validity
+  return _order_agreement(valid, bits_x, bits_y)
 
 
 def _check_order(x, y, key, n_samples, min_n):

@@ -33,10 +33,23 @@ then every score is a function of the sparse neighbour lists. CKNNA's unbiased H
 where :math:`\sum_{ab} A_{ab} B_{ba} = \sum_{ab} M_{ab} M_{ba} K_{ab} L_{ab}` (symmetric kernels), so only
 the ``n · k`` masked entries and a reverse-membership test are needed.
 
+**Order scores** (TSI, QSI; Soares et al., 2026, as in Schnaus et al., 2026) use one set of ``T = n_tuples``
+random tuples for every cell, drawn from the documented key ``jax.random.fold_in(key, 2**32 - 1)``
+(:data:`TUPLE_KEY_DATA`). Each layer contributes one order bit per tuple, :math:`b^X_t = [d_X(i,j) < d_X(k,l)]`
+(triplets: :math:`k = i`), computed ``4096`` tuples at a time (memory ``O(4096 · d)``), and a cell is the
+agreement of two layers' bits over the valid tuples ``V`` (no repeated index; triplets: :math:`|\{i,j,k\}| = 3`,
+quadruplets: :math:`i \ne j, k \ne l`),
+
+.. math::
+
+  \mathrm{TSI}_{ij}\ (\mathrm{QSI}_{ij}) = \frac{1}{|V|} \sum_{t \in V} [\,b^{X_i}_t = b^{Y_j}_t\,].
+
 **Permutation nulls** permute the rows of ``y``. Everything that does not mix ``x`` and ``y`` is invariant and
 computed once; for linear CKA a permutation costs one ``dx × dy`` GEMM from gathered rows
 (:math:`X^\top P Y`), for the k-NN metrics it only relabels ``y``'s neighbour lists
-(:math:`N^{Py}(a) = \pi^{-1}(N^y(\pi(a)))`, ``O(n k²)``). The p-value is
+(:math:`N^{Py}(a) = \pi^{-1}(N^y(\pi(a)))`, ``O(n k²)``), and for TSI / QSI the bits of ``x`` and the valid set
+are invariant (a permutation maps distinct indices to distinct indices) while ``P y``'s bits are ``y``'s at the
+gathered tuples :math:`\pi(t)` (``O(T · dy)``, no copy of ``y``). The p-value is
 :math:`(1 + \#\{\text{null} \ge \text{raw}\}) / (1 + n_\text{perm})` (Phipson & Smyth, 2010). For linear CKA
 (the RV coefficient) the permutation mean is known exactly (Josse et al., 2008):
 :math:`\mathbb E_\pi[\mathrm{CKA}] = \sqrt{\beta_x \beta_y} / (n - 1)`,
@@ -57,12 +70,19 @@ from sotalign_jax import cka as _cka
 from sotalign_jax import _hsic
 from sotalign_jax._arrays import DEFAULT_PRECISION, check_features, device_scalar, is_tracer, on_host
 
-__all__ = ["METRICS", "ScoreGrid", "Calibrated", "score_grid", "calibrated", "linear_cka_null_mean",
+__all__ = ["METRICS", "TUPLE_KEY_DATA", "ScoreGrid", "Calibrated", "score_grid", "calibrated", "linear_cka_null_mean",
            "topk_neighbours"]
 
 _HI = DEFAULT_PRECISION
 
-METRICS = ("linear_cka", "unbiased_linear_cka", "rbf_cka", "unbiased_rbf_cka", "mutual_knn", "cknna", "svcca")
+METRICS = ("linear_cka", "unbiased_linear_cka", "rbf_cka", "unbiased_rbf_cka", "mutual_knn", "cknna", "svcca",
+           "tsi", "qsi")
+_ORDER = ("tsi", "qsi")
+
+# The TSI / QSI tuples are drawn from jax.random.fold_in(key, TUPLE_KEY_DATA). Not a small number: with JAX's
+# default (partitionable) threefry, split(key, m)[i] is fold_in(key, i), so fold_in(key, 1) would be the key of
+# permutation 1 (and calibrated's bootstrap key), whose first sort keys are the very random words of the tuples.
+TUPLE_KEY_DATA = 2**32 - 1
 
 
 class ScoreGrid(NamedTuple):
@@ -152,14 +172,19 @@ def _as_layers(layers, name: str) -> tuple[jax.Array, ...]:
 
 
 def _min_n(metric: str) -> int:
+  if metric == "tsi":
+    return 3
   return 4 if metric.startswith("unbiased") or metric == "cknna" else 2
 
 
-def _check_options(metric: str, n: int, *, k: int, dim: int, widths: Sequence[int], block_size: int):
+def _check_options(metric: str, n: int, *, k: int, dim: int, widths: Sequence[int], block_size: int,
+                   n_tuples: int):
   if n < _min_n(metric):
     raise ValueError(f"{metric} needs at least {_min_n(metric)} samples, got n={n}")
   if not isinstance(block_size, (int, np.integer)) or block_size < 1:
     raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+  if not isinstance(n_tuples, (int, np.integer)) or n_tuples < 1:
+    raise ValueError(f"n_tuples must be a positive integer, got {n_tuples!r}")
   if metric in ("mutual_knn", "cknna"):
     if not isinstance(k, (int, np.integer)) or not (2 if metric == "cknna" else 1) <= k < n:
       raise ValueError(f"k must be an integer with {2 if metric == 'cknna' else 1} <= k < n for {metric} "
@@ -453,10 +478,44 @@ def _svcca_grid(xs, ys, dim: int) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# TSI / QSI grid: one set of tuples, one order bit per tuple and layer.
+# ----------------------------------------------------------------------------------------------------------------
+def _tuples(metric: str, key: jax.Array, n: int, n_tuples: int) -> jax.Array:
+  """The TSI / QSI tuples ``[3 | 4, n_tuples]`` from ``fold_in(key, TUPLE_KEY_DATA)``; a placeholder otherwise."""
+  if metric not in _ORDER:
+    return jax.device_put(np.zeros((3, 1), np.int32))  # unused (explicit: no implicit transfer)
+  return _cka._order_tuples(jax.random.fold_in(key, TUPLE_KEY_DATA), n, int(n_tuples), metric == "qsi")
+
+
+def _order_grid_fn(xs, ys, tuples, quadruplets: bool):
+  """The TSI / QSI grid as a function of a permutation ``π`` of ``ys``' rows.
+
+  ``xs``' bits and the valid set are computed once; ``P y``'s bits are ``y``'s at the tuples ``π[t]``.
+  """
+  bits = [_cka._order_bits(a, tuples, quadruplets) for a in xs]
+  valid = bits[0][0]
+  bx = jnp.stack([b for _, b in bits])  # [Lx, T]
+
+  def grid(perm):
+    moved = perm[tuples]
+    by = jnp.stack([_cka._order_bits(a, moved, quadruplets)[1] for a in ys])  # [Ly, T]
+    return jax.lax.map(lambda b: _cka._order_agreement(valid, b, by), bx)  # one [Ly, T] comparison at a time
+
+  return grid
+
+
+@functools.partial(jax.jit, static_argnames=("quadruplets",))
+def _order_grid(xs, ys, tuples, quadruplets: bool) -> jax.Array:
+  return _order_grid_fn(xs, ys, tuples, quadruplets)(jnp.arange(xs[0].shape[0]))
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Permutation null of a whole grid: one permutation of the samples is shared by every cell.
 # ----------------------------------------------------------------------------------------------------------------
-def _grid_fn(metric: str, xs, ys, bx, by, k: int, dim: int, block: int):
+def _grid_fn(metric: str, xs, ys, bx, by, tuples, k: int, dim: int, block: int):
   """The grid as a function of a permutation of ``ys``' rows."""
+  if metric in _ORDER:
+    return _order_grid_fn(xs, ys, tuples, metric == "qsi")
   if metric in ("linear_cka", "unbiased_linear_cka"):
     return _linear_grid_fn(xs, ys, metric.startswith("unbiased"), block)
   if metric in ("mutual_knn", "cknna"):
@@ -522,10 +581,10 @@ def _map_batches(fn, keys: jax.Array, batch: int, mesh: Mesh | None) -> jax.Arra
 
 
 @functools.partial(jax.jit, static_argnames=("metric", "n_perm", "k", "dim", "block", "batch", "mesh"))
-def _grid_null(xs, ys, bx, by, key, raw, *, metric: str, n_perm: int, k: int, dim: int, block: int, batch: int,
-               mesh: Mesh | None):
+def _grid_null(xs, ys, bx, by, tuples, key, raw, *, metric: str, n_perm: int, k: int, dim: int, block: int,
+               batch: int, mesh: Mesh | None):
   n = xs[0].shape[0]
-  grid = _grid_fn(metric, xs, ys, bx, by, k, dim, block)
+  grid = _grid_fn(metric, xs, ys, bx, by, tuples, k, dim, block)
 
   def one(kk):
     g = grid(jax.random.permutation(kk, n))
@@ -558,7 +617,7 @@ def _argmax_cell(g: jax.Array) -> tuple[jax.Array, jax.Array]:
 # ----------------------------------------------------------------------------------------------------------------
 def score_grid(xs, ys, *, metric: str = "linear_cka", k: int = 10, bandwidth: float | None = None,
                dim: int = 10, block_size: int = 1024, n_perm: int = 0, key: jax.Array | None = None,
-               batch_size: int = 8, mesh: Mesh | None = None) -> ScoreGrid:
+               batch_size: int = 8, mesh: Mesh | None = None, n_tuples: int = 100_000) -> ScoreGrid:
   r"""Alignment score of every pair of layers of two encoders, in one compiled call.
 
   .. math:: G_{ij} = \mathrm{score}(X_i, Y_j), \qquad (i^*, j^*) = \arg\max_{ij} G_{ij}.
@@ -566,11 +625,16 @@ def score_grid(xs, ys, *, metric: str = "linear_cka", k: int = 10, bandwidth: fl
   Metrics (all equal to the single-pair functions of :mod:`sotalign_jax.cka`): ``linear_cka``,
   ``unbiased_linear_cka`` (:func:`~sotalign_jax.cka.linear_cka`), ``rbf_cka``, ``unbiased_rbf_cka``
   (:func:`~sotalign_jax.cka.rbf_cka`, median bandwidth per layer unless ``bandwidth`` is given),
-  ``mutual_knn``, ``cknna`` (unbiased, self-excluding neighbourhoods, Huh et al., 2024) and ``svcca``.
+  ``mutual_knn``, ``cknna`` (unbiased, self-excluding neighbourhoods, Huh et al., 2024), ``svcca``, ``tsi``
+  and ``qsi`` (:func:`~sotalign_jax.cka.triplet_similarity_index`,
+  :func:`~sotalign_jax.cka.quadruplet_similarity_index`; cell ``(i, j)`` is exactly
+  ``triplet_similarity_index(xs[i], ys[j], key=jax.random.fold_in(key, TUPLE_KEY_DATA), n_samples=n_tuples)``,
+  the same tuples for every cell).
 
   Memory: linear metrics never form an ``n × n`` matrix (``O(Σ dx · block_size)`` besides the inputs); RBF
   works on ``block_size²`` kernel tiles per layer; the k-NN metrics hold ``block_size × n`` similarity rows
-  and ``[n, k]`` neighbour lists. Results do not depend on ``block_size`` (up to float rounding).
+  and ``[n, k]`` neighbour lists; TSI / QSI hold one bit per tuple and layer and gather ``4096 × d`` rows at
+  a time. Results do not depend on ``block_size`` (up to float rounding).
 
   Args:
     xs: layers of encoder A: a list of ``[n, dx_l]`` arrays (widths may differ) or one ``[Lx, n, dx]`` array.
@@ -583,11 +647,15 @@ def score_grid(xs, ys, *, metric: str = "linear_cka", k: int = 10, bandwidth: fl
       similarity formed at once (k-NN).
     n_perm: if > 0, also the permutation null of every cell (``null_mean``, ``null_std``, ``z``, ``p_value``):
       each permutation of the samples is applied to every layer of ``ys`` and scores the whole grid; what
-      does not depend on it (linear self terms, k-NN lists of ``xs``, ...) is computed once.
-    key: PRNG key of the permutations; default ``jax.random.key(0)``.
+      does not depend on it (linear self terms, k-NN lists of ``xs``, TSI / QSI bits of ``xs``, ...) is
+      computed once. A TSI / QSI permutation recomputes ``ys``' bits at the permuted tuples: ``O(T · Σ dy)``.
+    key: PRNG key; default ``jax.random.key(0)``. The permutations are ``jax.random.split(key, n_perm)``
+      (one key each), the TSI / QSI tuples come from ``jax.random.fold_in(key, TUPLE_KEY_DATA)``.
     batch_size: permutations vmapped together.
     mesh: optional device mesh; each batch of permutations is split over its first axis (``batch_size`` is
       rounded up to a multiple of that axis' size). The permutations are the same with or without it.
+    n_tuples: random triplets (``tsi``) / quadruplets (``qsi``) drawn, as ``n_samples`` of the single-pair
+      functions; ignored by the other metrics (but checked: a positive integer).
 
   Returns:
     A :class:`ScoreGrid`.
@@ -599,12 +667,15 @@ def score_grid(xs, ys, *, metric: str = "linear_cka", k: int = 10, bandwidth: fl
     raise ValueError(f"xs and ys must hold the same samples (same number of rows); got n={xs[0].shape[0]} "
                      f"and n={ys[0].shape[0]}")
   n = xs[0].shape[0]
-  _check_options(metric, n, k=k, dim=dim, widths=[a.shape[1] for a in xs + ys], block_size=block_size)
+  _check_options(metric, n, k=k, dim=dim, widths=[a.shape[1] for a in xs + ys], block_size=block_size,
+                 n_tuples=n_tuples)
   if not isinstance(n_perm, (int, np.integer)) or n_perm < 0:
     raise ValueError(f"n_perm must be an integer >= 0 (0: no permutation null), got {n_perm!r}")
   if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
     raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
   block = int(block_size)
+  key = jax.random.key(0) if key is None else key
+  tuples = _tuples(metric, key, n, n_tuples)
   bx = by = jax.device_put(np.zeros(1, np.float32))  # unused placeholders (explicit: no implicit transfer)
   if metric in ("rbf_cka", "unbiased_rbf_cka"):
     bx, by = _bandwidths(xs, bandwidth, "xs", host=host), _bandwidths(ys, bandwidth, "ys", host=host)
@@ -615,14 +686,15 @@ def score_grid(xs, ys, *, metric: str = "linear_cka", k: int = 10, bandwidth: fl
     g = _rbf_grid(xs, ys, bx, by, metric.startswith("unbiased"), block)
   elif metric in ("mutual_knn", "cknna"):
     g = _knn_grid(xs, ys, metric, int(k), block)
+  elif metric in _ORDER:
+    g = _order_grid(xs, ys, tuples, metric == "qsi")
   else:
     g = _svcca_grid(xs, ys, int(dim))
   i, j = _argmax_cell(g)
   best = (i, j) if is_tracer(g) else tuple(int(v) for v in jax.device_get((i, j)))  # explicit: host ints
   if not n_perm:
     return ScoreGrid(g, best, metric)
-  key = jax.random.key(0) if key is None else key
-  null = _grid_null(xs, ys, bx, by, key, g, metric=metric, n_perm=int(n_perm), k=int(k), dim=int(dim),
+  null = _grid_null(xs, ys, bx, by, tuples, key, g, metric=metric, n_perm=int(n_perm), k=int(k), dim=int(dim),
                     block=block, batch=_batch_for(int(batch_size), int(n_perm), mesh), mesh=mesh)
   return ScoreGrid(g, best, metric, *null)
 
@@ -688,7 +760,19 @@ def _svcca_parts(x, y, dim: int):
   return score
 
 
-def _parts(metric: str, x, y, bw, *, k: int, dim: int, block: int):
+def _order_parts(x, y, tuples, quadruplets: bool):
+  """Raw TSI / QSI and its permutation statistic: ``x``'s bits and the valid set once, ``y``'s at ``π[t]``."""
+  valid, bx = _cka._order_bits(x, tuples, quadruplets)
+
+  def score(perm):
+    return _cka._order_agreement(valid, bx, _cka._order_bits(y, perm[tuples], quadruplets)[1])
+
+  return score
+
+
+def _parts(metric: str, x, y, bw, *, k: int, dim: int, block: int, tuples):
+  if metric in _ORDER:
+    return _order_parts(x, y, tuples, metric == "qsi")
   if metric in ("linear_cka", "unbiased_linear_cka"):
     return _linear_parts(x, y, metric.startswith("unbiased"))
   if metric in ("rbf_cka", "unbiased_rbf_cka"):
@@ -699,11 +783,11 @@ def _parts(metric: str, x, y, bw, *, k: int, dim: int, block: int):
 
 
 @functools.partial(jax.jit, static_argnames=("metric", "n_perm", "n_boot", "batch", "k", "dim", "block", "mesh"))
-def _calibrate(x, y, bw, key, ci, *, metric: str, n_perm: int, n_boot: int, batch: int, k: int, dim: int,
+def _calibrate(x, y, bw, tuples, key, ci, *, metric: str, n_perm: int, n_boot: int, batch: int, k: int, dim: int,
                block: int, mesh: Mesh | None):
   n = x.shape[0]
   kp, kb = jax.random.split(key)
-  opts = dict(k=k, dim=dim, block=block)
+  opts = dict(k=k, dim=dim, block=block, tuples=tuples)
   score = _parts(metric, x, y, bw, **opts)
   raw = score(jnp.arange(n))
   null = _map_batches(lambda kk: score(jax.random.permutation(kk, n)), jax.random.split(kp, n_perm),
@@ -721,9 +805,11 @@ def _calibrate(x, y, bw, key, ci, *, metric: str, n_perm: int, n_boot: int, batc
   return raw, null_mean, null_std, (raw - null_mean) / null_std, p, lo, hi, null
 
 
-def _default_batch(metric: str, n: int, dx: int, dy: int, k: int, block: int) -> int:
+def _default_batch(metric: str, n: int, dx: int, dy: int, k: int, block: int, n_tuples: int) -> int:
   """Permutations per vmapped batch, keeping their working memory near 256 MiB."""
-  if metric in ("linear_cka", "unbiased_linear_cka"):
+  if metric in _ORDER:  # four gathered rows per tuple, one chunk at a time; the permuted tuples and the bits
+    per = 4 * min(_cka.ORDER_CHUNK, n_tuples) * max(dx, dy) + 6 * n_tuples
+  elif metric in ("linear_cka", "unbiased_linear_cka"):
     per = n * min(dx, dy) + dx * dy
   elif metric in ("mutual_knn", "cknna"):
     per = 2 * min(block, n) * k * k + 4 * n * k
@@ -736,7 +822,8 @@ def _default_batch(metric: str, n: int, dx: int, dy: int, k: int, block: int) ->
 
 def calibrated(metric: str, x, y, *, n_perm: int = 1000, n_boot: int = 200, key: jax.Array | None = None,
                ci: float = 0.95, k: int = 10, bandwidth: float | None = None, dim: int = 10,
-               block_size: int = 1024, batch_size: int | None = None, mesh: Mesh | None = None) -> Calibrated:
+               block_size: int = 1024, batch_size: int | None = None, mesh: Mesh | None = None,
+               n_tuples: int = 100_000) -> Calibrated:
   r"""A score with its permutation null (``y``'s rows shuffled) and a percentile bootstrap interval.
 
   .. math::
@@ -747,10 +834,15 @@ def calibrated(metric: str, x, y, *, n_perm: int = 1000, n_boot: int = 200, key:
   Permutations and bootstrap samples are vmapped in batches of ``batch_size`` inside one compiled call.
   What is invariant to the permutation is computed once: a linear-CKA permutation costs one ``dx × dy``
   GEMM (:math:`X^\top P Y`), a k-NN permutation only relabels ``y``'s neighbour lists (``O(n k²)``); an RBF
-  permutation recomputes the tiled kernel sums (``O(n² d)``: use fewer permutations at large ``n``). Each
-  bootstrap sample recomputes the score on ``n`` rows drawn with replacement (for the k-NN metrics a
-  duplicated row is its copy's nearest neighbour, which shifts their bootstrap distribution upwards:
-  read their ``z`` and ``p`` rather than the interval).
+  permutation recomputes the tiled kernel sums (``O(n² d)``: use fewer permutations at large ``n``), a TSI /
+  QSI permutation only ``y``'s order bits at the permuted tuples (``O(T · dy)``; ``x``'s bits and the valid set
+  are invariant). Each bootstrap sample recomputes the score on ``n`` rows drawn with replacement (for the
+  k-NN metrics a duplicated row is its copy's nearest neighbour, which shifts their bootstrap distribution
+  upwards: read their ``z`` and ``p`` rather than the interval). TSI / QSI keep the same tuples (positions in
+  the resampled rows) and recompute both sides' bits on ``x[rows]``, ``y[rows]``: a tuple that picks two copies
+  of one sample is still valid and has a zero distance (a tie counts as "not closer", as in the peer), so it
+  agrees in both spaces; about ``3 / n`` of the triplets (``2 / n`` of the quadruplets) do, which lifts the
+  resampled scores by about that fraction of ``1 - score``.
 
   Args:
     metric: one of :data:`METRICS`.
@@ -758,12 +850,16 @@ def calibrated(metric: str, x, y, *, n_perm: int = 1000, n_boot: int = 200, key:
     y: ``[n, dy]`` features of the same samples.
     n_perm: permutations (>= 1); the smallest attainable p-value is ``1 / (1 + n_perm)``.
     n_boot: bootstrap resamples for the interval (0: no interval, NaN bounds).
-    key: PRNG key; default ``jax.random.key(0)``.
+    key: PRNG key; default ``jax.random.key(0)``. ``jax.random.split(key)`` gives the permutation key and the
+      bootstrap key (each split into one key per permutation / resample); the TSI / QSI tuples come from
+      ``jax.random.fold_in(key, TUPLE_KEY_DATA)``, so ``score`` is exactly
+      ``cka.triplet_similarity_index(x, y, key=jax.random.fold_in(key, TUPLE_KEY_DATA), n_samples=n_tuples)``.
     ci: coverage of the bootstrap interval, in (0, 1).
     k, bandwidth, dim, block_size: as in :func:`score_grid` (``bandwidth`` is fixed from the full data).
     batch_size: permutations / resamples evaluated together; default keeps them near 256 MiB.
     mesh: optional device mesh; each batch of permutations / resamples is split over its first axis (as in
       :func:`score_grid`).
+    n_tuples: random tuples of ``tsi`` / ``qsi``, as in :func:`score_grid` (ignored by the other metrics).
 
   Returns:
     A :class:`Calibrated`.
@@ -780,14 +876,16 @@ def calibrated(metric: str, x, y, *, n_perm: int = 1000, n_boot: int = 200, key:
     raise ValueError(f"ci must lie in (0, 1), got {ci!r}")
   if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or batch_size < 1):
     raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
-  _check_options(metric, n, k=k, dim=dim, widths=[x.shape[1], y.shape[1]], block_size=block_size)
+  _check_options(metric, n, k=k, dim=dim, widths=[x.shape[1], y.shape[1]], block_size=block_size,
+                 n_tuples=n_tuples)
   bw = jax.device_put(np.zeros(2, np.float32))
   if metric in ("rbf_cka", "unbiased_rbf_cka"):
     bw = jnp.concatenate([_bandwidths([x], bandwidth, "x", host=host), _bandwidths([y], bandwidth, "y", host=host)])
   block = int(min(block_size, n))
-  batch = int(batch_size or _default_batch(metric, n, x.shape[1], y.shape[1], k, block))
+  batch = int(batch_size or _default_batch(metric, n, x.shape[1], y.shape[1], k, block, int(n_tuples)))
   key = jax.random.key(0) if key is None else key
-  out = _calibrate(x, y, bw, key, device_scalar(ci), metric=metric, n_perm=int(n_perm), n_boot=int(n_boot),
+  tuples = _tuples(metric, key, n, n_tuples)
+  out = _calibrate(x, y, bw, tuples, key, device_scalar(ci), metric=metric, n_perm=int(n_perm), n_boot=int(n_boot),
                    batch=batch, k=int(k), dim=int(dim), block=block, mesh=mesh)
   return Calibrated(*out, metric=metric)
 

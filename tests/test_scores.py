@@ -1,5 +1,6 @@
 """Layer grids and calibrated scores against the Platonic-Representation definitions written plainly in numpy."""
 
+import functools
 import json
 import os
 import sys
@@ -45,6 +46,33 @@ REFS = {
     "cknna": lambda a, b: cknna_ref(a, b, K),
     "svcca": lambda a, b: svcca_ref(a, b, DIM),
 }
+N_TUPLES = 3000  # random tuples of the order scores (tsi, qsi)
+
+
+def order_ref(x, y, key, quadruplets):
+  """TSI / QSI by a loop over the tuples `scores` draws from `key` (documented: fold_in(key, 2**32 - 1)).
+
+  The fraction of valid tuples (no repeated index: triplets distinct, quadruplets i != j and k != l) whose
+  d(i, j) < d(k, l) holds in both spaces or in neither; a triplet (i, j, k) compares d(i, j) with d(i, k).
+  """
+  m = 4 if quadruplets else 3
+  t = np.asarray(jax.random.randint(jax.random.fold_in(key, 2**32 - 1), (m, N_TUPLES), 0, len(x)))
+  dx, dy = (np.linalg.norm(a[:, None] - a[None], axis=-1) for a in (x, y))
+  agree = valid = 0
+  for tup in t.T:
+    i, j, k, l = tup if quadruplets else (tup[0], tup[1], tup[0], tup[2])
+    if i == j or k == l or j == l and not quadruplets:
+      continue
+    valid += 1
+    agree += (dx[i, j] < dx[k, l]) == (dy[i, j] < dy[k, l])
+  return agree / valid
+
+
+def reference(metric, a, b, key=None):
+  """The plain value of `metric`; `key` is the scores' key (default jax.random.key(0)), used by tsi / qsi only."""
+  if metric in ("tsi", "qsi"):
+    return order_ref(a, b, jax.random.key(0) if key is None else key, metric == "qsi")
+  return REFS[metric](a, b)
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +90,8 @@ def layers():
 @pytest.mark.parametrize("metric", scores.METRICS)
 def test_grid_matches_platonic_definitions(layers, metric):
   xs, ys = layers
-  g = score_grid(xs, ys, metric=metric, k=K, dim=DIM, block_size=7)  # 7 ∤ 40: ragged last block
-  ref = np.array([[REFS[metric](a.astype(np.float64), b.astype(np.float64)) for b in ys] for a in xs])
+  g = score_grid(xs, ys, metric=metric, k=K, dim=DIM, block_size=7, n_tuples=N_TUPLES)  # 7 ∤ 40: ragged last block
+  ref = np.array([[reference(metric, a.astype(np.float64), b.astype(np.float64)) for b in ys] for a in xs])
   np.testing.assert_allclose(g.scores, ref, rtol=2e-4, atol=1e-5)
   assert g.best == np.unravel_index(np.argmax(ref), ref.shape)
   assert g.metric == metric and g.scores.shape == (3, 2)
@@ -75,6 +103,21 @@ def test_grid_entry_equals_single_pair_functions(layers):
             "mutual_knn": cka.mutual_knn(xs[1], ys[0], k=K), "cknna": cka.cknna(xs[1], ys[0], k=K)}
   for metric, value in single.items():
     np.testing.assert_allclose(score_grid(xs, ys, metric=metric, k=K, block_size=7).scores[1, 0], value, rtol=1e-5)
+
+
+@pytest.mark.parametrize("metric, single", [("tsi", cka.triplet_similarity_index),
+                                            ("qsi", cka.quadruplet_similarity_index)])
+def test_order_scores_are_the_single_pair_function_on_the_documented_tuples(layers, metric, single):
+  """Grid cells, the calibrated score and its null are exactly cka's TSI / QSI with key fold_in(key, 2**32 - 1)."""
+  xs, ys = layers
+  key = jax.random.key(3)
+  pair = functools.partial(single, key=jax.random.fold_in(key, 2**32 - 1), n_samples=N_TUPLES)
+  g = score_grid(xs, ys, metric=metric, k=K, dim=DIM, block_size=7, key=key, n_tuples=N_TUPLES)
+  np.testing.assert_array_equal(g.scores[1, 0], pair(xs[1], ys[0]))
+  c = calibrated(metric, xs[1], ys[0], n_perm=40, n_boot=0, key=key, k=K, dim=DIM, block_size=7, n_tuples=N_TUPLES)
+  perms, _ = _perms_and_rows(key, len(xs[1]), 40, 0)
+  np.testing.assert_array_equal(c.score, g.scores[1, 0])
+  np.testing.assert_array_equal(c.null[:3], [pair(xs[1], ys[0][p]) for p in perms[:3]])
 
 
 @pytest.mark.parametrize("metric", ["linear_cka", "unbiased_rbf_cka", "mutual_knn", "cknna"])
@@ -115,15 +158,15 @@ def _perms_and_rows(key, n, n_perm, n_boot):
   return perms, rows
 
 
-@pytest.mark.parametrize("metric", ["linear_cka", "unbiased_linear_cka", "mutual_knn", "cknna", "svcca"])
+@pytest.mark.parametrize("metric", ["linear_cka", "unbiased_linear_cka", "mutual_knn", "cknna", "svcca", "tsi", "qsi"])
 def test_calibrated_null_is_the_metric_of_permuted_y(layers, metric):
   x, y = layers[0][1].astype(np.float64), layers[1][0].astype(np.float64)
   key = jax.random.key(3)
-  c = calibrated(metric, x, y, n_perm=40, n_boot=0, key=key, k=K, dim=DIM, block_size=7)
+  c = calibrated(metric, x, y, n_perm=40, n_boot=0, key=key, k=K, dim=DIM, block_size=7, n_tuples=N_TUPLES)
   perms, _ = _perms_and_rows(key, len(x), 40, 0)
-  ref = np.array([REFS[metric](x, y[p]) for p in perms[:6]])
+  ref = np.array([reference(metric, x, y[p], key) for p in perms[:6]])
   np.testing.assert_allclose(c.null[:6], ref, rtol=2e-4, atol=1e-5)
-  np.testing.assert_allclose(c.score, REFS[metric](x, y), rtol=2e-4)
+  np.testing.assert_allclose(c.score, reference(metric, x, y, key), rtol=2e-4)
   null = np.asarray(c.null)
   np.testing.assert_allclose(c.p_value, (1 + np.sum(null >= float(c.score))) / 41, rtol=1e-6)
   np.testing.assert_allclose(c.z, (float(c.score) - null.mean()) / null.std(), rtol=1e-4)
@@ -131,12 +174,14 @@ def test_calibrated_null_is_the_metric_of_permuted_y(layers, metric):
   assert np.isnan(float(c.ci_low)) and np.isnan(float(c.ci_high))
 
 
-def test_bootstrap_interval_is_percentiles_of_resampled_scores(layers):
+@pytest.mark.parametrize("metric", ["linear_cka", "tsi"])
+def test_bootstrap_interval_is_percentiles_of_resampled_scores(layers, metric):
+  """Resamples rows with replacement; TSI keeps the tuples (positions), so copies of a sample give zero distances."""
   x, y = layers[0][1], layers[1][0]
   key = jax.random.key(5)
-  c = calibrated("linear_cka", x, y, n_perm=5, n_boot=30, key=key, ci=0.8)
+  c = calibrated(metric, x, y, n_perm=5, n_boot=30, key=key, ci=0.8, n_tuples=N_TUPLES)
   _, rows = _perms_and_rows(key, len(x), 5, 30)
-  boot = [linear_cka_ref(x[r].astype(np.float64), y[r].astype(np.float64)) for r in rows]
+  boot = [reference(metric, x[r].astype(np.float64), y[r].astype(np.float64), key) for r in rows]
   np.testing.assert_allclose([c.ci_low, c.ci_high], np.quantile(boot, [0.1, 0.9]), rtol=1e-4)
   assert float(c.ci_low) <= float(c.score) <= float(c.ci_high)
 
@@ -157,12 +202,12 @@ def test_linear_cka_null_centred_on_exact_permutation_mean():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("metric", ["linear_cka", "mutual_knn"])
+@pytest.mark.parametrize("metric", ["linear_cka", "mutual_knn", "tsi", "qsi"])
 def test_p_values_uniform_under_the_null(metric):
   """Over 200 independent datasets the permutation p-values are Uniform(0, 1) (KS test)."""
   r = np.random.default_rng(2)
   ps = [float(calibrated(metric, r.normal(size=(30, 4)), r.normal(size=(30, 3)), n_perm=99, n_boot=0, k=3,
-                         key=jax.random.key(s)).p_value) for s in range(200)]
+                         key=jax.random.key(s), n_tuples=N_TUPLES).p_value) for s in range(200)]
   assert stats.kstest(ps, "uniform").pvalue > 0.01
 
 
@@ -183,6 +228,9 @@ def test_p_values_uniform_under_the_null(metric):
     (lambda x, y: score_grid([x], [y], block_size=0), "block_size"),
     (lambda x, y: score_grid([x[:3]], [y[:3]], metric="unbiased_linear_cka"), "at least 4"),
     (lambda x, y: score_grid([np.ones_like(x)], [y], metric="rbf_cka"), r"bandwidth of xs\[0\]"),
+    (lambda x, y: calibrated("tsi", x[:2], y[:2]), "tsi needs at least 3"),
+    (lambda x, y: score_grid([x], [y], metric="qsi", n_tuples=0), "n_tuples must be"),
+    (lambda x, y: calibrated("linear_cka", x, y, n_tuples=2.5), "n_tuples must be"),
 ])
 def test_bad_input_raises_value_error_naming_it(layers, call, match):
   x, y = layers[0][0], layers[1][0]
@@ -217,16 +265,17 @@ def test_experiment_smoke_variant_writes_results_and_resumes(tmp_path):
     assert w == v if isinstance(v, str) else np.isclose(w, v, rtol=1e-5, atol=1e-6), (k, v, w)
 
 
-@pytest.mark.parametrize("metric", ["unbiased_linear_cka", "cknna"])
+@pytest.mark.parametrize("metric", ["unbiased_linear_cka", "cknna", "tsi", "qsi"])
 def test_grid_null_is_the_metric_of_permuted_ys(layers, metric):
   """Every cell's null uses the shared permutations split from `key`: compare with numpy on permuted rows."""
   xs, ys = layers
   key = jax.random.key(7)
-  g = score_grid(xs, ys, metric=metric, k=K, block_size=7, n_perm=23, key=key, batch_size=4)  # 23 = 5·4 + 3
+  g = score_grid(xs, ys, metric=metric, k=K, block_size=7, n_perm=23, key=key, batch_size=4,  # 23 = 5·4 + 3
+                 n_tuples=N_TUPLES)
   perms = [np.asarray(jax.random.permutation(k, 40)) for k in jax.random.split(key, 23)]
   for i, j in ((0, 0), (2, 1)):
-    null = np.array([REFS[metric](xs[i].astype(np.float64), ys[j][p].astype(np.float64)) for p in perms])
-    raw = REFS[metric](xs[i].astype(np.float64), ys[j].astype(np.float64))
+    null = np.array([reference(metric, xs[i].astype(np.float64), ys[j][p].astype(np.float64), key) for p in perms])
+    raw = reference(metric, xs[i].astype(np.float64), ys[j].astype(np.float64), key)
     np.testing.assert_allclose(g.null_mean[i, j], null.mean(), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(g.null_std[i, j], null.std(), rtol=1e-3, atol=1e-6)
     np.testing.assert_allclose(g.p_value[i, j], (1 + np.sum(null >= raw - 1e-6)) / 24, rtol=1e-6)
