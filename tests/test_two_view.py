@@ -268,3 +268,45 @@ def test_real_wordnet_base_gives_sane_counts():
   lemma_ids = [r.image_id for r in wordnet.load_wordnet(kind="lemmas").records]
   assert {i.image_id for i in items} <= set(lemma_ids)
   assert len(lemma_ids) - len(items) == info["n_lemmas_without_gloss_dropped"]
+
+
+def test_same_text_reuses_the_source_rows_and_embeds_each_distinct_caption_once(tmp_path, fake, noun, capsys):
+  _, enc = fake
+  src = tmp_path / "src"
+  _build(noun, src)
+  source = load_cache(src)
+  out = tmp_path / "same"
+  m = two_view.build_same_text(src, out_dir=out, x_encoder="fake_tv:x", batch_size=2, chunk_size=2, progress=False)
+  cache = load_cache(out)
+  # Plainly: the distinct captions (case/space-insensitive, first kept) in source order, with their source rows.
+  seen, expected = set(), []
+  for row, r in enumerate(source.index):
+    key = " ".join(r["caption"].lower().split())
+    if key not in seen:
+      seen.add(key)
+      expected.append((row, r["caption"]))
+  assert [r["caption"] for r in cache.index] == [c for _, c in expected]
+  assert len(expected) < len(source.index)  # "a variety of aster" under two lemmas is kept once
+  assert [r["image"] for r in cache.index] == list(range(len(expected)))
+  for i, (row, caption) in enumerate(expected):
+    np.testing.assert_array_equal(cache.text_emb[i], source.text_emb[row])  # y: the source's own row
+    np.testing.assert_array_equal(cache.image_emb[i], enc.vec("x", caption, 6))  # x: the new encoder
+  ids = [r["image_id"] for r in cache.index]
+  assert len(set(ids)) == len(ids) and ids[0] == f"{source.index[0]['image_id']}/0"
+  assert m["kind"] == "same_text" and m["y_encoder"] == source.manifest["text_encoder"]
+  assert m["dataset"]["info"]["n_repeated_captions_dropped"] == len(source.index) - len(expected)
+  # A rerun is a no-op; the benchmark protocol reads the result like any cache.
+  assert two_view.build_same_text(src, out_dir=out, x_encoder="fake_tv:x", batch_size=2, chunk_size=2,
+                                  progress=False)["job_id"] == m["job_id"]
+  proto = Protocol.from_cache(cache, split="hash", test_size=3, val_size=2, split_seed="t", min_unpaired=2)
+  assert proto.p_max == len(expected) - 3 - 2 - 2 * 2
+  # Bad inputs: a missing source, and the CLI's flags that do not apply.
+  with pytest.raises(FileNotFoundError, match="not a finished embedding cache"):
+    two_view.build_same_text(tmp_path / "nothing", out_dir=tmp_path / "o2", x_encoder="fake_tv:x", progress=False)
+  assert two_view.main(["--same-text-from", str(tmp_path / "nothing"), "--x-encoder", "fake_tv:x",
+                        "--out", str(tmp_path / "o3"), "--quiet"]) == 2
+  assert "not a finished embedding cache" in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    two_view.main(["--same-text-from", str(src), "--x-encoder", "fake_tv:x", "--y-encoder", "fake_tv:y",
+                   "--out", str(tmp_path / "o4")])
+  assert not os.path.exists(tmp_path / "o2") and not os.path.exists(tmp_path / "o3")

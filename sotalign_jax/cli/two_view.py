@@ -35,6 +35,18 @@ removed; rerunning a finished build is a no-op. Intermediate views made with oth
 glosses are embedded sorted by length (less padding per batch) and put back in caption order.
 ``--limit N`` keeps N items chosen by a stable hash of their id (nested: the items at N are among those at N + 1),
 for tests and quick tries.
+
+**Same texts, two encoders** (:func:`build_same_text`)::
+
+  python -m sotalign_jax.cli.two_view \
+      --same-text-from data_cache/wordnet_two_view__all-MiniLM-L6-v2__all-mpnet-base-v2 \
+      --x-encoder all-MiniLM-L6-v2 --out data_cache/wordnet_glosses__all-MiniLM-L6-v2__all-mpnet-base-v2
+
+takes the captions of any finished cache, keeps each distinct caption once (case/space-insensitively, first
+occurrence), embeds them with ``--x-encoder`` and reuses the cache's own text rows as the y view: a cache in which
+item ``i`` is one caption seen by two text encoders (MiniLM vs MPNet on the same glosses: far more similar spaces
+than lemma vs gloss, or image vs caption). Only the x view is embedded (resumable, as above); ``image_id`` is
+``<source image_id>/<caption ordinal within it>``, ``label`` the source's label.
 """
 
 from __future__ import annotations
@@ -55,7 +67,7 @@ from sotalign_jax.data import core, splits as splits_lib, wordnet
 from sotalign_jax.data.cache import load_cache
 from sotalign_jax.runtime import io as sio
 
-__all__ = ["Item", "group_synsets", "wordnet_items", "build_two_view", "main", "MAPPING"]
+__all__ = ["Item", "group_synsets", "wordnet_items", "build_two_view", "build_same_text", "main", "MAPPING"]
 
 _FORMAT = 1
 MAPPING = ("x-item: distinct first lemma of a noun synset (case/space-insensitive, first spelling kept); captions: "
@@ -183,6 +195,26 @@ def _log(progress: bool, msg: str) -> None:
     print(f"[two_view] {msg}", file=sys.stderr, flush=True)
 
 
+def _embed_view(texts: Sequence[str], ids: Sequence[str], order: np.ndarray, enc: Any, view_dir: str, name: str, *,
+                batch_size: int, chunk_size: int, progress: bool) -> tuple[np.ndarray, dict]:
+  """Embeds ``texts`` (in ``order``) into the text-only cache ``view_dir`` (resumable); rows back in text order."""
+  ds = core.Dataset(name, [core.Record(ids[j], texts[j]) for j in order], {})
+  t0 = time.perf_counter()
+  m = embed.embed_dataset(ds, out_dir=view_dir, text_encoder=enc, batch_size=batch_size, chunk_size=chunk_size,
+                          overwrite=True, progress=progress)
+  wall = time.perf_counter() - t0
+  cache = load_cache(view_dir)
+  if [r["caption"] for r in cache.index] != [texts[j] for j in order]:
+    raise RuntimeError(f"{view_dir} does not hold the texts of this build: delete it and rerun")
+  inverse = np.empty(len(order), np.int64)
+  inverse[order] = np.arange(len(order))
+  n_unique = m["counts"]["unique_captions"]
+  timing = {"texts": len(texts), "unique_texts": n_unique, "embed_s": m["timing"]["texts_s"],
+            "texts_per_s": round(n_unique / m["timing"]["texts_s"], 2) if m["timing"]["texts_s"] > 0 else None,
+            "wall_s": round(wall, 3)}
+  return np.asarray(cache.text_emb, np.float32)[inverse], timing
+
+
 def build_two_view(items: Sequence[Item], info: dict[str, Any], *, out_dir: str | os.PathLike, x_encoder: Any,
                    y_encoder: Any, batch_size: int = 64, chunk_size: int | None = None, overwrite: bool = False,
                    progress: bool = True) -> dict:
@@ -235,21 +267,8 @@ def build_two_view(items: Sequence[Item], info: dict[str, Any], *, out_dir: str 
       ("y", glosses, [c[2] for c in captions], y_order, y_encoder, "glosses")):
     view_dir = os.path.join(out_dir, "views", view)
     _log(progress, f"{view} view: {len(texts):,} {what} with {enc.name} -> {view_dir}")
-    ds = core.Dataset(f"wordnet_two_view/{view}", [core.Record(ids[j], texts[j]) for j in order], {})
-    t0 = time.perf_counter()
-    m = embed.embed_dataset(ds, out_dir=view_dir, text_encoder=enc, batch_size=batch_size, chunk_size=chunk_size,
-                            overwrite=True, progress=progress)
-    wall = time.perf_counter() - t0
-    cache = load_cache(view_dir)
-    if [r["caption"] for r in cache.index] != [texts[j] for j in order]:
-      raise RuntimeError(f"{view_dir} does not hold the {what} of this build: delete it and rerun")
-    inverse = np.empty(len(order), np.int64)
-    inverse[order] = np.arange(len(order))
-    views[view] = np.asarray(cache.text_emb, np.float32)[inverse]  # back in item / caption order
-    n_unique = m["counts"]["unique_captions"]
-    timing[view] = {"texts": len(texts), "unique_texts": n_unique, "embed_s": m["timing"]["texts_s"],
-                    "texts_per_s": round(n_unique / m["timing"]["texts_s"], 2) if m["timing"]["texts_s"] > 0 else None,
-                    "wall_s": round(wall, 3)}
+    views[view], timing[view] = _embed_view(texts, ids, order, enc, view_dir, f"wordnet_two_view/{view}",
+                                            batch_size=batch_size, chunk_size=chunk_size, progress=progress)
     _log(progress, f"{view} view done: {timing[view]}")
 
   image_emb, text_emb = views["x"], views["y"]
@@ -289,11 +308,111 @@ def build_two_view(items: Sequence[Item], info: dict[str, Any], *, out_dir: str 
   return manifest
 
 
+SAME_TEXT_MAPPING = ("item: a distinct caption of the source cache (case/space-insensitive, first occurrence kept); "
+                     "x: the caption embedded with x_encoder; y: the source cache's own text row of that caption")
+
+
+def build_same_text(source: str | os.PathLike, *, out_dir: str | os.PathLike, x_encoder: Any, batch_size: int = 64,
+                    chunk_size: int | None = None, overwrite: bool = False, progress: bool = True) -> dict:
+  """A cache of the captions of ``source`` seen by two text encoders (resumable); returns its manifest.
+
+  Item ``i`` is the ``i``-th distinct caption of ``source`` (index order; repeats compared case- and
+  space-insensitively, as :func:`sotalign_jax.data.core.dedupe_captions`, are dropped). Its x row is
+  ``x_encoder`` on the caption, its y row (its one caption) is ``source``'s own text row, so the y encoder is
+  ``source``'s text encoder and nothing is embedded twice.
+
+  Args:
+    source: a finished embedding cache (any kind) whose text side is the y view.
+    out_dir: the new cache; ``out_dir/views/x`` holds the x view while it is built.
+    x_encoder: text encoder of the x view: a ``TextEncoder``, a name or ``module:factory``.
+    batch_size, chunk_size, overwrite, progress: as in :func:`build_two_view`.
+
+  Raises:
+    FileNotFoundError: ``source`` is not a finished cache (the message says how to build one).
+    ValueError: bad sizes, an unknown encoder, or a source without a text encoder or captions.
+    FileExistsError: ``out_dir`` holds a finished cache made with other arguments and ``overwrite`` is false.
+  """
+  source, out_dir = os.fspath(source), os.fspath(out_dir)
+  if not os.path.exists(os.path.join(source, "manifest.json")):
+    raise FileNotFoundError(f"{source} is not a finished embedding cache (no manifest.json): build it first, e.g. "
+                            "`make wordnet-cache` or `python -m sotalign_jax.cli.embed`")
+  if batch_size <= 0:
+    raise ValueError(f"batch_size must be positive, got {batch_size}")
+  chunk_size = 16 * batch_size if chunk_size is None else int(chunk_size)
+  if chunk_size <= 0:
+    raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+  x_encoder = _text_encoder(x_encoder, "--x-encoder")
+  src = load_cache(source, mmap=True)
+  y_desc = src.manifest.get("text_encoder")
+  if not y_desc:
+    raise ValueError(f"{source}/manifest.json names no text_encoder: cannot tell what the y view is")
+  keep, seen, ordinal = [], set(), collections.Counter()
+  for row, r in enumerate(src.index):
+    ordinal[r["image_id"]] += 1
+    if r["caption"] and _key(r["caption"]) not in seen:
+      seen.add(_key(r["caption"]))
+      keep.append((row, f"{r['image_id']}/{ordinal[r['image_id']] - 1}"))
+  if not keep:
+    raise ValueError(f"{source} has no captions")
+  texts = [src.index[row]["caption"] for row, _ in keep]
+  job = {"format": _FORMAT, "kind": "same_text", "mapping": SAME_TEXT_MAPPING,
+         "source": src.manifest.get("job_id") or embed._fingerprint(src.manifest),
+         "x_encoder": embed._encoder_desc(x_encoder), "batch_size": batch_size, "chunk_size": chunk_size,
+         "x_order": "length"}
+  job_id = embed._fingerprint(job)
+  done = embed.finished_manifest(out_dir, job_id, overwrite=overwrite)
+  if done is not None:
+    return done
+  view_dir = os.path.join(out_dir, "views", "x")
+  _log(progress, f"x view: {len(texts):,} distinct captions of {source} with {x_encoder.name} -> {view_dir}")
+  order = np.argsort([len(t) for t in texts], kind="stable")
+  image_emb, timing = _embed_view(texts, [i for _, i in keep], order, x_encoder, view_dir, "same_text/x",
+                                  batch_size=batch_size, chunk_size=chunk_size, progress=progress)
+  text_emb = np.asarray(src.text_emb[np.array([row for row, _ in keep], np.int64)], np.float32)
+  index = [{"caption": t, "image": i, "image_id": item_id, "label": src.index[row].get("label"), "split": "train",
+            "source_row": row} for i, ((row, item_id), t) in enumerate(zip(keep, texts))]
+  sio.save_npy(os.path.join(out_dir, "image_embeddings.npy"), image_emb)
+  sio.save_npy(os.path.join(out_dir, "text_embeddings.npy"), text_emb)
+  sio.write_jsonl(os.path.join(out_dir, "index.jsonl"), index)
+  x_desc = job["x_encoder"]
+  name = f"{src.manifest.get('dataset', {}).get('name', os.path.basename(source))}_same_text"
+  manifest = {
+      "format": _FORMAT, "job_id": job_id, "kind": "same_text",
+      "dataset": {"name": name, "info": {"source": os.path.abspath(source), "source_job_id": job["source"],
+                                         "mapping": SAME_TEXT_MAPPING, "n_source_captions": len(src.index),
+                                         "n_items": len(index),
+                                         "n_repeated_captions_dropped": len(src.index) - len(index)}},
+      "roles": {"image": f"x view: the source's captions embedded with {x_desc['name']}",
+                "text": f"y view: the same captions, the source's {y_desc.get('name')} rows"},
+      "x_encoder": x_desc, "y_encoder": y_desc,
+      "image_encoder": {**x_desc, "modality": "text"}, "text_encoder": y_desc,
+      "versions": embed._versions(),
+      "preprocessing": {"texts": "verbatim captions; each encoder's own tokenisation", "batch_size": batch_size,
+                        "chunk_size": chunk_size, "embedding_order": {"x": "by character length (stable); rows "
+                                                                      "then put back in item order"}},
+      "splits": {"captions": {"train": len(index)}, "images": {"train": len(index)}, "fixed_by_dataset": ["train"],
+                 "note": "everything is 'train': the benchmark makes its own hash splits from image_id"},
+      "counts": {"records": len(index), "images": len(index), "images_embedded": len(index), "images_skipped": 0,
+                 "captions": len(index), "unique_captions": len(index), "limit": None},
+      "skipped": [],
+      "timing": {"x": timing, "note": "embed_s: the run that finished the view (only its own chunks, if resumed)"},
+      "files": {"image_embeddings": "image_embeddings.npy", "text_embeddings": "text_embeddings.npy",
+                "index": "index.jsonl"},
+      "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+  }
+  sio.write_json(os.path.join(out_dir, "manifest.json"), manifest)
+  shutil.rmtree(os.path.join(out_dir, "views"), ignore_errors=True)
+  return manifest
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   p = argparse.ArgumentParser(prog="python -m sotalign_jax.cli.two_view", description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--x-encoder", required=True, help="text encoder of the lemmas (image side): name or module:factory")
-  p.add_argument("--y-encoder", required=True, help="text encoder of the glosses (text side): name or module:factory")
+  p.add_argument("--y-encoder", help="text encoder of the glosses (text side): name or module:factory")
+  p.add_argument("--same-text-from", metavar="CACHE",
+                 help="instead of WordNet: the captions of this finished cache, x = --x-encoder on each caption, "
+                      "y = the cache's own text rows (build_same_text)")
   p.add_argument("--out", required=True, help="output cache directory")
   p.add_argument("--limit", type=int, help="only N lemmas (chosen by a stable hash of their id)")
   p.add_argument("--batch-size", type=int, default=64)
@@ -303,6 +422,20 @@ def main(argv: Sequence[str] | None = None) -> int:
   p.add_argument("--overwrite", action="store_true", help="replace a finished cache made with other arguments")
   p.add_argument("--quiet", action="store_true", help="no progress bars")
   a = p.parse_args(argv)
+  if a.same_text_from:
+    if a.y_encoder or a.limit or a.root:
+      p.error("--same-text-from takes its y view and items from the cache: drop --y-encoder, --limit and --root")
+    try:
+      m = build_same_text(a.same_text_from, out_dir=a.out, x_encoder=a.x_encoder, batch_size=a.batch_size,
+                          chunk_size=a.chunk_size, overwrite=a.overwrite, progress=not a.quiet)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+      print(f"error: {e}", file=sys.stderr)
+      return 2
+    print(json.dumps({"out": a.out, "items": m["counts"]["images"], "x_dim": m["x_encoder"]["dim"],
+                      "y_dim": m["y_encoder"].get("dim")}))
+    return 0
+  if not a.y_encoder:
+    p.error("--y-encoder is required (unless --same-text-from)")
   try:
     items, info = wordnet_items(a.root, install=not a.no_install, limit=a.limit)
     manifest = build_two_view(items, info, out_dir=a.out, x_encoder=a.x_encoder, y_encoder=a.y_encoder,
