@@ -5,7 +5,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 WORKDIR ?= workdirs
 
-.PHONY: demo caches wordnet-cache assets match scores cmcr bench-align bench-wordnet test test-all bench clean-venv
+.PHONY: demo caches wordnet-cache glosses-cache assets match scores cmcr bench-align bench-wordnet bench-zero-pair \
+        test test-all bench clean-venv
 
 # The venv is rebuilt only when the pins change; a second run reuses it.
 $(STAMP): setup.cfg constraints.txt
@@ -44,6 +45,12 @@ $(WORDNET_CACHE)/manifest.json: | $(STAMP)
 	$(PY) -m sotalign_jax.cli.two_view --x-encoder all-MiniLM-L6-v2 --y-encoder all-mpnet-base-v2 --out $(WORDNET_CACHE) \
 	  $(if $(WORDNET_LIMIT),--limit $(WORDNET_LIMIT))
 
+# The same WordNet glosses seen by two text encoders: MiniLM (embedded now, ≈ 3 min) vs the wordnet cache's MPNet rows.
+GLOSSES_CACHE := $(CACHE)/wordnet_glosses__all-MiniLM-L6-v2__all-mpnet-base-v2
+glosses-cache: $(GLOSSES_CACHE)/manifest.json
+$(GLOSSES_CACHE)/manifest.json: $(WORDNET_CACHE)/manifest.json | $(STAMP)
+	$(PY) -m sotalign_jax.cli.two_view --same-text-from $(WORDNET_CACHE) --x-encoder all-MiniLM-L6-v2 --out $(GLOSSES_CACHE)
+
 # Every asset up front (make demo installs only what it needs; the rest otherwise installs on first use).
 assets: $(STAMP)
 	$(PY) -c "from sotalign_jax.encoders import IMAGE_ENCODERS, TEXT_ENCODERS, load_image_encoder, load_text_encoder; \
@@ -65,6 +72,12 @@ bench-wordnet: $(STAMP) $(WORDNET_CACHE)/manifest.json
 	for pool in 1000 3000 -1; do \
 	  $(PY) experiments/benchmark.py --config configs/benchmark.py:wordnet,pool=$$pool \
 	    --workdir $(WORKDIR)/bench_wordnet_pool$$pool || exit 1; done
+
+# Alignment with zero pairs (Wasserstein–Procrustes, mini-vec2vec) against few-pair methods at p ∈ {0, 10, 100}: on
+# openclipart (image vs text) and on the same glosses seen by MiniLM and MPNet (README, Alignment with zero pairs).
+bench-zero-pair: $(STAMP) $(DEMO_CACHES) $(GLOSSES_CACHE)/manifest.json
+	$(PY) experiments/benchmark.py --config configs/benchmark.py:zero_pair --workdir $(WORKDIR)/bench_zero_pair
+	$(PY) experiments/benchmark.py --config configs/benchmark.py:text_pair --workdir $(WORKDIR)/bench_text_pair
 
 # Training-free matching (Maniparambil et al.), quick variant: a few minutes on 2 CPU cores.
 match: $(STAMP) $(CACHE)/openclipart__$(SUFFIX)/manifest.json
@@ -90,7 +103,7 @@ test-all: $(STAMP)
 	$(PY) -m pytest -q -rs -n 2 --dist loadfile --nbmake tests notebooks
 
 bench: $(STAMP)
-	for b in cka encoders text_encoders sotalign_step qap local_cka scores; do \
+	for b in cka encoders text_encoders sotalign_step qap local_cka scores zero_pair; do \
 	  env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) benchmarks/bench_$$b.py || exit 1; done
 
 clean-venv:

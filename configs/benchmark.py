@@ -13,17 +13,22 @@ The argument after ``:`` is a comma list of presets and ``key=value`` fields, ap
 (:func:`sotalign_jax.runtime.config.parse_arg`). Presets:
 
 * ``full`` (the default): every registered aligner but ``sotalign_paper`` (whose 2,000-step, 32k-batch recipe is
-  for an accelerator: add it with ``--config.methods``), p ∈ {0, 10, 30, 100, 300, 1000, max}, 5 seeds, the trained
-  methods at :data:`CPU_BUDGET`;
+  for an accelerator: add it with ``--config.methods``) and the zero-pair ones (``zero_pair`` below),
+  p ∈ {0, 10, 30, 100, 300, 1000, max}, 5 seeds, the trained methods at :data:`CPU_BUDGET`;
 * ``demo``: what ``make demo`` runs — the closed forms, SAIL, SOTAlign and the upper bound at p = 1,000 (the
   low end of the paper's 10³–10⁴ regime), 3 seeds;
 * ``wordnet``: the lemma ↔ gloss two-view testbed (``make wordnet-cache``), p ∈ {100, 300, 1000, 3000}, 3 seeds,
   2,000 test items; combine with ``pool=1000`` etc. for the unpaired pool size;
+* ``zero_pair``: the zero-pair aligners (Wasserstein–Procrustes, mini-vec2vec) against CCA, Procrustes, ASIF,
+  local CKA, SOTAlign and the upper bound at p ∈ {0, 10, 100}, 5 seeds;
+* ``text_pair``: the same on the same-text two-view cache (WordNet glosses seen by MiniLM and by MPNet,
+  ``make glosses-cache``), unpaired pools capped at 3,000 per side, 3 seeds;
 * ``quick``: the closed-form and training-free aligners, p ∈ {0, 10, 100, 1000}, 3 seeds (``make bench-align``);
 * ``smoke``: ≈ 30 s on a small fake cache, for tests.
 
 Fields: ``seeds`` (int), ``tiny`` (bool: small held-out sets, few bootstrap replicates, no optional eval caches),
-``cpu_budget`` (bool: :data:`CPU_BUDGET`), ``wordnet`` (bool), ``pool`` (int: ``data.max_unpaired``, -1 = all).
+``cpu_budget`` (bool: :data:`CPU_BUDGET`), ``wordnet`` (bool), ``glosses`` (bool: the same-text cache), ``pool``
+(int: ``data.max_unpaired``, -1 = all).
 ``methods`` and ``n_pairs`` are tuples: set them with ``--config.methods=...`` / ``--config.n_pairs=...``. Unknown
 names, and unknown ``--config.KEY`` overrides, are rejected naming the known ones.
 
@@ -33,7 +38,7 @@ default is ``None`` are left out and keep it), so any of them can be overridden 
 
 import ml_collections
 
-from sotalign_jax import aligners
+from sotalign_jax import aligners, scores
 from sotalign_jax.data import protocol
 from sotalign_jax.runtime import config as cfg_lib
 from sotalign_jax.runtime import sweep
@@ -41,12 +46,16 @@ from sotalign_jax.runtime import sweep
 ALL_METHODS = tuple(aligners.ALIGNERS)  # whatever is registered when the config is read
 ZERO_PAIR_METHODS = tuple(m for m in ALL_METHODS if not aligners.ALIGNERS[m].needs_pairs)
 FAST_METHODS = tuple(m for m in ALL_METHODS if not aligners.ALIGNERS[m].trained and m not in ZERO_PAIR_METHODS)
-# sotalign_paper: 2,000 steps × an α grid at batches of up to 32k; the zero-pair methods at their papers' defaults:
-# 100 exact 10k × 10k assignments per fit. Both are for an accelerator (or smaller options) and run when named.
+# sotalign_paper: 2,000 steps × an α grid at batches of up to 32k, for an accelerator; it runs when named. The
+# zero-pair methods (up to 100 exact 10k × 10k assignments per fit) have their own presets, `zero_pair` and
+# `text_pair`, which compare them with the few-pair methods at small p.
 GPU_METHODS = ("sotalign_paper",) + ZERO_PAIR_METHODS
 CPU_METHODS = tuple(m for m in ALL_METHODS if m not in GPU_METHODS)
 WORDNET = "data_cache/wordnet_two_view__all-MiniLM-L6-v2__all-mpnet-base-v2"  # make wordnet-cache
+WORDNET_GLOSSES = "data_cache/wordnet_glosses__all-MiniLM-L6-v2__all-mpnet-base-v2"  # make glosses-cache
 DEMO_METHODS = ("cca", "ridge", "procrustes", "sail", "sotalign", "upper_bound")
+ZERO_PAIR_SWEEP = ("wasserstein_procrustes", "mini_vec2vec", "cca", "procrustes", "asif", "local_cka", "sotalign",
+                   "upper_bound")
 PRESETS = {
     "full": {"cpu_budget": True},
     "quick": {"seeds": 3, "n_pairs": (0, 10, 100, 1000), "methods": FAST_METHODS},
@@ -54,8 +63,17 @@ PRESETS = {
     "demo": {"seeds": 3, "n_pairs": (1000,), "methods": DEMO_METHODS, "cpu_budget": True},
     "wordnet": {"wordnet": True, "seeds": 3, "n_pairs": (100, 300, 1000, 3000),
                 "methods": ("cca", "procrustes", "sail", "sotalign", "upper_bound"), "cpu_budget": True},
+    "zero_pair": {"seeds": 5, "n_pairs": (0, 10, 100), "methods": ZERO_PAIR_SWEEP, "cpu_budget": True},
+    "text_pair": {"glosses": True, "pool": 3000, "seeds": 3, "n_pairs": (0, 10, 100), "methods": ZERO_PAIR_SWEEP,
+                  "cpu_budget": True},
 }
 CPU_BUDGET = {"steps": 400, "batch_unpaired": 256}
+ZERO_PAIR_CPU = {"wasserstein_procrustes": {"batch_size": 2000, "refine_batch_size": 2000, "n_iterations": 50},
+                 "mini_vec2vec": {"num_samples": 2000, "refine2_clusters": 200, "refine1_iterations": 50}}
+"""What ``cpu_budget`` sets for the zero-pair aligners: 2,000-row k-means samples and assignments instead of
+10,000, and half the refinement steps (a 10k × 10k exact assignment takes 2–5 s here, 45 s for the first read-out;
+see ``benchmarks/bench_zero_pair.py``). With pools below 2,000 rows per side (openclipart) only the step counts
+change."""
 """What ``cpu_budget`` sets for every trained method but ``sotalign_paper``: fewer steps and a smaller unpaired batch
 than the registry's recipe (600 and 512), so that the full sweep's ≈ 200 trained fits finish in about an hour on 2
 CPU cores. The README reports the sweep with this budget; set ``cpu_budget=false`` for the registry's recipe."""
@@ -69,7 +87,7 @@ def _hparams(spec) -> ml_collections.ConfigDict:
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = cfg_lib.parse_arg(arg, presets=PRESETS, methods=CPU_METHODS, n_pairs=(0, 10, 30, 100, 300, 1000, -1),
-                          seeds=5, tiny=False, cpu_budget=False, wordnet=False, pool=-1)
+                          seeds=5, tiny=False, cpu_budget=False, wordnet=False, glosses=False, pool=-1)
   c = ml_collections.ConfigDict()
   c.seed = 0                     # base of every PRNG key (key = fold_in(fold_in(key(seed), s), p))
   c.seeds = arg.seeds            # seeds 0 .. seeds-1: each draws its own nested pairs, shared by every method
@@ -96,6 +114,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                           "matching_acc", "zeroshot_fashion_mnist", "tuxpaint_i2t_r1")
   c.eval.compare_metrics = ("i2t_r1", "t2i_r1", "foscttm", "matching_acc")  # paired differences (per-query ones)
   c.eval.n_boot = 1000           # bootstrap replicates of each paired difference
+  c.eval.geometry = ("linear_cka", "mutual_knn", "tsi", "qsi")  # scores of the spaces before any fit
+  c.eval.geometry_pairs = 1000   # on this many training pairs of seed 0 (capped by p_max; 0: no geometry scores)
+  c.eval.geometry_perms = 200    # permutations of each score's null
   c.eval.confidence = 0.95
 
   # --- per-method options (registry defaults) ------------------------------------------------------------------
@@ -104,8 +125,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     for m in ALL_METHODS:
       if aligners.ALIGNERS[m].trained and m not in GPU_METHODS:
         c.hparams[m].update({k: v for k, v in CPU_BUDGET.items() if k in c.hparams[m]})
-  if arg.wordnet:  # lemmas (MiniLM) ↔ glosses (MPNet): text-only views, no image eval sets
-    c.data.cache = WORDNET
+    for m, opts in ZERO_PAIR_CPU.items():
+      if m in c.hparams:
+        c.hparams[m].update(opts)
+  if arg.wordnet or arg.glosses:  # lemmas or glosses (MiniLM) ↔ glosses (MPNet): text-only views, no image eval sets
+    c.data.cache = WORDNET if arg.wordnet else WORDNET_GLOSSES
     c.data.test_size = 2000
     c.eval.fashion_mnist_cache = c.eval.tuxpaint_cache = ""
     c.eval.table_metrics = tuple(m for m in c.eval.table_metrics if m not in ("zeroshot_fashion_mnist",
@@ -118,6 +142,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.val_size = 50
     c.data.min_unpaired = 20
     c.eval.n_boot = 200
+    c.eval.geometry_pairs = 100
+    c.eval.geometry_perms = 20
     c.eval.fashion_mnist_cache = c.eval.tuxpaint_cache = ""
     for m in ALL_METHODS:
       if aligners.ALIGNERS[m].trained:
@@ -131,7 +157,10 @@ def validate(c: ml_collections.ConfigDict):
   cfg_lib.check_subset(c, "methods", tuple(aligners.ALIGNERS))
   if len(set(c.methods)) != len(c.methods):
     raise ValueError(f"config.methods lists a method twice: {c.methods}")
-  cfg_lib.check_ints(c, ("seeds", "data.test_size", "eval.n_boot", "data.min_unpaired", "log_every", "ckpt_every"))
+  cfg_lib.check_ints(c, ("seeds", "data.test_size", "eval.n_boot", "data.min_unpaired", "log_every", "ckpt_every",
+                         "eval.geometry_perms"))
+  cfg_lib.check_ints(c, ("eval.geometry_pairs",), minimum=0)
+  cfg_lib.check_subset(c, "eval.geometry", scores.METRICS, what="geometry score", allow_empty=True)
   cfg_lib.check_ints(c, ("data.val_size",), minimum=0)
   cfg_lib.check_ints(c, ("n_pairs",), minimum=0, sentinel=-1)
   cfg_lib.check_ints(c, ("data.max_unpaired",), sentinel=-1)

@@ -20,10 +20,17 @@ per_query_metrics`); FOSCTTM and matching accuracy on the square score matrix of
 first caption (:func:`~sotalign_jax.metrics.foscttm_per_query`, the per-query value the mean of both directions;
 :func:`~sotalign_jax.metrics.matching_hits`, a linear assignment); zero-shot fashion-mnist accuracy and tuxpaint
 image→text R@1 when those caches exist; the fit's wall-clock seconds.
+
+Before any fit, the **geometry scores** of the two spaces (``config.eval.geometry``: linear CKA, mutual k-NN, TSI,
+QSI by default; :func:`sotalign_jax.scores.calibrated` with a permutation null) on the first
+``config.eval.geometry_pairs`` training pairs of seed 0: how similar the spaces look from a small paired sample,
+which Schnaus et al. (2026) find predicts whether alignment without pairs works. Saved in ``geometry.json`` (reused
+by a rerun) and reported with the tables.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -31,7 +38,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from sotalign_jax import aligners, metrics
+from sotalign_jax import aligners, metrics, scores
 from sotalign_jax.data.cache import open_cache
 from sotalign_jax.data.protocol import Protocol, resolve_n_pairs
 from sotalign_jax.runtime import config as cfg_lib
@@ -92,6 +99,46 @@ def cell_data(cache, rows: dict) -> aligners.AlignData:
   x, y = cache.image_emb, cache.text_emb
   return aligners.AlignData.create(x=x[rows["unp_x"]], y=y[rows["unp_y"]], pairs_x=x[rows["pair_x"]],
                                    pairs_y=y[rows["pair_y"]])
+
+
+# ================================================================================================================
+# Geometry scores of the two spaces on a small paired sample (before any fit)
+# ================================================================================================================
+def geometry_scores(cache, proto: Protocol, cfg, workdir: str) -> dict:
+  """``{metric: {score, null_mean, z, p_value}}`` on the first ``eval.geometry_pairs`` pairs of seed 0 (at most
+  ``p_max``), written once to ``geometry.json`` and read back by a rerun with the same settings."""
+  e = cfg.eval
+  n = min(int(e.geometry_pairs), proto.p_max)
+  settings = {"metrics": list(e.geometry), "pairs": n, "n_perm": int(e.geometry_perms), "seed": 0}
+  path = os.path.join(workdir, "geometry.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    if saved.get("settings") == settings:
+      return saved
+  if not e.geometry or n < 4:
+    return {"settings": settings, "scores": {}}
+  rows = proto.draw(0, n)
+  x, y = cache.image_emb[rows["pair_x"]], cache.text_emb[rows["pair_y"]]
+  out = {}
+  for i, metric in enumerate(e.geometry):
+    c = scores.calibrated(metric, x, y, n_perm=int(e.geometry_perms), n_boot=0,
+                          key=jax.random.fold_in(jax.random.key(cfg.seed), i), k=min(10, n - 1))
+    out[metric] = {k: float(getattr(c, k)) for k in ("score", "null_mean", "z", "p_value")}
+  result = {"settings": settings, "scores": out}
+  if wd.is_primary():
+    sio.write_json(path, result)
+  return result
+
+
+def geometry_markdown(geo: dict) -> str:
+  if not geo["scores"]:
+    return ""
+  st = geo["settings"]
+  parts = [f"{m} {v['score']:.3f} (null {v['null_mean']:.3f}, z {v['z']:.1f}, p {v['p_value']:.3g})"
+           for m, v in geo["scores"].items()]
+  return (f"Geometry of the two spaces on {st['pairs']} training pairs (seed 0; permutation null of "
+          f"{st['n_perm']}): " + "; ".join(parts) + ".\n")
 
 
 # ================================================================================================================
@@ -189,6 +236,9 @@ def run(cfg, workdir: str) -> dict:
         f"{[labels[p] for p in ps]} (max = {proto.p_max}), {len(seeds)} seeds, unpaired mode "
         f"{cfg.data.unpaired_mode}; extra eval sets: {sorted(set(sets) - {'test'}) or 'none'}")
 
+  geometry = geometry_scores(cache, proto, cfg, workdir)
+  if geometry["scores"]:
+    print(geometry_markdown(geometry), end="")
   store = sweep.CellStore(workdir)
   writer = wd.MetricWriter(workdir)
   grid = [(m, p, s) for s in seeds for p in ps for m in methods]
@@ -231,7 +281,7 @@ def run(cfg, workdir: str) -> dict:
   header = (f"## Alignment benchmark: {cfg.data.cache}\n\n{len(sets['test']['x'])} test images "
             f"({len(sets['test']['y'])} captions), {len(held_val['image_rows'])} held-out validation images, "
             f"{n_train} training images; nested pairs per seed, unpaired pools from the rest ({cfg.data.unpaired_mode}"
-            f"); {len(seeds)} seeds; reference: {reference}.\n")
+            f"); {len(seeds)} seeds; reference: {reference}.\n\n{geometry_markdown(geometry)}")
   md = sweep.markdown(summary, comparison, methods=methods, ps=ps, labels=labels, reference=reference,
                       table_metrics=cfg.eval.table_metrics, compare_metrics=cfg.eval.compare_metrics,
                       n_seeds=len(seeds), confidence=cfg.eval.confidence, header=header)
@@ -247,7 +297,7 @@ def run(cfg, workdir: str) -> dict:
                    "n_val_images": len(held_val["image_rows"]), "n_train_images": n_train, "p_max": proto.p_max,
                    "unpaired_mode": cfg.data.unpaired_mode, "max_unpaired": cfg.data.max_unpaired,
                    "sizes_by_p": sizes, "eval_sets": sorted(sets)},
-      "cells_run_now": len(todo), "seconds": seconds,
+      "geometry": geometry, "cells_run_now": len(todo), "seconds": seconds,
   }
   methods_means = {m: {f"p{p}/{k}": v["mean"] for p in ps if summary[m][p] for k, v in summary[m][p].items() if v}
                    for m in methods}
