@@ -5,8 +5,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 WORKDIR ?= workdirs
 
-.PHONY: demo caches wordnet-cache glosses-cache assets match scores cmcr bench-align bench-wordnet bench-zero-pair \
-        test test-all bench clean-venv
+.PHONY: demo caches example-files wordnet-cache glosses-cache assets match scores cmcr bench-align bench-wordnet \
+        bench-zero-pair test test-all bench clean-venv
 
 # The venv is rebuilt only when the pins change; a second run reuses it.
 $(STAMP): setup.cfg constraints.txt
@@ -34,6 +34,13 @@ DEMO_CACHES := $(CACHE)/openclipart__$(SUFFIX)/manifest.json $(CACHE)/tuxpaint__
                $(CACHE)/fashion_mnist__$(SUFFIX)/manifest.json
 
 caches: $(DEMO_CACHES)
+
+# An example set of embedding files (float32 .npy, sotalign_jax.data.files) from the openclipart cache, split by the
+# benchmark's protocol at 1,000 pairs (seed 0): what experiments/sotalign.py reads with --config.data.pairs_x=... .
+EXAMPLE_FILES := $(CACHE)/openclipart_files
+example-files: $(EXAMPLE_FILES)/manifest.json
+$(EXAMPLE_FILES)/manifest.json: $(CACHE)/openclipart__$(SUFFIX)/manifest.json | $(STAMP)
+	$(PY) -m sotalign_jax.cli.convert to-files --cache $(CACHE)/openclipart__$(SUFFIX) --out $(EXAMPLE_FILES)
 
 # WordNet two-view testbed: noun lemmas (MiniLM, the image side) vs their glosses (MPNet, the text side), resumable.
 # WORDNET_LIMIT lemmas chosen by a stable hash (README, Datasets: ≈30 min on 2 cores at 20k; WORDNET_LIMIT= for all

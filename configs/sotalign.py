@@ -1,4 +1,4 @@
-r"""SOTAlign and its baselines on an embedding cache (experiments/sotalign.py).
+r"""SOTAlign and its baselines on an embedding cache or on embedding files (experiments/sotalign.py).
 
 Launch (one convention for every experiment; a rerun with the same workdir resumes)::
 
@@ -7,6 +7,13 @@ Launch (one convention for every experiment; a rerun with the same workdir resum
   python experiments/sotalign.py --config configs/sotalign.py:sotalign,n_pairs=2000 --workdir workdirs/n2000
   python experiments/sotalign.py --config configs/sotalign.py:demo --workdir workdirs/alpha \
       --config.sotalign.alpha=0.5 --config.methods=cca,sail,sotalign
+
+On your own embeddings, float32 ``.npy`` files (:mod:`sotalign_jax.data.files`; ``data.cache`` is then not read)::
+
+  python experiments/sotalign.py --config configs/sotalign.py:demo --workdir workdirs/mine \
+      --config.data.pairs_x=px.npy --config.data.pairs_y=py.npy \
+      --config.data.unpaired_x=ux.npy --config.data.unpaired_y=uy.npy \
+      --config.data.val_x=vx.npy --config.data.val_y=vy.npy --config.data.test_x=tx.npy --config.data.test_y=ty.npy
 
 The argument after ``:`` is a comma list of presets and ``key=value`` fields, applied left to right
 (:func:`sotalign_jax.runtime.config.parse_arg`). Presets: ``demo`` (500 pairs; also the default), ``full`` (sweeps
@@ -24,6 +31,7 @@ import optax
 from sotalign_jax import aligners
 from sotalign_jax.aligners.base import CENTER_MODES
 from sotalign_jax.aligners.trained import TEACHERS
+from sotalign_jax.data.files import FILE_KEYS, check_keys
 from sotalign_jax.runtime import config as cfg_lib
 
 TEACHER_METHODS = ("cca", "ridge", "procrustes")
@@ -54,6 +62,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.extra_unpaired_text = ()    # caches of extra unpaired captions (same text encoder)
   c.data.extra_unpaired_images = ()  # caches of extra unpaired images (same image encoder)
   c.data.max_unpaired = -1       # cap on each unpaired pool (-1: all), to study pool size
+  # file mode, instead of data.cache: float32 .npy [rows, dim] (sotalign_jax.data.files). pairs_x/pairs_y and
+  # val_x/val_y and test_x/test_y are row-aligned couples; unpaired_x/unpaired_y have any sizes. data.n_pairs then
+  # takes the first n rows of the pair files (-1: all of them).
+  c.data.pairs_x = c.data.pairs_y = ""          # row-aligned pairs
+  c.data.unpaired_x = c.data.unpaired_y = ""    # unpaired images, unpaired texts (any sizes)
+  c.data.val_x = c.data.val_y = ""              # row-aligned validation pairs (optional)
+  c.data.test_x = c.data.test_y = ""            # row-aligned test pairs (required in file mode)
 
   # --- evaluation ----------------------------------------------------------------------------------------------
   c.eval = ml_collections.ConfigDict()
@@ -125,8 +140,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 def validate(c: ml_collections.ConfigDict):
   """Raises ``ValueError`` naming the first bad key (the checks that need no data)."""
   cfg_lib.check_subset(c, "methods", METHODS)
-  cfg_lib.check_ints(c, ("steps", "batch_paired", "batch_unpaired", "data.n_pairs", "data.n_pairs_sweep",
-                         "teacher.cca_dim", "head.hidden", "sotalign.sinkhorn_iters"))
+  cfg_lib.check_ints(c, ("steps", "batch_paired", "batch_unpaired", "data.n_pairs_sweep", "teacher.cca_dim",
+                         "head.hidden", "sotalign.sinkhorn_iters"))
+  files = {k: c.data[k] for k in FILE_KEYS}
+  if any(files.values()):
+    validate_file_mode(c, files)
+  else:
+    cfg_lib.check_ints(c, ("data.n_pairs",))
   cfg_lib.check_positive(c, ("lr", "sotalign.eps_student", "sotalign.eps_teacher", "teacher.ridge_lam"))
   cfg_lib.check_one_of(c, "head.kind", ("linear", "mlp"))
   cfg_lib.check_one_of(c, "teacher.name", TEACHERS)
@@ -134,3 +154,24 @@ def validate(c: ml_collections.ConfigDict):
   cfg_lib.check_one_of(c, "eval.split", ("val", "test"))
   if not hasattr(optax, c.optimizer):
     raise ValueError(f"config.optimizer: optax has no optimizer {c.optimizer!r} (try adamw or lion)")
+
+
+def validate_file_mode(c: ml_collections.ConfigDict, files: dict):
+  """File mode (some ``config.data.<file key>`` set): the keys this experiment needs, before any file is read."""
+  given = ", ".join(f"config.data.{k}" for k, v in files.items() if v)
+  if not (files["test_x"] or files["test_y"]):
+    raise ValueError(f"{given} set, so the data are embedding files, but config.data.test_x and config.data.test_y "
+                     "(the row-aligned test pairs) are not: set them, or unset every file key to read "
+                     "config.data.cache")
+  check_keys(files)  # whole couples
+  for couple in ("pairs", "unpaired"):
+    if not (files[f"{couple}_x"] and files[f"{couple}_y"]):
+      raise ValueError(f"config.data.{couple}_x and config.data.{couple}_y are both needed in file mode: the "
+                       "SOTAlign methods train on pairs and on unpaired images and texts")
+  for key in ("extra_unpaired_text", "extra_unpaired_images"):
+    if c.data[key]:
+      raise ValueError(f"config.data.{key} reads caches and is for cache mode only; in file mode put the extra rows "
+                       f"into config.data.unpaired_{'y' if key.endswith('text') else 'x'}")
+  if c.eval.split == "val" and not files["val_x"]:
+    raise ValueError("config.eval.split='val' needs config.data.val_x and config.data.val_y in file mode")
+  cfg_lib.check_ints(c, ("data.n_pairs",), sentinel=-1)

@@ -2,6 +2,11 @@ r"""SOTAlign: semi-supervised alignment of a frozen image encoder and a frozen t
 
   python experiments/sotalign.py --config configs/sotalign.py:demo --workdir workdirs/sotalign_demo
 
+  python experiments/sotalign.py --config configs/sotalign.py:demo --workdir workdirs/sotalign_files \
+      --config.data.pairs_x=px.npy --config.data.pairs_y=py.npy \
+      --config.data.unpaired_x=ux.npy --config.data.unpaired_y=uy.npy \
+      --config.data.val_x=vx.npy --config.data.val_y=vy.npy --config.data.test_x=tx.npy --config.data.test_y=ty.npy
+
 Reads top to bottom: config (``configs/sotalign.py``: ``get_config``, ``validate``) → data pools → per method
 ``aligners.fit`` through the registry (:mod:`sotalign_jax.aligners`; trained methods on the shared checkpointed loop,
 :func:`sotalign_jax.runtime.train.checkpointed_loop`) → evaluation → ``results.json`` + markdown table + plot.
@@ -9,6 +14,16 @@ Methods are registry names: ``cca``, ``ridge``, ``procrustes`` (closed form, pai
 pairs), ``sail_semi``, ``structure``, ``pseudo_label``, ``nnclr`` (semi-supervised baselines), ``sotalign``
 (SigLIP + α·KLOT on unpaired data), ``sotalign_paper`` (the paper's recipe) and ``upper_bound`` (SigLIP on every
 training pair). For many seeds and intervals use ``experiments/benchmark.py``.
+
+**Data.** From an embedding cache (``data.cache``, the default), or, when any ``data.<key>`` of
+:data:`sotalign_jax.data.files.FILE_KEYS` is set, from embedding *files* (float32 ``.npy``, memory-mapped, checked
+by :func:`sotalign_jax.data.files.open_embedding_files`): the first ``data.n_pairs`` rows of the row-aligned
+``pairs_x`` / ``pairs_y`` are the pairs (-1: every row), ``unpaired_x`` / ``unpaired_y`` the unpaired pools
+(``data.max_unpaired`` caps them as in cache mode), ``test_x`` / ``test_y`` the evaluation pairs (image ``i`` ↔
+caption ``i``, one positive each) and ``val_x`` / ``val_y`` the validation pairs (``eval.split="val"`` evaluates on
+them). In file mode ``data.cache`` is not read, ``upper_bound`` trains on every row of the pair files (the unpaired
+files have no pairing to give it), and the Tux Paint / Fashion-MNIST evaluations are skipped (their caches hold the
+project's encoders, not the files').
 
 Data-parallel over all devices: the pools are row-sharded over a 1-D mesh (:func:`distributed.shard_rows`), the
 batches too. On several hosts each reads from the memory-mapped cache only the pool rows its devices hold, and
@@ -24,7 +39,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +47,7 @@ import numpy as np
 
 from sotalign_jax import aligners, metrics
 from sotalign_jax.data.cache import open_cache
+from sotalign_jax.data.files import FILE_KEYS, open_embedding_files
 from sotalign_jax.data.splits import stable_uniform
 from sotalign_jax.nn.heads import linear_params, save_heads
 from sotalign_jax.runtime import config as cfg_lib
@@ -42,8 +58,13 @@ TRAIN_SPLITS = ("paired", "unpaired")
 
 
 # ================================================================================================================
-# Data: pools of pairs, unpaired images, unpaired texts, and evaluation sets, from embedding caches
+# Data: pools of pairs, unpaired images, unpaired texts, and evaluation sets, from embedding caches or files
 # ================================================================================================================
+def file_mode(cfg) -> bool:
+  """Whether the data are embedding files (any ``config.data.<file key>`` set) rather than ``config.data.cache``."""
+  return any(cfg.data[k] for k in FILE_KEYS)
+
+
 def read_cache(path: str, key: str):
   """The cache that ``config.<key>`` names, memory-mapped (rows are read only when a pool or eval set takes them),
   after a NaN/Inf scan split over hosts."""
@@ -125,6 +146,11 @@ def make_pools(cache, cfg, n_pairs: int) -> dict[str, Pool]:
     pools["unp_y"] += Pool.of(read_cache(path, "data.extra_unpaired_text").text_emb)
   for path in cfg.data.extra_unpaired_images:
     pools["unp_x"] += Pool.of(read_cache(path, "data.extra_unpaired_images").image_emb)
+  return cap_unpaired(pools, cfg)
+
+
+def cap_unpaired(pools: dict[str, Pool], cfg) -> dict[str, Pool]:
+  """Keeps ``config.data.max_unpaired`` random rows of each unpaired pool (seeded by ``config.seed``)."""
   if cfg.data.max_unpaired > 0:
     rng = np.random.default_rng(cfg.seed)
     for k in ("unp_x", "unp_y"):
@@ -134,6 +160,27 @@ def make_pools(cache, cfg, n_pairs: int) -> dict[str, Pool]:
     if len(pools[k]) == 0:
       raise ValueError(f"the unpaired pool {k} is empty: lower config.data.n_pairs or add extra unpaired data")
   return pools
+
+
+def read_files(cfg):
+  """The embedding files of ``config.data.<key>``, memory-mapped, after the checks of
+  :func:`open_embedding_files` (the NaN/Inf scan split over hosts)."""
+  return open_embedding_files({k: cfg.data[k] for k in FILE_KEYS}, scan_rows=distributed.host_shard)
+
+
+def file_pools(files, cfg, n_pairs: int) -> dict[str, Pool]:
+  """File mode: the first ``n_pairs`` rows of the pair files, the unpaired files whole (then capped); the upper
+  bound's "every pair" is every row of the pair files."""
+  if n_pairs > files.n_pairs:
+    raise ValueError(f"config.data.n_pairs={n_pairs} exceeds the {files.n_pairs} rows of config.data.pairs_x "
+                     f"({files.paths['pairs_x']}); lower it (-1: every row)")
+  head = np.arange(n_pairs)
+  pools = {
+      "pair_x": Pool.of(files.pairs_x, head), "pair_y": Pool.of(files.pairs_y, head),
+      "unp_x": Pool.of(files.unpaired_x), "unp_y": Pool.of(files.unpaired_y),
+      "all_x": Pool.of(files.pairs_x), "all_y": Pool.of(files.pairs_y),
+  }
+  return cap_unpaired(pools, cfg)
 
 
 def retrieval_set(cache, split: str) -> dict:
@@ -156,6 +203,21 @@ def validation_pairs(cache) -> aligners.AlignData | None:
                                    pairs_y=np.asarray(cache.text_emb[caps], np.float32))
 
 
+def file_retrieval_set(x, y) -> dict:
+  """Row-aligned evaluation files: image ``i`` ↔ caption ``i``, the only positive of each."""
+  n = len(x)
+  return {"x": np.asarray(x, np.float32), "y": np.asarray(y, np.float32), "t2i": np.arange(n),
+          "i2t": [[i] for i in range(n)]}
+
+
+def file_validation_pairs(files) -> aligners.AlignData | None:
+  """The validation files as pairs, for methods that choose a hyperparameter (None if not given)."""
+  if files.val_x is None:
+    return None
+  return aligners.AlignData.create(pairs_x=np.asarray(files.val_x, np.float32),
+                                   pairs_y=np.asarray(files.val_y, np.float32))
+
+
 def eval_sets(cache, cfg) -> dict:
   sets = {"main": retrieval_set(cache, cfg.eval.split)}
   if cfg.eval.tuxpaint_cache and os.path.exists(os.path.join(cfg.eval.tuxpaint_cache, "manifest.json")):
@@ -169,6 +231,39 @@ def eval_sets(cache, cfg) -> dict:
     sets["fashion"] = {"x": np.asarray(fm.image_emb[img]), "y": np.asarray(fm.text_emb[prompt_row]),
                        "labels": np.searchsorted(classes, labels)}
   return sets
+
+
+class Data(NamedTuple):
+  """What ``run`` needs of the data, from a cache or from files.
+
+  Attributes:
+    sets: evaluation sets (``"main"``, and ``"tuxpaint"`` / ``"fashion"`` when their caches exist).
+    val: validation pairs for methods that choose a hyperparameter, or None.
+    pools_at: ``n_pairs → pools`` (:func:`make_pools` / :func:`file_pools`).
+    n_pairs: the main number of pairs (``config.data.n_pairs``; in file mode -1 resolved to the pair rows).
+    record: where the data came from, for ``results.json``.
+  """
+  sets: dict
+  val: aligners.AlignData | None
+  pools_at: Callable[[int], dict]
+  n_pairs: int
+  record: dict
+
+
+def read_data(cfg) -> Data:
+  """The data of ``config.data``: the embedding files in file mode (:func:`file_mode`), else ``config.data.cache``."""
+  if not file_mode(cfg):
+    cache = read_cache(cfg.data.cache, "data.cache")
+    return Data(eval_sets(cache, cfg), validation_pairs(cache), lambda n: make_pools(cache, cfg, n),
+                cfg.data.n_pairs, {"cache": cfg.data.cache})
+  files = read_files(cfg)
+  split = cfg.eval.split
+  print(f"file mode: {', '.join(f'{k} {r}x{d}' for k, (r, d) in files.sizes.items())} (config.data.cache and the "
+        "Tux Paint / Fashion-MNIST evaluations are not used)")
+  return Data({"main": file_retrieval_set(getattr(files, f"{split}_x"), getattr(files, f"{split}_y"))},
+              file_validation_pairs(files), lambda n: file_pools(files, cfg, n),
+              files.n_pairs if cfg.data.n_pairs == -1 else cfg.data.n_pairs,
+              {"files": files.paths, "sizes": files.sizes})
 
 
 def evaluate(embed_x, embed_y, sets: dict) -> dict[str, float]:
@@ -254,15 +349,13 @@ def run(cfg, workdir: str) -> dict:
   CONFIG.validate(cfg)
   methods = cfg.methods
   wd.save_config(workdir, cfg)
-  cache = read_cache(cfg.data.cache, "data.cache")
-  sets = eval_sets(cache, cfg)
-  val = validation_pairs(cache)
+  sets, val, pools_at, main_size, data = read_data(cfg)
   writer = wd.MetricWriter(workdir)
-  sizes = sorted(set(cfg.data.n_pairs_sweep) | {cfg.data.n_pairs})
+  sizes = sorted(set(cfg.data.n_pairs_sweep) | {main_size})
   by_size: dict[int, dict] = {}
   t_start = time.time()
   for n_pairs in sizes:
-    pools = make_pools(cache, cfg, n_pairs)
+    pools = pools_at(n_pairs)
     print(f"n_pairs={n_pairs}: {len(pools['pair_x'])} pairs, {len(pools['unp_x'])} unpaired images, "
           f"{len(pools['unp_y'])} unpaired texts, {len(sets['main']['x'])} {cfg.eval.split} images")
     by_size[n_pairs] = {}
@@ -284,15 +377,16 @@ def run(cfg, workdir: str) -> dict:
       print(f"  {method:20s} i2t R@1 {result['i2t_r1']:.4f}  t2i R@1 {result['t2i_r1']:.4f}")
   writer.close()
 
-  main_size = cfg.data.n_pairs
-  extra = {"n_pairs": main_size, "eval_split": cfg.eval.split, "seconds": round(time.time() - t_start, 1)}
+  extra = {"n_pairs": main_size, "eval_split": cfg.eval.split, "data": data,
+           "seconds": round(time.time() - t_start, 1)}
   if len(sizes) > 1:
     extra["by_n_pairs"] = {str(n): r for n, r in by_size.items()}
     plot_sweep(by_size, os.path.join(workdir, "r1_vs_n_pairs.png"))
   table = wd.write_results(workdir, by_size[main_size], **extra)
   if not wd.is_primary():
     return by_size[main_size]
-  print(f"\nSOTAlign results ({cfg.eval.split} split, {main_size} pairs, data {cfg.data.cache}):\n")
+  source = data.get("cache") or "files in " + ", ".join(sorted({os.path.dirname(p) for p in data["files"].values()}))
+  print(f"\nSOTAlign results ({cfg.eval.split} split, {main_size} pairs, data {source}):\n")
   print(table)
   if len(sizes) > 1:  # methods × metrics × n_pairs
     sweep = "\n\n".join(f"{n} pairs:\n\n{wd.markdown_table(by_size[n])}" for n in sizes)
