@@ -29,7 +29,7 @@ from sotalign_jax._arrays import DEFAULT_PRECISION, check_features, unit
 
 __all__ = ["positive_ranks", "retrieval_recall", "median_rank", "zero_shot_accuracy", "normalize",
            "partner_ranks", "per_query_metrics", "retrieval_metrics", "foscttm_per_query", "foscttm",
-           "matching_hits", "matching_accuracy"]
+           "matching_hits", "matching_accuracy", "positive_lists"]
 
 _HI = DEFAULT_PRECISION
 
@@ -48,74 +48,83 @@ def _check_emb(a, name) -> jax.Array:
   return check_features(a, name, dtype=jnp.float32)
 
 
-def _positives(positives, nq: int, ng: int):
-  """``None`` (query i ↔ gallery i), a host ``[nq]`` index of one positive per query, or a ``[nq, ng]`` mask."""
+def positive_lists(positives, nq: int, ng: int) -> np.ndarray | None:
+  """The positives of every query as a padded index array: ``None`` (query i ↔ gallery i), or int32
+  ``[nq, k_max]`` whose row ``i`` holds query ``i``'s distinct positive gallery indices, padded with ``-1``.
+
+  Accepts ``None``, an int array ``[nq]`` (one positive per query), a list of index lists (several per query, e.g.
+  the captions of an image) or a boolean ``[nq, ng]`` mask. Memory is ``O(nq · k_max)``, never ``O(nq · ng)``
+  (a 25k-image × 125k-caption mask would be 3 GB; its index lists are 25k × 5).
+  """
   if positives is None:
     if nq != ng:
       raise ValueError(
-          f"without `positives`, query i must match gallery row i, so both need the same length (got {nq} queries, "
-          f"{ng} gallery rows); pass positives=[gallery index per query] or a [nq, ng] boolean mask")
+          f"without `positives`, query i's partner is gallery row i, so both need the same length (got {nq} queries, "
+          f"{ng} gallery rows); pass positives=[gallery index per query], a list of index lists or a [nq, ng] "
+          "boolean mask")
     return None
-  if not (isinstance(positives, (list, tuple)) and positives and not np.isscalar(positives[0])):
-    p = np.asarray(positives)
-    if p.dtype != bool:
-      if p.shape != (nq,):
-        raise ValueError(f"integer positives must give one gallery index per query, shape ({nq},), got {p.shape}")
-      if p.min() < 0 or p.max() >= ng:
-        raise ValueError(f"positives indices must lie in [0, {ng}), got range [{p.min()}, {p.max()}]")
-      return p.astype(np.int32)
-  return _positives_mask(positives, nq, ng)
-
-
-def _positives_mask(positives, nq: int, ng: int) -> np.ndarray:
   if isinstance(positives, (list, tuple)) and positives and not np.isscalar(positives[0]):
-    mask = np.zeros((nq, ng), bool)  # a list of index lists: several positives per query
     if len(positives) != nq:
-      raise ValueError(f"positives has {len(positives)} entries for {nq} queries")
-    for i, p in enumerate(positives):
-      mask[i, list(p)] = True
+      raise ValueError(f"`positives` has {len(positives)} entries for {nq} queries")
+    rows = []
+    for i, pi in enumerate(positives):
+      pi = np.unique(np.asarray(list(pi), np.int64))
+      if pi.size == 0 or pi.min() < 0 or pi.max() >= ng:
+        raise ValueError(f"`positives[{i}]` must be a non-empty list of gallery indices in [0, {ng}), got "
+                         f"{pi.tolist()}")
+      rows.append(pi)
   else:
     p = np.asarray(positives)
     if p.dtype == bool:
       if p.shape != (nq, ng):
-        raise ValueError(f"a boolean positives mask must have shape ({nq}, {ng}), got {p.shape}")
-      mask = p
+        raise ValueError(f"a boolean `positives` mask must have shape ({nq}, {ng}), got {p.shape}")
+      if not p.any(1).all():
+        raise ValueError(f"{int((~p.any(1)).sum())} queries have no positive in the gallery")
+      rows = [np.flatnonzero(r) for r in p]
     else:
-      if p.shape != (nq,):
-        raise ValueError(f"integer positives must give one gallery index per query, shape ({nq},), got {p.shape}")
+      if p.shape != (nq,) or not np.issubdtype(p.dtype, np.integer):
+        raise ValueError(f"integer `positives` must give one gallery index per query, shape ({nq},), got "
+                         f"{p.shape} {p.dtype}")
       if p.min() < 0 or p.max() >= ng:
-        raise ValueError(f"positives indices must lie in [0, {ng}), got range [{p.min()}, {p.max()}]")
-      mask = np.zeros((nq, ng), bool)
-      mask[np.arange(nq), p] = True
-  if not mask.any(1).all():
-    raise ValueError(f"{int((~mask.any(1)).sum())} queries have no positive in the gallery")
-  return mask
+        raise ValueError(f"`positives` indices must lie in [0, {ng}), got range [{p.min()}, {p.max()}]")
+      return p.astype(np.int32)[:, None]
+  out = np.full((nq, max(len(r) for r in rows)), -1, np.int32)
+  for i, r in enumerate(rows):
+    out[i, :len(r)] = r
+  return out
+
+
+def _chunked_positives(idx: jax.Array | None, nq: int, pad: int, chunk: int) -> jax.Array:
+  """``[n_chunks, chunk, k]`` positive indices (identity if ``idx is None``); padded query rows get index 0."""
+  if idx is None:
+    idx = jnp.arange(nq, dtype=jnp.int32)[:, None]
+  return jnp.pad(idx, ((0, pad), (0, 0))).reshape(-1, chunk, idx.shape[1])
+
+
+def _best_positive(s: jax.Array, pc: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """``(best [c, 1], positive scores [c, k], valid [c, k])`` of a chunk of scores ``s [c, ng]``."""
+  valid = pc >= 0
+  sp = jnp.take_along_axis(s, jnp.maximum(pc, 0), axis=1)
+  return jnp.max(jnp.where(valid, sp, -jnp.inf), axis=1, keepdims=True), sp, valid
 
 
 @functools.partial(jax.jit, static_argnames=("chunk", "precision"))
 def _ranks(q, g, positives, chunk, precision=DEFAULT_PRECISION):
-  """Ranks of the best positive; ``positives`` is ``None`` (identity), an ``[nq]`` index or an ``[nq, ng]`` mask."""
+  """Ranks of the best positive; ``positives`` is ``None`` (identity) or padded index lists ``[nq, k]``.
+
+  No positive scores above the best one, so the rows scored strictly higher are all negatives."""
   q, g = unit(q), unit(g)
   nq = q.shape[0]
   pad = (-nq) % chunk
   qp = jnp.pad(q, ((0, pad), (0, 0))).reshape(-1, chunk, q.shape[1])
-  if positives is None:
-    positives = jnp.arange(nq, dtype=jnp.int32)
-  if positives.ndim == 1:
-    pp = jnp.pad(positives, (0, pad)).reshape(-1, chunk)
-  else:
-    pp = jnp.pad(positives, ((0, pad), (0, 0)), constant_values=True).reshape(-1, chunk, positives.shape[1])
 
   def one(args):
     qc, pc = args
     s = jnp.matmul(qc, g.T, precision=precision)
-    if pc.ndim == 1:
-      best = jnp.take_along_axis(s, pc[:, None], axis=1)
-    else:
-      best = jnp.max(jnp.where(pc, s, -jnp.inf), axis=1, keepdims=True)
+    best, _, _ = _best_positive(s, pc)
     return jnp.sum(s > best, axis=1)
 
-  return jax.lax.map(one, (qp, pp)).ravel()[:nq]
+  return jax.lax.map(one, (qp, _chunked_positives(positives, nq, pad, chunk))).ravel()[:nq]
 
 
 def positive_ranks(queries, gallery, *, positives=None, chunk: int = 1024,
@@ -137,7 +146,7 @@ def positive_ranks(queries, gallery, *, positives=None, chunk: int = 1024,
   q, g = _check_emb(queries, "queries"), _check_emb(gallery, "gallery")
   if q.shape[1] != g.shape[1]:
     raise ValueError(f"queries and gallery must share the embedding dimension, got {q.shape[1]} and {g.shape[1]}")
-  pos = _positives(positives, q.shape[0], g.shape[0])
+  pos = positive_lists(positives, q.shape[0], g.shape[0])
   pos = None if pos is None else jax.device_put(pos)  # explicit: host data the caller gave
   chunk = int(min(chunk, q.shape[0]))
   return np.asarray(jax.device_get(_ranks(q, g, pos, chunk, precision)))
@@ -227,71 +236,38 @@ def _bench_scores(a, b, name_a: str, name_b: str):
   return normalize(q), normalize(g), True
 
 
-def _bench_positives(positives, nq: int, ng: int):
-  """``(idx [nq] int32, None)`` for one positive per query, ``(None, mask [nq, ng] bool)`` for several."""
-  if positives is None:
-    if nq != ng:
-      raise ValueError(f"without `positives`, query i's partner is key i, so both need the same length (got {nq} "
-                       f"queries and {ng} keys); pass positives=[key index per query] or a [nq, ng] boolean mask")
-    return jnp.arange(nq, dtype=jnp.int32), None
-  if isinstance(positives, (list, tuple)) and positives and not np.isscalar(positives[0]):
-    if len(positives) != nq:
-      raise ValueError(f"`positives` has {len(positives)} entries for {nq} queries")
-    mask = np.zeros((nq, ng), bool)
-    for i, p in enumerate(positives):
-      p = np.asarray(list(p), np.int64)
-      if p.size == 0 or p.min() < 0 or p.max() >= ng:
-        raise ValueError(f"`positives[{i}]` must be a non-empty list of key indices in [0, {ng}), got {p.tolist()}")
-      mask[i, p] = True
-    return None, jnp.asarray(mask)
-  p = np.asarray(positives)
-  if p.dtype == bool:
-    if p.shape != (nq, ng):
-      raise ValueError(f"a boolean `positives` mask must have shape ({nq}, {ng}), got {p.shape}")
-    if not p.any(1).all():
-      raise ValueError(f"{int((~p.any(1)).sum())} queries have no positive in `positives`")
-    return None, jnp.asarray(p)
-  if p.shape != (nq,) or not np.issubdtype(p.dtype, np.integer):
-    raise ValueError(f"integer `positives` must give one key index per query, shape ({nq},), got {p.shape} "
-                     f"{p.dtype}")
-  if p.min() < 0 or p.max() >= ng:
-    raise ValueError(f"`positives` indices must lie in [0, {ng}), got range [{p.min()}, {p.max()}]")
-  return jnp.asarray(p, jnp.int32), None
-
-
 @functools.partial(jax.jit, static_argnames=("chunk", "cos"))
-def _tie_counts(q, g, idx, mask, *, chunk: int, cos: bool):
-  """Per query ``(g_q, t_q, |N_q|)``; ``q`` is a score matrix (``cos=False``) or normalised embeddings."""
+def _tie_counts(q, g, idx, *, chunk: int, cos: bool):
+  """Per query ``(g_q, t_q, |N_q|)``; ``q`` is a score matrix (``cos=False``) or normalised embeddings, ``idx`` the
+  padded positive index lists (:func:`positive_lists`). With ``s*`` the best positive score, no positive is above
+  ``s*``, so ``g_q = #{j : s_j > s*}`` and ``t_q = #{j : s_j = s*} − #{p ∈ P_q : s_p = s*}``."""
   nq = q.shape[0]
   ng = g.shape[0] if cos else q.shape[1]
   pad = (-nq) % chunk
   qp = jnp.pad(q, ((0, pad), (0, 0))).reshape(-1, chunk, q.shape[1])
-  if mask is None:
-    pos = jnp.pad(idx, (0, pad)).reshape(-1, chunk)
-  else:
-    pos = jnp.pad(mask, ((0, pad), (0, 0)), constant_values=True).reshape(-1, chunk, ng)
 
   def one(args):
     qc, pc = args
     s = jnp.matmul(qc, g.T, precision=DEFAULT_PRECISION) if cos else qc
     s = jnp.where(jnp.isnan(s), -jnp.inf, s)  # a missing (NaN) score ranks last
-    is_pos = pc if mask is not None else jnp.arange(ng)[None, :] == pc[:, None]
-    best = jnp.max(jnp.where(is_pos, s, -jnp.inf), axis=1, keepdims=True)
-    neg = ~is_pos
-    return (jnp.sum(neg & (s > best), axis=1), jnp.sum(neg & (s == best), axis=1), jnp.sum(neg, axis=1))
+    best, sp, valid = _best_positive(s, pc)
+    n_pos = jnp.sum(valid, axis=1)
+    ties = jnp.sum(s == best, axis=1) - jnp.sum(valid & (sp == best), axis=1)
+    return jnp.sum(s > best, axis=1), ties, ng - n_pos
 
-  out = jax.lax.map(one, (qp, pos))
+  out = jax.lax.map(one, (qp, _chunked_positives(idx, nq, pad, chunk)))
   return tuple(o.ravel()[:nq] for o in out)
 
 
 def _counts(a, b, positives, chunk: int, names=("queries", "keys")):
   q, g, cos = _bench_scores(a, b, *names)
   nq, ng = q.shape[0], (g.shape[0] if cos else q.shape[1])
-  idx, mask = _bench_positives(positives, nq, ng)
+  idx = positive_lists(positives, nq, ng)
+  idx = None if idx is None else jax.device_put(idx)  # explicit: host data the caller gave
   if not isinstance(chunk, (int, np.integer)) or chunk < 1:
     raise ValueError(f"chunk must be a positive integer, got {chunk!r}")
   gr, ti, nn = (np.asarray(v, np.float64) for v in
-                _tie_counts(q, g if cos else jnp.zeros((0, 1)), idx, mask, chunk=int(min(chunk, nq)), cos=cos))
+                _tie_counts(q, g if cos else jnp.zeros((0, 1)), idx, chunk=int(min(chunk, nq)), cos=cos))
   if (nn == 0).any():
     raise ValueError(f"{int((nn == 0).sum())} queries have every key as a positive (no negatives to rank against)")
   return gr, ti, nn

@@ -59,7 +59,7 @@ def test_bad_input(rng):
     metrics.retrieval_recall(q, q[:, :2])
   with pytest.raises(ValueError, match="NaN"):
     metrics.retrieval_recall(np.full_like(q, np.nan), q)
-  with pytest.raises(ValueError, match="positives indices"):
+  with pytest.raises(ValueError, match="indices must lie in"):
     metrics.retrieval_recall(q, q, positives=np.array([0, 1, 2, 3, 9]))
   with pytest.raises(ValueError, match="labels"):
     metrics.zero_shot_accuracy(q, q[:2], np.array([0, 1, 2, 0, 0]))
@@ -86,3 +86,28 @@ def test_device_nan_is_not_copied_back_to_be_checked(rng):
   with pytest.raises(ValueError, match="queries contains NaN or Inf in 5 rows"):
     metrics.positive_ranks(bad, q)
   assert metrics.positive_ranks(jax.device_put(bad.astype(np.float32)), q).shape == (5,)
+
+
+def test_positive_lists_are_padded_indices_not_a_dense_mask(rng):
+  """Several positives per query travel as [nq, k_max] index lists (never an [nq, ng] mask): the same ranks and tie
+  counts as the mask, repeats ignored, -1 padding."""
+  q, g = rng.normal(size=(30, 4)), rng.normal(size=(70, 4))
+  lists = [sorted(rng.choice(70, size=1 + i % 4, replace=False).tolist()) for i in range(30)]
+  idx = metrics.positive_lists([row + row[:1] for row in lists], 30, 70)  # a repeated index counts once
+  assert idx.shape == (30, 4) and idx.dtype == np.int32
+  assert [r[r >= 0].tolist() for r in idx] == lists
+  mask = np.zeros((30, 70), bool)
+  for i, row in enumerate(lists):
+    mask[i, row] = True
+  np.testing.assert_array_equal(metrics.positive_ranks(q, g, positives=lists, chunk=7),
+                                metrics.positive_ranks(q, g, positives=mask, chunk=7))
+  sim = np.round(q @ g.T, 1)  # many ties
+  by_list = metrics.per_query_metrics(sim, positives=lists, chunk=8)
+  by_mask = metrics.per_query_metrics(sim, positives=mask)
+  for k in by_list:
+    np.testing.assert_allclose(by_list[k], by_mask[k])
+  # plain numpy: ties among the negatives of the best positive, counted half
+  best = np.array([sim[i, row].max() for i, row in enumerate(lists)])
+  neg = ~mask
+  ref = 1 + (neg & (sim > best[:, None])).sum(1) + 0.5 * (neg & (sim == best[:, None])).sum(1)
+  np.testing.assert_allclose(by_list["rank"], ref)
