@@ -39,7 +39,7 @@ default is ``None`` are left out and keep it), so any of them can be overridden 
 import ml_collections
 
 from sotalign_jax import aligners, scores
-from sotalign_jax.data import protocol
+from sotalign_jax.data import files, protocol
 from sotalign_jax.runtime import config as cfg_lib
 from sotalign_jax.runtime import sweep
 
@@ -105,6 +105,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.unpaired_mode = "disjoint"  # disjoint: unpaired images and texts from disjoint halves | shared
   c.data.max_unpaired = arg.pool  # cap on each unpaired pool (-1: all the remainder gives)
   c.data.min_unpaired = 100      # p = max leaves this many images in each unpaired half
+  # --- or your own float32 .npy files (sotalign_jax/data/files.py); any one set switches to file mode, where test /
+  # val are these files, the pairs at p the first p rows of a per-seed order of the pair files, and the unpaired
+  # pools the unpaired files (capped by max_unpaired); data.cache, split, test_size and val_size are then unused
+  for k in files.FILE_KEYS:
+    c.data[k] = ""
 
   # --- evaluation ----------------------------------------------------------------------------------------------
   c.eval = ml_collections.ConfigDict()
@@ -169,6 +174,9 @@ def validate(c: ml_collections.ConfigDict):
   if c.reference and c.reference not in c.methods:
     raise ValueError(f"config.reference={c.reference!r} is not one of config.methods {list(c.methods)} (\"\": auto)")
   cfg_lib.check_one_of(c, "data.split", protocol.SPLIT_MODES)
+  paths = {k: c.data[k] for k in files.FILE_KEYS if c.data[k]}
+  if paths:
+    files.check_keys(paths)
   cfg_lib.check_one_of(c, "data.unpaired_mode", protocol.UNPAIRED_MODES)
   cfg_lib.check_subset(c, "eval.table_metrics", sweep.METRICS, what="metric")
   cfg_lib.check_subset(c, "eval.compare_metrics", sweep.PER_QUERY_METRICS, what="per-query metric",

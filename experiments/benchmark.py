@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -40,7 +41,8 @@ from tqdm import tqdm
 
 from sotalign_jax import aligners, metrics, scores
 from sotalign_jax.data.cache import open_cache
-from sotalign_jax.data.protocol import Protocol, resolve_n_pairs
+from sotalign_jax.data import files as files_lib
+from sotalign_jax.data.protocol import Protocol, resolve_n_pairs, stack_files
 from sotalign_jax.runtime import config as cfg_lib
 from sotalign_jax.runtime import io as sio, sweep, train as train_lib, workdir as wd
 
@@ -55,6 +57,30 @@ def read_cache(path: str, key: str):
   cache = open_cache(path, key=key, check_values=True)
   img = None if cache.image_emb is None else np.asarray(cache.image_emb, np.float32)
   return cache._replace(image_emb=img, text_emb=np.asarray(cache.text_emb, np.float32))
+
+
+class Stacked(NamedTuple):
+  """The embedding files of file mode stacked in memory, read like a cache by the rest of this file."""
+  image_emb: np.ndarray
+  text_emb: np.ndarray
+
+
+def file_paths(cfg) -> dict:
+  return {k: cfg.data[k] for k in files_lib.FILE_KEYS if cfg.data[k]}
+
+
+def read_data(cfg):
+  """``(cache, protocol, source)``: ``config.data.cache`` and its :class:`Protocol`, or in file mode (any
+  ``config.data.<file key>`` set) the embedding files stacked in memory and their
+  :class:`~sotalign_jax.data.protocol.FileProtocol` (test / val from their files, nested pairs from the pair
+  files, unpaired pools from the unpaired files)."""
+  paths = file_paths(cfg)
+  if not paths:
+    cache = read_cache(cfg.data.cache, "data.cache")
+    return cache, make_protocol(cache, cfg), cfg.data.cache
+  f = files_lib.open_embedding_files(paths)
+  x, y, proto = stack_files(f, split_seed=cfg.data.split_seed, max_unpaired=cfg.data.max_unpaired)
+  return Stacked(x, y), proto, "files " + ", ".join(f"{k}={v}" for k, v in f.paths.items())
 
 
 def make_protocol(cache, cfg) -> Protocol:
@@ -82,7 +108,9 @@ def whole_cache_set(cache) -> dict:
 def eval_sets(cache, proto: Protocol, cfg) -> dict:
   sets = {"test": retrieval_set(cache, proto.held_out("test"))}
   if len(sets["test"]["x"]) < 2:
-    raise ValueError(f"config.data: the test set of {cfg.data.cache} has {len(sets['test']['x'])} images")
+    raise ValueError(f"config.data: the test set has {len(sets['test']['x'])} images (at least 2 are needed)")
+  if isinstance(cache, Stacked):  # own files: the optional eval caches hold the project's encoders
+    return sets
   if cfg.eval.tuxpaint_cache and os.path.exists(os.path.join(cfg.eval.tuxpaint_cache, "manifest.json")):
     sets["tuxpaint"] = whole_cache_set(read_cache(cfg.eval.tuxpaint_cache, "eval.tuxpaint_cache"))
   if cfg.eval.fashion_mnist_cache and os.path.exists(os.path.join(cfg.eval.fashion_mnist_cache, "manifest.json")):
@@ -220,8 +248,7 @@ def run(cfg, workdir: str) -> dict:
   CONFIG.validate(cfg)
   t_start = time.time()
   wd.save_config(workdir, cfg)
-  cache = read_cache(cfg.data.cache, "data.cache")
-  proto = make_protocol(cache, cfg)
+  cache, proto, source = read_data(cfg)
   ps, labels = resolve_n_pairs(cfg.n_pairs, proto.p_max)
   sets = eval_sets(cache, proto, cfg)
   held_val = proto.held_out("val")
@@ -231,7 +258,7 @@ def run(cfg, workdir: str) -> dict:
   seeds = list(range(cfg.seeds))
   methods = list(cfg.methods)
   n_train = int((proto.roles == "train").sum())
-  print(f"benchmark on {cfg.data.cache}: {len(sets['test']['x'])} test images / {len(sets['test']['y'])} captions, "
+  print(f"benchmark on {source}: {len(sets['test']['x'])} test images / {len(sets['test']['y'])} captions, "
         f"{len(held_val['image_rows'])} validation images, {n_train} training images; p ∈ "
         f"{[labels[p] for p in ps]} (max = {proto.p_max}), {len(seeds)} seeds, unpaired mode "
         f"{cfg.data.unpaired_mode}; extra eval sets: {sorted(set(sets) - {'test'}) or 'none'}")
@@ -278,7 +305,7 @@ def run(cfg, workdir: str) -> dict:
   # --- outputs -------------------------------------------------------------------------------------------------
   sizes = {labels[p]: next((cells[c]["sizes"] for c in grid if c[1] == p and "sizes" in cells[c]), None)
            for p in ps}
-  header = (f"## Alignment benchmark: {cfg.data.cache}\n\n{len(sets['test']['x'])} test images "
+  header = (f"## Alignment benchmark: {source}\n\n{len(sets['test']['x'])} test images "
             f"({len(sets['test']['y'])} captions), {len(held_val['image_rows'])} held-out validation images, "
             f"{n_train} training images; nested pairs per seed, unpaired pools from the rest ({cfg.data.unpaired_mode}"
             f"); {len(seeds)} seeds; reference: {reference}.\n\n{geometry_markdown(geometry)}")
@@ -292,7 +319,8 @@ def run(cfg, workdir: str) -> dict:
       "cells": [sweep.to_json(cells[c]) for c in grid], "summary": sweep.to_json(summary),
       "comparison": sweep.to_json(comparison), "reference": reference, "methods_run": methods,
       "p_values": list(ps), "p_labels": {str(p): labels[p] for p in ps}, "seeds": seeds,
-      "protocol": {"cache": cfg.data.cache, "split": cfg.data.split, "split_seed": cfg.data.split_seed,
+      "protocol": {"cache": cfg.data.cache if not file_paths(cfg) else None, "files": file_paths(cfg) or None,
+                   "split": cfg.data.split, "split_seed": cfg.data.split_seed,
                    "n_test_images": len(sets["test"]["x"]), "n_test_captions": len(sets["test"]["y"]),
                    "n_val_images": len(held_val["image_rows"]), "n_train_images": n_train, "p_max": proto.p_max,
                    "unpaired_mode": cfg.data.unpaired_mode, "max_unpaired": cfg.data.max_unpaired,

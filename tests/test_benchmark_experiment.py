@@ -230,3 +230,38 @@ def test_a_trained_method_trains_on_the_checkpointed_loop_in_its_run_dir_and_may
   for cell in ("p0_s0", "p8_s0"):  # each cell checkpoints in a run directory of its own
     assert sorted(os.listdir(tmp_path / "runs" / "_test_trained" / cell / "ckpt")) == ["5"]
   assert res["reference"] == "cca"  # the auto reference is a closed-form method when sotalign is not run
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# File mode: your own .npy embeddings instead of a cache.
+# ----------------------------------------------------------------------------------------------------------------
+def test_file_mode_reads_the_files_and_draws_nested_pairs_from_the_pair_files(cache, tmp_path):
+  from sotalign_jax.cli import convert
+  from sotalign_jax.data import files as files_lib
+  out = str(tmp_path / "files")
+  assert convert.main(["to-files", "--cache", cache, "--out", out, "--n-pairs", "200", "--test-size", "100",
+                       "--val-size", "40", "--min-unpaired", "20", "--quiet"]) == 0
+  load = lambda k: np.load(os.path.join(out, f"{k}.npy"))  # noqa: E731
+  cfg = smoke_config("does/not/exist", n_pairs=(0, 8, -1))
+  for k in files_lib.FILE_KEYS:
+    cfg.data[k] = os.path.join(out, f"{k}.npy")
+  x, y, proto = protocol.stack_files(files_lib.open_embedding_files({k: cfg.data[k] for k in files_lib.FILE_KEYS}))
+  # the sets are the files, row for row; the pairs at 8 are among those at 30, and come from the pair files only
+  test = proto.held_out("test")
+  np.testing.assert_array_equal(x[test["image_rows"]], load("test_x"))
+  np.testing.assert_array_equal(y[test["caption_rows"]], load("test_y"))
+  d8, d30 = proto.draw(1, 8), proto.draw(1, 30)
+  assert set(d8["pair_x"]) <= set(d30["pair_x"]) and proto.p_max == 200
+  np.testing.assert_array_equal(x[d30["pair_x"]], load("pairs_x")[d30["pair_x"]])  # pairs first in the stack
+  np.testing.assert_array_equal(y[d30["pair_y"]], load("pairs_y")[d30["pair_x"]])  # row-aligned
+  np.testing.assert_array_equal(x[d8["unp_x"]], load("unpaired_x"))
+  assert not set(proto.draw(2, 8)["pair_x"]) == set(d8["pair_x"])  # another seed, other pairs
+  # end to end: the smoke sweep runs on the files, records them, and a missing half of a couple is rejected
+  res = experiment().run(cfg, str(tmp_path / "run"))
+  assert res["protocol"]["files"]["test_x"].endswith("test_x.npy") and res["protocol"]["cache"] is None
+  assert res["protocol"]["n_test_images"] == 100 and res["protocol"]["p_max"] == 200
+  assert {c["status"] for c in res["cells"] if c["method"] == "cca"} == {"ok", "needs_pairs"}
+  bad = smoke_config("does/not/exist")
+  bad.data.test_x = cfg.data.test_x
+  with pytest.raises(ValueError, match="test_y is not"):
+    cfg_lib.config_module(CONFIG_FILE).validate(bad)

@@ -34,8 +34,8 @@ import numpy as np
 
 from sotalign_jax.data.splits import assign_splits, stable_uniform
 
-__all__ = ["Draw", "Protocol", "holdout_roles", "pair_order", "max_pairs", "resolve_n_pairs", "draw_positions",
-           "UNPAIRED_MODES", "SPLIT_MODES"]
+__all__ = ["Draw", "Protocol", "FileProtocol", "stack_files", "holdout_roles", "pair_order", "max_pairs",
+           "resolve_n_pairs", "draw_positions", "UNPAIRED_MODES", "SPLIT_MODES"]
 
 UnpairedMode = Literal["disjoint", "shared"]
 UNPAIRED_MODES = ("disjoint", "shared")
@@ -225,3 +225,76 @@ class Protocol(NamedTuple):
     caps = [self.captions[k] for k in train[d.unpaired_y]]
     return {"pair_x": img(d.pairs), "pair_y": self.first_caption[train[d.pairs]], "unp_x": img(d.unpaired_x),
             "unp_y": np.concatenate(caps) if caps else np.zeros(0, np.int64)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The same protocol on embedding files (sotalign_jax.data.files): the sets are the files.
+# ----------------------------------------------------------------------------------------------------------------
+class FileProtocol(NamedTuple):
+  """The benchmark's sets on embedding files, as rows of the stacked arrays of :func:`stack_files`.
+
+  The test and validation sets are the ``test_*`` / ``val_*`` files (image ``i`` ↔ caption ``i``, one positive
+  each). Per seed ``s`` the pair rows are put in the order of :math:`u(\\text{"pair:}i\\text{"})` salted
+  ``"{split_seed}:pairs:{s}"`` and the pairs at p are the first p of that order (nested, shared by every method
+  of a seed). The unpaired pools are the ``unpaired_*`` files, the same at every p and seed (the first
+  ``max_unpaired`` rows of each if > 0); pair rows beyond p are *not* added to them, so a method sees exactly the
+  files' unpaired data. ``p_max`` is the number of pair rows.
+
+  Attributes:
+    offsets_x, offsets_y: ``{"pairs" | "unpaired" | "val" | "test": (start, rows)}`` in the stacked arrays.
+    roles: ``[n_pairs]`` ``"train"`` (what the benchmark counts as training images).
+    split_seed, max_unpaired, p_max: as in :class:`Protocol`.
+  """
+  offsets_x: dict
+  offsets_y: dict
+  roles: np.ndarray
+  split_seed: str
+  max_unpaired: int
+  p_max: int
+
+  def _rows(self, side: str, part: str, positions=None) -> np.ndarray:
+    start, n = (self.offsets_x if side == "x" else self.offsets_y)[part]
+    return start + (np.arange(n, dtype=np.int64) if positions is None else np.asarray(positions, np.int64))
+
+  def held_out(self, role: str) -> dict:
+    """As :meth:`Protocol.held_out`, one caption per image."""
+    n = self.offsets_x[role][1]
+    return {"image_rows": self._rows("x", role), "caption_rows": self._rows("y", role),
+            "owner": np.arange(n, dtype=np.int64), "positives": [[i] for i in range(n)],
+            "first": np.arange(n, dtype=np.int64)}
+
+  def _unpaired(self, side: str) -> np.ndarray:
+    n = (self.offsets_x if side == "x" else self.offsets_y)["unpaired"][1]
+    keep = n if self.max_unpaired < 0 else min(n, self.max_unpaired)
+    return self._rows(side, "unpaired", np.arange(keep))
+
+  def all_pairs(self) -> dict[str, np.ndarray]:
+    empty = np.zeros(0, np.int64)
+    return {"pair_x": self._rows("x", "pairs"), "pair_y": self._rows("y", "pairs"), "unp_x": empty, "unp_y": empty}
+
+  def draw(self, seed: int, p: int) -> dict[str, np.ndarray]:
+    if p > self.p_max:
+      raise ValueError(f"p={p} exceeds the {self.p_max} rows of the pair files")
+    n = self.p_max
+    order = pair_order([f"pair:{i}" for i in range(n)], seed, split_seed=self.split_seed)[:p]
+    return {"pair_x": self._rows("x", "pairs", order), "pair_y": self._rows("y", "pairs", order),
+            "unp_x": self._unpaired("x"), "unp_y": self._unpaired("y")}
+
+
+def stack_files(files, *, split_seed: str = "benchmark", max_unpaired: int = -1):
+  """``(image_emb, text_emb, FileProtocol)``: the files of ``files`` (:class:`sotalign_jax.data.files.
+  EmbeddingFiles`) stacked in memory as float32 (pairs, unpaired, val, test; a part not given has 0 rows) and the
+  protocol that names their rows."""
+  parts = ("pairs", "unpaired", "val", "test")
+  out, offsets = {}, {}
+  for side in ("x", "y"):
+    arrays = [getattr(files, f"{part}_{side}") for part in parts]
+    dim = next(a.shape[1] for a in arrays if a is not None)
+    arrays = [np.zeros((0, dim), np.float32) if a is None else np.asarray(a, np.float32) for a in arrays]
+    starts = np.cumsum([0] + [len(a) for a in arrays])
+    offsets[side] = {part: (int(starts[i]), len(arrays[i])) for i, part in enumerate(parts)}
+    out[side] = np.concatenate(arrays)
+  n_pairs = offsets["x"]["pairs"][1]
+  proto = FileProtocol(offsets["x"], offsets["y"], np.array(["train"] * n_pairs), split_seed, int(max_unpaired),
+                       n_pairs)
+  return out["x"], out["y"], proto
