@@ -285,8 +285,12 @@ def fit_heads(key, data: AlignData, *, term: str = "none", term_options: dict | 
 
   pools = {"pair_x": px, "pair_y": py, "unp_x": ux, "unp_y": uy, "mx": put(mx), "my": put(my),
            "teacher_wx": put(wx), "teacher_wy": put(wy)}
+  term_fn = objectives.UNPAIRED_TERMS[term]
+  term_options = dict(term_options or {})
+  if "mesh" in inspect.signature(term_fn).parameters:  # a term that can split its [n, m] matrices over the mesh
+    term_options["mesh"] = mesh
   step_fn = functools.partial(
-      _train_step, f=f, g=g, term=functools.partial(objectives.UNPAIRED_TERMS[term], **(term_options or {})),
+      _train_step, f=f, g=g, term=functools.partial(term_fn, **term_options),
       alpha=float(alpha), sizes=(int(px.shape[0]), nux, nuy), batch_paired=int(batch_paired),
       batch_unpaired=int(batch_unpaired), normalize=bool(normalize),
       sharding=None if mesh is None else NamedSharding(mesh, P("data")), uses_unpaired=uses_unpaired)
@@ -317,7 +321,8 @@ TRAINED_METHODS: dict[str, tuple] = {
     "nnclr": ("nn_positives", {"alpha": 1.0}, RECIPE_DEFAULTS,
               "Dwibedi, Aytar, Tompson, Sermanet, Zisserman, 'With a Little Help from My Friends: Nearest-Neighbor "
               "Contrastive Learning of Visual Representations', ICCV 2021", "SigLIP + nearest-neighbour positives"),
-    "sotalign": ("klot", {"alpha": 10.0, "eps_student": 0.05, "eps_teacher": 0.005, "sinkhorn_iters": 100},
+    "sotalign": ("klot", {"alpha": 10.0, "eps_student": 0.05, "eps_teacher": 0.005, "sinkhorn_iters": 100,
+                          "shard_klot": False},
                  RECIPE_DEFAULTS, _SOTALIGN + "; this project's recipe", "SigLIP + α · KLOT to the teacher"),
     "upper_bound": ("none", {}, RECIPE_DEFAULTS, _SAIL + "; trained on every training pair",
                     "SigLIP on every training pair (the protocol's upper bound)"),
@@ -352,7 +357,8 @@ for _name, (_term, _tdef, _recipe, _cite, _summary) in TRAINED_METHODS.items():
 @register("sotalign_paper", needs_pairs=True, uses_unpaired=True, min_pairs=2, trained=True,
           citation=_SOTALIGN + "; the paper's recipe, App. A.1")
 def fit_sotalign_paper(key, data: AlignData, *, alpha_grid: tuple = (1e-3, 1e-4, 1e-5), eps_student: float = 0.05,
-                       eps_teacher: float = 0.01, sinkhorn_iters: int = 100, steps: int = PAPER_RECIPE["steps"],
+                       eps_teacher: float = 0.01, sinkhorn_iters: int = 100, shard_klot: bool = False,
+                       steps: int = PAPER_RECIPE["steps"],
                        optimizer: str = "lion", lr: float = 1e-4, weight_decay: float = 1e-5, warmup_steps: int = 0,
                        batch_paired: int = 10_000, batch_unpaired: int = 22_000, head: str = "linear",
                        hidden: int = 512, siglip_t: float = 20.0, siglip_b: float = -10.0, teacher: str = "cca",
@@ -364,6 +370,9 @@ def fit_sotalign_paper(key, data: AlignData, *, alpha_grid: tuple = (1e-3, 1e-4,
   ε* = 0.01 (teacher), batches of up to 32k made of up to 10k pairs and 22k unpaired rows (capped by the pools),
   α chosen from ``alpha_grid`` by the mean R@1 of both directions on ``val`` (held-out pairs the benchmark passes).
 
+  ``shard_klot=True`` keeps the KLOT matrices of a 22k unpaired batch split by rows over ``mesh``
+  (:func:`sotalign_jax.ot.klot_sharded`), for batches whose ``[n, m]`` matrices do not fit on one device.
+
   With one α in the grid, or no ``val``, the first α is used. The chosen α and every α's validation score are in
   the returned alignment's ``info``. See the module docstring for what α means under this project's SigLIP.
   """
@@ -371,7 +380,8 @@ def fit_sotalign_paper(key, data: AlignData, *, alpha_grid: tuple = (1e-3, 1e-4,
                 batch_paired=batch_paired, batch_unpaired=batch_unpaired, head=head, hidden=hidden,
                 siglip_t=siglip_t, siglip_b=siglip_b, teacher=teacher, teacher_dim=teacher_dim,
                 teacher_reg=teacher_reg, ridge_lam=ridge_lam, center=center, normalize=normalize)
-  options = dict(eps_student=eps_student, eps_teacher=eps_teacher, sinkhorn_iters=sinkhorn_iters)
+  options = dict(eps_student=eps_student, eps_teacher=eps_teacher, sinkhorn_iters=sinkhorn_iters,
+                 shard_klot=bool(shard_klot))
   grid = tuple(float(a) for a in (alpha_grid if isinstance(alpha_grid, (tuple, list)) else (alpha_grid,)))
   if not grid:
     raise ValueError("alpha_grid is empty: give at least one α")
