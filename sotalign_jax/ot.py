@@ -517,26 +517,30 @@ def sinkhorn_sharded(x: jax.Array, y: jax.Array, *, epsilon: float, mesh: jax.sh
   return fn(jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32), eps)
 
 
+def _local_potentials(k: jax.Array, eps, *, axis_name: str, n_devices: int, num_iters: int):
+  """Inside ``shard_map``: the potentials ``(f [r], g [m])`` of a row block ``k [r, m]`` of the full ``[r · n_devices,
+  m]`` problem (uniform weights; ``g`` then ``f`` each iteration, the column update combined over ``axis_name``)."""
+  log_a, log_b = -float(np.log(k.shape[0] * n_devices)), -float(np.log(k.shape[1]))
+
+  def step(_, fg):
+    f, g = fg
+    z = (k + f[:, None]) / eps
+    zmax = jax.lax.pmax(jnp.max(z, axis=0), axis_name)
+    total = jax.lax.psum(jnp.sum(jnp.exp(z - zmax), axis=0), axis_name)
+    g = eps * (log_b - zmax - jnp.log(total))
+    f = eps * (log_a - jax.nn.logsumexp((k + g[None, :]) / eps, axis=1))
+    return f, g
+
+  return jax.lax.fori_loop(0, num_iters, step, (jnp.zeros(k.shape[0], k.dtype), jnp.zeros(k.shape[1], k.dtype)))
+
+
 @functools.lru_cache(maxsize=32)
 def _sharded_solver(mesh: jax.sharding.Mesh, axis_name: str, num_iters: int, precision):
   """The jitted ``shard_map`` of :func:`sinkhorn_sharded`, built once per mesh, axis, iteration count, precision."""
   p = mesh.shape[axis_name]
 
   def local(xs, ys, eps):
-    k = _cosine(xs, ys, precision)
-    m = ys.shape[0]
-    log_a, log_b = -float(np.log(k.shape[0] * p)), -float(np.log(m))
-
-    def step(_, fg):
-      f, g = fg
-      z = (k + f[:, None]) / eps
-      zmax = jax.lax.pmax(jnp.max(z, axis=0), axis_name)
-      total = jax.lax.psum(jnp.sum(jnp.exp(z - zmax), axis=0), axis_name)
-      g = eps * (log_b - zmax - jnp.log(total))
-      f = eps * (log_a - jax.nn.logsumexp((k + g[None, :]) / eps, axis=1))
-      return f, g
-
-    return jax.lax.fori_loop(0, num_iters, step, (jnp.zeros(k.shape[0], k.dtype), jnp.zeros(m, k.dtype)))
+    return _local_potentials(_cosine(xs, ys, precision), eps, axis_name=axis_name, n_devices=p, num_iters=num_iters)
 
   spec = jax.sharding.PartitionSpec
   fn = jax.shard_map(local, mesh=mesh, in_specs=(spec(axis_name, None), spec(), spec()),
@@ -603,18 +607,7 @@ def _sharded_klot(mesh: jax.sharding.Mesh, axis_name: str, num_iters: int):
   spec = jax.sharding.PartitionSpec
 
   def log_plan(k, eps):
-    log_a, log_b = -float(np.log(k.shape[0] * p)), -float(np.log(k.shape[1]))
-
-    def step(_, fg):
-      f, g = fg
-      z = (k + f[:, None]) / eps
-      zmax = jax.lax.pmax(jnp.max(z, axis=0), axis_name)
-      total = jax.lax.psum(jnp.sum(jnp.exp(z - zmax), axis=0), axis_name)
-      g = eps * (log_b - zmax - jnp.log(total))
-      f = eps * (log_a - jax.nn.logsumexp((k + g[None, :]) / eps, axis=1))
-      return f, g
-
-    f, g = jax.lax.fori_loop(0, num_iters, step, (jnp.zeros(k.shape[0], k.dtype), jnp.zeros(k.shape[1], k.dtype)))
+    f, g = _local_potentials(k, eps, axis_name=axis_name, n_devices=p, num_iters=num_iters)
     return (k + f[:, None] + g[None, :]) / eps
 
   def local(ks, kt, eps):
