@@ -190,6 +190,16 @@ def _text_encoder(spec: Any, flag: str) -> Any:
   return enc
 
 
+def _chunk_size(batch_size: int, chunk_size: int | None) -> int:
+  """The checked shard size (default ``16 * batch_size``)."""
+  if batch_size <= 0:
+    raise ValueError(f"batch_size must be positive, got {batch_size}")
+  chunk_size = 16 * batch_size if chunk_size is None else int(chunk_size)
+  if chunk_size <= 0:
+    raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+  return chunk_size
+
+
 def _log(progress: bool, msg: str) -> None:
   if progress:
     print(f"[two_view] {msg}", file=sys.stderr, flush=True)
@@ -238,11 +248,7 @@ def build_two_view(items: Sequence[Item], info: dict[str, Any], *, out_dir: str 
   out_dir = os.fspath(out_dir)
   if not items:
     raise ValueError("no items to embed")
-  if batch_size <= 0:
-    raise ValueError(f"batch_size must be positive, got {batch_size}")
-  chunk_size = 16 * batch_size if chunk_size is None else int(chunk_size)
-  if chunk_size <= 0:
-    raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+  chunk_size = _chunk_size(batch_size, chunk_size)
   x_encoder = _text_encoder(x_encoder, "--x-encoder")
   y_encoder = _text_encoder(y_encoder, "--y-encoder")
   lemmas = [it.lemma for it in items]
@@ -336,11 +342,7 @@ def build_same_text(source: str | os.PathLike, *, out_dir: str | os.PathLike, x_
   if not os.path.exists(os.path.join(source, "manifest.json")):
     raise FileNotFoundError(f"{source} is not a finished embedding cache (no manifest.json): build it first, e.g. "
                             "`make wordnet-cache` or `python -m sotalign_jax.cli.embed`")
-  if batch_size <= 0:
-    raise ValueError(f"batch_size must be positive, got {batch_size}")
-  chunk_size = 16 * batch_size if chunk_size is None else int(chunk_size)
-  if chunk_size <= 0:
-    raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+  chunk_size = _chunk_size(batch_size, chunk_size)
   x_encoder = _text_encoder(x_encoder, "--x-encoder")
   src = load_cache(source, mmap=True)
   y_desc = src.manifest.get("text_encoder")
