@@ -182,6 +182,7 @@ def test_mesh_placement_reads_blocks_and_pads_with_zeros():
   np.testing.assert_allclose(trained._side_mean(arr, n, jnp.ones((2, 3)), "all"), (rows.sum(0) + 2) / 9)
 
 
+@pytest.mark.slow  # 8-device subprocess, ≈ 80 s; ot.klot_sharded itself is checked in the fast set (tests/test_ot.py)
 def test_shard_klot_on_eight_devices_trains_the_heads_of_the_dense_klot():
   """``shard_klot=True`` keeps KLOT's [n, m] matrices split by rows over the mesh (ot.klot_sharded); the trained
   heads equal those of the dense KLOT on the same mesh, up to float rounding."""
