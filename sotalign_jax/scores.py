@@ -674,7 +674,8 @@ def score_grid(xs, ys, *, metric: str = "linear_cka", k: int = 10, bandwidth: fl
   if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
     raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
   block = int(block_size)
-  key = jax.random.key(0) if key is None else key
+  if key is None and (metric in _ORDER or n_perm):  # only then is a key used (no transfer otherwise)
+    key = jax.random.key(0)
   tuples = _tuples(metric, key, n, n_tuples)
   bx = by = jax.device_put(np.zeros(1, np.float32))  # unused placeholders (explicit: no implicit transfer)
   if metric in ("rbf_cka", "unbiased_rbf_cka"):

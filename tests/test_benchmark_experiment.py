@@ -235,6 +235,7 @@ def test_a_trained_method_trains_on_the_checkpointed_loop_in_its_run_dir_and_may
 # ----------------------------------------------------------------------------------------------------------------
 # File mode: your own .npy embeddings instead of a cache.
 # ----------------------------------------------------------------------------------------------------------------
+@pytest.mark.slow  # ≈ 60 s; the SOTAlign experiment's file mode keeps its end-to-end test in the fast set
 def test_file_mode_reads_the_files_and_draws_nested_pairs_from_the_pair_files(cache, tmp_path):
   from sotalign_jax.cli import convert
   from sotalign_jax.data import files as files_lib

@@ -396,6 +396,7 @@ def test_precision_default_is_accepted_and_close_on_cpu(rng):
   np.testing.assert_allclose(lo, sk_cosine(u, v), atol=1e-5)
 
 
+@pytest.mark.slow  # an 8-device subprocess; the one-device test below checks the same code path in the fast set
 def test_klot_sharded_over_eight_devices_equals_the_dense_klot_and_its_gradient():
   import json
   from conftest import run_with_fake_devices

@@ -265,7 +265,8 @@ def test_experiment_smoke_variant_writes_results_and_resumes(tmp_path):
     assert w == v if isinstance(v, str) else np.isclose(w, v, rtol=1e-5, atol=1e-6), (k, v, w)
 
 
-@pytest.mark.parametrize("metric", ["unbiased_linear_cka", "cknna", "tsi", "qsi"])
+@pytest.mark.parametrize("metric", ["unbiased_linear_cka", "cknna", pytest.param("tsi", marks=pytest.mark.slow),
+                                    pytest.param("qsi", marks=pytest.mark.slow)])
 def test_grid_null_is_the_metric_of_permuted_ys(layers, metric):
   """Every cell's null uses the shared permutations split from `key`: compare with numpy on permuted rows."""
   xs, ys = layers
