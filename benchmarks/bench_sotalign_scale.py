@@ -76,7 +76,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import sys
 import time
@@ -86,7 +85,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import blas_info, peak_rss_mb, print_table, timeit  # noqa: E402
+from common import blas_info, peak_rss_mb, print_table, timeit, write_json  # noqa: E402
 
 from sotalign_jax.aligners import trained  # noqa: E402
 from sotalign_jax.aligners.base import AlignData  # noqa: E402
@@ -408,10 +407,7 @@ def main(argv=None):
     plot(b_rows, p_rows, args.plot, header, args.batch_paired)
     print(f"wrote {args.plot}")
   if args.json:
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-      json.dump(out, f, indent=1)
-    print(f"wrote {args.json}")
+    write_json(args.json, out)
 
 
 if __name__ == "__main__":

@@ -57,7 +57,6 @@ fit is ≈ 1.5 min (initialization, read-out) + 100 × (3–6 s) ≈ 6.5–11.5 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -68,7 +67,7 @@ import scipy.optimize
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from common import blas_info, peak_rss_mb, print_table  # noqa: E402
+from common import blas_info, peak_rss_mb, print_table, write_json  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -484,10 +483,7 @@ def run(args):
                w_ours_vs_ref_rel=agree, peak_rss_mb=peak_rss_mb())
     if ref is not None:
       out["ratios_ref_over_ours"] = {r["key"]: r["ratio ref / ours"] for r in rows}
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as f:
-      json.dump(out, f, indent=1)
-    print(f"wrote {args.json}")
+    write_json(args.json, out)
 
 
 if __name__ == "__main__":

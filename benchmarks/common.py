@@ -55,6 +55,16 @@ def blas_info() -> str:
     return "threadpoolctl not installed"
 
 
+def write_json(path: str, obj) -> None:
+  """Writes a benchmark's numbers to ``path`` (its folder created) and says so."""
+  import json
+  import os
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(obj, f, indent=1)
+  print(f"wrote {path}")
+
+
 def print_table(rows: list[dict], columns: list[str]):
   """Prints ``rows`` as a markdown table."""
   fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)
