@@ -49,7 +49,9 @@ computation (one ``[r·q, q] × [q, q]`` GEMM per step) and can be split over th
 **Linear assignment.** ``lap="scipy"`` (default) runs ``scipy.optimize.linear_sum_assignment`` (exact, a
 Jonker–Volgenant variant) on the host through :func:`jax.pure_callback`, skipping restarts that have converged;
 ``lap="hungarian"`` uses ``optax.assignment.hungarian_algorithm`` and stays entirely in XLA (no host round trip,
-but 4–25× slower than scipy on CPU for ``q = 500``). A JAX ε-scaling auction was tried and was slower still on CPU.
+but 4–25× slower than scipy on CPU for ``q = 500``); ``lap="auction"`` is :func:`auction`, Bertsekas' ε-scaling
+auction, also pure XLA: every round is a handful of ``[bidders, q]`` array operations with no sequential inner loop,
+the form that suits an accelerator (on the CPU it is slower than scipy too; ``benchmarks/bench_assignment.py``).
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ from jax.sharding import PartitionSpec as PS
 
 from sotalign_jax._arrays import DEFAULT_PRECISION
 
-__all__ = ["FAQResult", "faq", "linear_assignment"]
+__all__ = ["FAQResult", "auction", "faq", "linear_assignment"]
 
 _HI = DEFAULT_PRECISION
 
@@ -100,6 +102,101 @@ def _lap_host(cost: np.ndarray, skip: np.ndarray, prev: np.ndarray, maximize: bo
   return out
 
 
+def _auction_phase(benefit, price, eps, bidders: int, max_rounds: int):
+  """One ε-phase of the Jacobi forward auction from ``price``: every person unassigned, rounds until all are."""
+  q = benefit.shape[0]
+  none = jnp.full((q,), -1, jnp.int32)
+  slot = jnp.arange(bidders, dtype=jnp.int32)
+  objects = jnp.arange(q, dtype=jnp.int32)
+
+  def cond(s):
+    _, _, assigned, r = s
+    return jnp.any(assigned < 0) & (r < max_rounds)
+
+  def body(s):
+    price, owner, assigned, r = s
+    persons = jnp.nonzero(assigned < 0, size=bidders, fill_value=q)[0].astype(jnp.int32)
+    valid = persons < q
+    values = benefit[jnp.minimum(persons, q - 1)] - price[None, :]
+    # Best and second-best values by three reductions: lax.top_k with its indices is a full sort on XLA's CPU
+    # backend (100x slower here).
+    first = jnp.max(values, axis=1)
+    target = jnp.min(jnp.where(values >= first[:, None], objects[None, :], q), axis=1)
+    second = jnp.max(jnp.where(objects[None, :] == target[:, None], -jnp.inf, values), axis=1)
+    bid = jnp.where(valid, price[target] + (first - second) + eps, -jnp.inf)
+    best = jnp.full((q,), -jnp.inf, benefit.dtype).at[target].max(bid)
+    winner = jnp.full((q,), bidders, jnp.int32).at[target].min(
+        jnp.where(valid & (bid >= best[target]), slot, bidders))
+    won = winner < bidders
+    new_owner = jnp.where(won, persons[jnp.minimum(winner, bidders - 1)], owner)
+    assigned = assigned.at[jnp.where(won & (owner >= 0), owner, q)].set(-1, mode="drop")
+    assigned = assigned.at[jnp.where(won, new_owner, q)].set(objects, mode="drop")
+    return jnp.where(won, best, price), new_owner, assigned, r + 1
+
+  price, owner, assigned, rounds = jax.lax.while_loop(cond, body, (price, none, none, jnp.int32(0)))
+  return price, owner, assigned, rounds
+
+
+def _fill_unassigned(owner: jax.Array, assigned: jax.Array) -> jax.Array:
+  """Give the persons a phase left unassigned (only if it hit ``max_rounds``) the free objects, in index order."""
+  q = assigned.shape[0]
+  free_p = jnp.nonzero(assigned < 0, size=q, fill_value=q)[0]
+  free_o = jnp.nonzero(owner < 0, size=q, fill_value=q)[0]
+  return assigned.at[free_p].set(free_o.astype(jnp.int32), mode="drop")
+
+
+@functools.partial(jax.jit, static_argnames=("tol", "start", "scale", "bidders", "max_rounds"))
+def auction(benefit, *, tol: float = 1e-6, start: float = 0.25, scale: float = 7.0, bidders: int = 256,
+            max_rounds: int | None = None) -> tuple[jax.Array, jax.Array]:
+  r"""Maximum-benefit assignment of a square ``[q, q]`` matrix by the ε-scaling auction (pure XLA).
+
+  Bertsekas, "The auction algorithm: a distributed relaxation method for the assignment problem", Annals of
+  Operations Research 14 (1988), in its Jacobi form (Bertsekas & Castañon, Parallel Computing 17, 1991): persons
+  (rows) bid for objects (columns) at prices :math:`p`. In a round up to ``bidders`` unassigned persons ``i`` each
+  bid for their best object :math:`j_i = \arg\max_j a_{ij} - p_j` the price that leaves them indifferent to their
+  second best, plus ε: :math:`p_{j_i} + (v_1 - v_2) + ε`; each object goes to its highest bidder (ties: the lowest
+  row) at that price, and its previous owner becomes unassigned. A phase ends when every person holds an object;
+  the assignment then satisfies ε-complementary slackness, so its total is within :math:`q\,ε` of the optimum
+  (exact whenever the benefits are integers and :math:`q\,ε < 1`). ε-scaling: the phases run at
+  :math:`ε_k = \max(\mathrm{start}\cdot Δ\, \mathrm{scale}^{-k},\ \mathrm{tol}\cdot Δ)` with
+  :math:`Δ = \max a - \min a`, each from the previous phase's prices with every person unassigned, down to
+  :math:`ε = \mathrm{tol}\cdot Δ`.
+
+  Args:
+    benefit: ``[q, q]`` benefits (maximised; pass ``-cost`` to minimise).
+    tol: the last ε as a fraction of the benefit range Δ; the total is within ``q · tol · Δ`` of the optimum.
+    start: the first ε as a fraction of Δ.
+    scale: ε is divided by this between phases.
+    bidders: unassigned persons that bid per round (a round costs ``O(bidders · q)``).
+    max_rounds: cap on the rounds of one phase (``None``: ``100 q``, never reached in the tests); persons still
+      unassigned when it is reached get the free objects in index order, so the result is always a permutation.
+
+  Returns:
+    ``(cols, rounds)``: ``[q]`` int32 object of each person (scipy's ``col_ind``) and the ``[phases]`` rounds each
+    phase took.
+  """
+  benefit = jnp.asarray(benefit, jnp.float32)
+  if benefit.ndim != 2 or benefit.shape[0] != benefit.shape[1]:
+    raise ValueError(f"auction needs a square [q, q] benefit matrix, got shape {benefit.shape}")
+  q = benefit.shape[0]
+  if q == 1:
+    return jnp.zeros((1,), jnp.int32), jnp.zeros((1,), jnp.int32)
+  if not 0 < tol <= start or scale <= 1:
+    raise ValueError(f"auction needs 0 < tol <= start and scale > 1, got tol={tol}, start={start}, scale={scale}")
+  spread = jnp.max(benefit) - jnp.min(benefit)
+  spread = jnp.where(spread > 0, spread, 1.0)
+  n_phases = 1 + math.ceil(math.log(start / tol) / math.log(scale))
+  eps = [max(start * scale ** -k, tol) for k in range(n_phases)]
+  bidders = max(1, min(int(bidders), q))
+  max_rounds = 100 * q if max_rounds is None else int(max_rounds)
+  price = jnp.zeros((q,), jnp.float32)
+  rounds = []
+  for e in eps:
+    price, owner, assigned, r = _auction_phase(benefit, price, e * spread, bidders, max_rounds)
+    rounds.append(r)
+  return _fill_unassigned(owner, assigned), jnp.stack(rounds)
+
+
 def _batched_lap(cost: jax.Array, *, maximize: bool, method: str, skip: jax.Array | None = None,
                  prev: jax.Array | None = None) -> jax.Array:
   """Column of each row in an optimal assignment of every ``cost[r]``; ``[r, q, q] -> [r, q]`` int32."""
@@ -120,7 +217,9 @@ def _batched_lap(cost: jax.Array, *, maximize: bool, method: str, skip: jax.Arra
       return jnp.zeros((q,), jnp.int32).at[i].set(j.astype(jnp.int32))
 
     return jnp.where(skip[:, None], prev, jax.vmap(one)(cost))
-  raise ValueError(f"lap must be 'scipy' or 'hungarian', got {method!r}")
+  if method == "auction":
+    return jnp.where(skip[:, None], prev, jax.vmap(lambda c: auction(c if maximize else -c)[0])(cost))
+  raise ValueError(f"lap must be 'scipy', 'hungarian' or 'auction', got {method!r}")
 
 
 def linear_assignment(cost, *, maximize: bool = False, lap: str = "scipy") -> jax.Array:
@@ -129,7 +228,8 @@ def linear_assignment(cost, *, maximize: bool = False, lap: str = "scipy") -> ja
   Args:
     cost: ``[q, q]`` or batched ``[r, q, q]`` cost (benefit if ``maximize``) matrices.
     maximize: maximise the total instead of minimising it.
-    lap: ``"scipy"`` (host callback) or ``"hungarian"`` (pure XLA, optax); both exact.
+    lap: ``"scipy"`` (host callback) or ``"hungarian"`` (pure XLA, optax), both exact; or ``"auction"`` (pure
+      XLA, :func:`auction`: within ``q · 1e-6 ·`` (the range of ``cost``) of the optimal total).
 
   Returns:
     ``[q]`` (or ``[r, q]``) int32 column of each row, like scipy's ``col_ind``.
@@ -312,7 +412,8 @@ def faq(a, b, *, seeds=None, n_init: int = 1, maxiter: int = 30, tol: float = 1e
     tol: stop a restart once :math:`\|P_t - P_{t+1}\|_F / \sqrt{q} <` ``tol`` (scipy's test).
     maximize: maximise (graph matching) rather than minimise (QAP) the objective.
     key: PRNG key of the random starts (default ``jax.random.key(0)``).
-    lap: linear assignment solver, ``"scipy"`` (host callback, fast on CPU) or ``"hungarian"`` (pure XLA).
+    lap: linear assignment solver, ``"scipy"`` (host callback, fast on CPU), ``"hungarian"`` or ``"auction"``
+      (pure XLA; :func:`linear_assignment`).
     batch_size: restarts per batched call (default: all at once). Memory is ``≈ 8 · batch · q² · 4`` bytes.
     mesh: optional device mesh; restarts of each batch are split over its ``axis_name`` axis. ``batch_size``
       must then be a multiple of that axis' size, unless it covers all ``n_init`` restarts: that one batch is
@@ -336,8 +437,8 @@ def faq(a, b, *, seeds=None, n_init: int = 1, maxiter: int = 30, tol: float = 1e
       raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
   if not tol > 0:
     raise ValueError(f"tol must be positive, got {tol!r}")
-  if lap not in ("scipy", "hungarian"):
-    raise ValueError(f"lap must be 'scipy' or 'hungarian', got {lap!r}")
+  if lap not in ("scipy", "hungarian", "auction"):
+    raise ValueError(f"lap must be 'scipy', 'hungarian' or 'auction', got {lap!r}")
   if batch_size is None:
     batch_size = n_init
   if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:

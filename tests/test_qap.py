@@ -79,7 +79,7 @@ def test_faq_recovers_planted_matching(rng):
   assert res.fun >= ref.fun * (1 - 1e-6)
 
 
-@pytest.mark.parametrize("lap", ["scipy", pytest.param("hungarian", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("lap", ["scipy", "auction", pytest.param("hungarian", marks=pytest.mark.slow)])
 def test_linear_assignment_matches_scipy(rng, lap):
   for cost in (rng.standard_normal((3, 40, 40)), rng.integers(0, 5, (3, 40, 40)).astype(float)):
     for maximize in (False, True):
@@ -88,6 +88,27 @@ def test_linear_assignment_matches_scipy(rng, lap):
         r, ref = scipy.optimize.linear_sum_assignment(c, maximize=maximize)
         assert sorted(col.tolist()) == list(range(40))
         np.testing.assert_allclose(c[np.arange(40), col].sum(), c[r, ref].sum(), rtol=1e-5)
+
+
+def test_auction_is_within_its_bound_and_exact_on_integers(rng):
+  """The ε-CS bound: total within q · tol · Δ of scipy's optimum; exact on integer benefits once q ε < 1."""
+  for q in (2, 7, 120):
+    a = rng.standard_normal((q, q)).astype(np.float32)
+    cols, rounds = qap.auction(a, tol=1e-6, bidders=16)
+    cols = np.asarray(cols)
+    assert sorted(cols.tolist()) == list(range(q)) and np.asarray(rounds).min() >= 1
+    r, c = scipy.optimize.linear_sum_assignment(a.astype(np.float64), maximize=True)
+    gap = a[r, c].astype(np.float64).sum() - a[np.arange(q), cols].astype(np.float64).sum()
+    assert -1e-4 <= gap <= q * 1e-6 * float(a.max() - a.min()) + 1e-4
+    ints = rng.integers(0, 50, (q, q)).astype(np.float32)  # many ties
+    cols = np.asarray(qap.auction(ints, tol=0.5 / (q * 50), bidders=16)[0])
+    r, c = scipy.optimize.linear_sum_assignment(ints, maximize=True)
+    assert ints[np.arange(q), cols].sum() == ints[r, c].sum()
+  a = rng.standard_normal((60, 60)).astype(np.float32)
+  cols = np.asarray(qap.auction(a, bidders=4, max_rounds=3)[0])  # capped: still a permutation
+  assert sorted(cols.tolist()) == list(range(60))
+  with pytest.raises(ValueError, match="square"):
+    qap.auction(np.zeros((3, 4)))
 
 
 @pytest.mark.slow
