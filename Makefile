@@ -110,7 +110,7 @@ test-all: $(STAMP)
 	$(PY) -m pytest -q -rs -n 2 --dist loadfile --nbmake tests notebooks
 
 bench: $(STAMP)
-	for b in cka encoders text_encoders sotalign_step qap local_cka scores zero_pair; do \
+	for b in cka encoders text_encoders sotalign_step qap local_cka scores zero_pair assignment; do \
 	  env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) benchmarks/bench_$$b.py || exit 1; done
 
 clean-venv:

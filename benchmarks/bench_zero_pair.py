@@ -42,11 +42,16 @@ numpy's threaded BLAS on small products (Lloyd's ``b × C``) slows down 10-50x w
 another process, and several-fold right after XLA's threads have worked: the reference therefore runs before any
 JAX work, and ``--blas-threads 1`` pins it (threadpoolctl) on a busy machine.
 
+``--assignment`` picks ours' solver (:func:`sotalign_jax.aligners.unpaired.assignment_solver`; default ``auto``:
+scipy on a CPU backend, the on-device auction on an accelerator, so on a GPU the refinement never leaves the
+device; ``benchmarks/bench_assignment.py`` times the solvers alone).
+
 Usage (the issue's size: n = 10,000 per side, C = 30, S = 30, b = 10,000, R = 100; ``--small``: n = 2,000,
 R = 20, a quick check)::
 
   env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE .venv/bin/python benchmarks/bench_zero_pair.py [--small]
       [--json PATH] [--skip-reference] [--blas-threads 1] [--self-test] [--disjoint]
+      [--assignment auto|scipy|auction|hungarian]
 
 Measured here (2 cores shared with another job, ``--blas-threads 1``): ``--small`` takes ≈ 80 s; at the full size
 one 10,000 × 10,000 assignment took 45 s for the read-out (scores from ``M``) and 2–5 s per refinement step, so one
@@ -294,15 +299,17 @@ def _lap_since(start: dict) -> tuple[float, int]:
   return _LAP["s"] - start["s"], _LAP["n"] - start["n"]
 
 
-def ours(x_raw, y_raw, key, hp: dict) -> dict:
+def ours(x_raw, y_raw, key, hp: dict, assignment: str = "auto") -> dict:
   """The public fit (first call, compiles), then the same fit stage by stage (steady state, same key)."""
+  solver = unpaired.assignment_solver(assignment)
   data = AlignData.create(x=x_raw, y=y_raw)
   lap0 = dict(s=_LAP["s"], n=_LAP["n"])
   t = time.perf_counter()
   first = unpaired.fit_wasserstein_procrustes(key, data, n_clusters=hp["n_clusters"], n_restarts=hp["n_restarts"],
                                               batch_size=hp["batch"], n_iterations=hp["n_iterations"],
                                               refine_batch_size=hp["refine_batch"],
-                                              kmeans_iters=hp["kmeans_iters"], qap_inits=hp["qap_inits"])
+                                              kmeans_iters=hp["kmeans_iters"], qap_inits=hp["qap_inits"],
+                                              assignment=solver)
   w_first = np.asarray(jax.block_until_ready(first.wx))
   first_s = time.perf_counter() - t
   first_lsa_s, _ = _lap_since(lap0)
@@ -324,14 +331,14 @@ def ours(x_raw, y_raw, key, hp: dict) -> dict:
   lap1 = dict(s=_LAP["s"], n=_LAP["n"])
   w = jax.block_until_ready(unpaired._wp_refine(k_rest, x, y, m, pairs, batch_size=hp["batch"],
                                                 n_iterations=hp["n_iterations"],
-                                                refine_batch_size=hp["refine_batch"]))
+                                                refine_batch_size=hp["refine_batch"], assignment=solver))
   t3 = time.perf_counter()
   lsa_s, n_lsa = _lap_since(lap1)
   w = np.asarray(w)
   return dict(w=w, m=np.asarray(m), mx=np.asarray(first.mx), my=np.asarray(first.my), first_s=first_s,
               first_lsa_s=first_lsa_s, prep_s=t1 - t0, init_s=t2 - t1, refine_s=t3 - t2, total_s=t3 - t0,
               lsa_s=lsa_s, n_lsa=n_lsa, lsa_calls=_LAP["calls"][lap1["n"]:],
-              steady_vs_first_max_abs=float(np.abs(w - w_first).max()))
+              steady_vs_first_max_abs=float(np.abs(w - w_first).max()), assignment=solver)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -366,6 +373,8 @@ def parse(argv):
                  "instead of the rotated x-rows, shuffled")
   p.add_argument("--blas-threads", type=int, default=None,
                  help="cap numpy/scipy's BLAS threads (threadpoolctl; default: the library's own)")
+  p.add_argument("--assignment", default="auto", choices=unpaired.ASSIGNMENT_SOLVERS,
+                 help="ours' assignment solver (auto: scipy on a CPU backend, the auction on an accelerator)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--skip-reference", action="store_true", help="time ours only")
   p.add_argument("--self-test", action="store_true", help="check the reference's pieces first (seconds)")
@@ -427,7 +436,7 @@ def run(args):
     print("reference (numpy/scipy, sequential) ...", flush=True)
     ref = reference_fit(x, y, np.random.default_rng(args.seed + 1), **hp)
   print("ours: first call (compiles), then steady state by stage ...", flush=True)
-  mine = ours(x, y, jax.random.key(args.seed), hp)
+  mine = ours(x, y, jax.random.key(args.seed), hp, args.assignment)
 
   dev = f"ours ({backend})"
   ratio = lambda a, b: a / b if b > 0 else float("nan")  # noqa: E731
@@ -435,7 +444,8 @@ def run(args):
       dict(key="preprocess", stage="preprocess", **{dev: mine["prep_s"]}),
       dict(key="init", stage=f"init: S = {args.restarts} restarts", **{dev: mine["init_s"]}),
       dict(key="readout_refine", stage=f"read-out + R = {args.iterations} refinement steps", **{dev: mine["refine_s"]}),
-      dict(key="lsa", stage=f"  of which exact LSA, scipy on host ({mine['n_lsa']} calls)", **{dev: mine["lsa_s"]}),
+      dict(key="lsa", stage=f"  of which exact LSA, scipy on host ({mine['n_lsa']} calls; ours: assignment="
+                            f"{mine['assignment']!r})", **{dev: mine["lsa_s"]}),
       dict(key="rest", stage="  the rest (scores, gathers, polar)", **{dev: mine["refine_s"] - mine["lsa_s"]}),
       dict(key="total_steady", stage="total, steady state", **{dev: mine["total_s"]}),
       dict(key="total_first_call", stage="total, first call (compile included)", **{dev: mine["first_s"]}),
@@ -452,7 +462,10 @@ def run(args):
   calls = lambda c: (f"read-out {sum(c[:n_read]):.3g}, refinement steps 1-3 "  # noqa: E731
                      f"{', '.join(f'{v:.3g}' for v in c[n_read:n_read + 3])}, median "
                      f"{np.median(c[n_read:]) if len(c) > n_read else float('nan'):.3g}, max {max(c):.3g}")
-  print(f"\nexact LSA per call (s), ours: {calls(mine['lsa_calls'])}")
+  if mine["lsa_calls"]:
+    print(f"\nexact LSA per call (s), ours: {calls(mine['lsa_calls'])}")
+  else:
+    print(f"\nours' assignments ran on the device ({mine['assignment']!r}), inside the refinement's time")
   if ref is not None:
     print(f"exact LSA per call (s), reference: {calls(ref['lsa_calls'])}")
     print(f"reference init: k-means {ref['kmeans_s']:.3g} s, 2-opt matching {ref['qap_s']:.3g} s; read-out "

@@ -73,6 +73,30 @@ def test_wasserstein_procrustes_aligns_the_planted_case_without_pairs(planted):
   assert _rel_err(a.wx, q) < 0.15                # the planted rotation (no symmetry: see the module docstring)
 
 
+@pytest.mark.parametrize("solver", ["auction", pytest.param("hungarian", marks=pytest.mark.slow)])
+def test_device_assignment_solvers_match_scipy(rng, solver):
+  """Square, wide and tall score matrices: the same optimal total as scipy's exact solver, one-to-one pairs."""
+  for shape in ((30, 30), (20, 33), (33, 20)):
+    s = rng.standard_normal(shape).astype(np.float32)
+    rows, cols = (np.asarray(a) for a in jax.jit(lambda m: unpaired._assignment(m, solver))(s))
+    k = min(shape)
+    assert rows.shape == cols.shape == (k,)
+    assert len(set(rows.tolist())) == k and len(set(cols.tolist())) == k
+    r, c = scipy.optimize.linear_sum_assignment(s, maximize=True)
+    np.testing.assert_allclose(s[rows, cols].sum(), s[r, c].sum(), rtol=1e-5)
+
+
+def test_auction_fit_equals_the_scipy_fit(planted):
+  data, tx, ty, q = planted
+  opts = dict(_WP, n_restarts=2, n_iterations=3)
+  w = [np.asarray(aligners.fit("wasserstein_procrustes", jax.random.key(0), _no_pairs(data), assignment=s, **opts).wx)
+       for s in ("scipy", "auction")]
+  np.testing.assert_allclose(w[1], w[0], atol=1e-4)
+  assert unpaired.assignment_solver("auto") == ("scipy" if jax.default_backend() == "cpu" else "auction")
+  with pytest.raises(ValueError, match="assignment must be one of"):
+    aligners.fit("wasserstein_procrustes", jax.random.key(0), _no_pairs(data), assignment="lapjv", **opts)
+
+
 def test_mini_vec2vec_beats_chance_without_pairs(planted):
   data, tx, ty, q = planted
   a = aligners.fit("mini_vec2vec", jax.random.key(0), _no_pairs(data), **_MV)

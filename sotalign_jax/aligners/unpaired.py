@@ -39,9 +39,13 @@ dimensions the rotation outside the span of the means is only weakly determined 
 the centre matching (2-opt or :mod:`sotalign_jax.qap`'s FAQ, from several random starts) and the refinement are
 ``jit``-compiled, and the ``S`` restarts run as one batched (``vmap``-ed) computation, compiled once and shared by
 both aligners. Known pairs enter as fixed-size statistics (:class:`PairStats`), so a sweep over the number of pairs
-compiles once. Linear assignments run on the host with ``scipy.optimize.linear_sum_assignment`` (exact) through
-:func:`jax.pure_callback`, as in :mod:`sotalign_jax.qap`; each refinement step of the defaults solves one
-``10,000 × 10,000`` assignment there, as the peer does.
+compiles once. The linear assignments (one ``b × b`` problem per read-out block and per refinement step: each
+step of the defaults solves one ``10,000 × 10,000`` assignment, as the peer does) use the solver chosen by
+``assignment``: ``"auto"`` runs ``scipy.optimize.linear_sum_assignment`` (exact) on the host through
+:func:`jax.pure_callback` on a CPU backend, where it is the fastest (``benchmarks/bench_assignment.py``), and
+:func:`sotalign_jax.qap.auction` (ε-scaling auction, pure XLA, within ``b · 1e-6`` of the optimal total score
+range) on an accelerator, so the refinement never leaves the device; ``"hungarian"`` (optax, exact, pure XLA) is
+the third choice.
 """
 
 from __future__ import annotations
@@ -58,10 +62,11 @@ from sotalign_jax._arrays import DEFAULT_PRECISION, unit
 from sotalign_jax.aligners.base import AlignData, Center, is_row_source, preprocess, register, side_mean
 from sotalign_jax.aligners.linear import LinearAlignment
 from sotalign_jax.qap import _faq_core
+from sotalign_jax.qap import auction as qap_auction
 
 __all__ = ["fit_wasserstein_procrustes", "fit_mini_vec2vec", "geometric_initialization", "matched_centres",
            "match_centres", "kmeans", "kmeans_plus_plus", "lloyd", "polar", "mini_vec2vec_refine", "PairStats",
-           "pair_stats", "QAP_SOLVERS"]
+           "pair_stats", "QAP_SOLVERS", "ASSIGNMENT_SOLVERS", "assignment_solver"]
 
 _HI = DEFAULT_PRECISION
 _mm = functools.partial(jnp.matmul, precision=_HI)
@@ -154,12 +159,42 @@ def _lap_host(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return rows.astype(np.int32), cols.astype(np.int32)
 
 
-def _assignment(scores: jax.Array) -> tuple[jax.Array, jax.Array]:
+ASSIGNMENT_SOLVERS = ("auto", "scipy", "auction", "hungarian")
+
+
+def assignment_solver(name: str) -> str:
+  """The linear assignment solver ``name`` stands for: ``"auto"`` is ``"scipy"`` on a CPU backend and
+  ``"auction"`` on an accelerator (``benchmarks/bench_assignment.py`` measures the choice)."""
+  if name not in ASSIGNMENT_SOLVERS:
+    raise ValueError(f"assignment must be one of {ASSIGNMENT_SOLVERS}, got {name!r}")
+  if name == "auto":
+    return "scipy" if jax.default_backend() == "cpu" else "auction"
+  return name
+
+
+def _assignment(scores: jax.Array, solver: str = "scipy") -> tuple[jax.Array, jax.Array]:
   """Rows and columns of the maximum-score one-to-one assignment of a ``[k1, k2]`` score matrix (``min(k1, k2)``
-  pairs; exact, ``scipy.optimize.linear_sum_assignment`` on the host)."""
-  k = min(scores.shape)
-  out = (jax.ShapeDtypeStruct((k,), jnp.int32),) * 2
-  return jax.pure_callback(_lap_host, out, scores, vmap_method="sequential")
+  pairs). ``solver``: ``"scipy"`` (exact, ``scipy.optimize.linear_sum_assignment`` on the host through a
+  callback), ``"hungarian"`` (exact, ``optax.assignment.hungarian_algorithm``, on the device) or ``"auction"``
+  (:func:`sotalign_jax.qap.auction` on the device, within ``k · 1e-6 ·`` (score range) of the optimal total;
+  a rectangular matrix is padded with zero rows, which leaves the optimum of the real rows unchanged)."""
+  k1, k2 = scores.shape
+  k = min(k1, k2)
+  if solver == "scipy":
+    out = (jax.ShapeDtypeStruct((k,), jnp.int32),) * 2
+    return jax.pure_callback(_lap_host, out, scores, vmap_method="sequential")
+  flip = k1 > k2
+  s = scores.T if flip else scores
+  if solver == "hungarian":
+    from optax import assignment as optax_assignment  # pylint: disable=g-import-not-at-top
+    rows, cols = (a.astype(jnp.int32) for a in optax_assignment.hungarian_algorithm(-s))
+  elif solver == "auction":
+    pad = s.shape[1] - k
+    square = jnp.concatenate([s, jnp.zeros((pad, s.shape[1]), s.dtype)]) if pad else s
+    rows, cols = jnp.arange(k, dtype=jnp.int32), qap_auction(square)[0][:k]
+  else:
+    raise ValueError(f"unknown assignment solver {solver!r} (one of {ASSIGNMENT_SOLVERS[1:]})")
+  return (cols, rows) if flip else (rows, cols)
 
 
 def _subset(key: jax.Array, n: int, size: int) -> jax.Array:
@@ -403,7 +438,7 @@ def geometric_initialization(key: jax.Array, x: jax.Array, y: jax.Array, pairs: 
 # ----------------------------------------------------------------------------------------------------------------
 # Wasserstein–Procrustes (Algorithm 1).
 # ----------------------------------------------------------------------------------------------------------------
-def _readout(key, x, y, m, pairs, block: int) -> jax.Array:
+def _readout(key, x, y, m, pairs, block: int, solver: str) -> jax.Array:
   """First map from ``M``: match shuffled ``X M`` to shuffled ``Y`` block by block (``b`` rows each, the last block
   possibly rectangular; ``min(n, m)`` pseudo-pairs), then Procrustes on all of them with the pairs (the peer's
   ``readout``, line 9 of Algorithm 2 and line 5 of Algorithm 1)."""
@@ -413,37 +448,37 @@ def _readout(key, x, y, m, pairs, block: int) -> jax.Array:
   cross = jnp.zeros((x.shape[1], y.shape[1]), x.dtype)
   for start in range(0, total, block):
     bx, by = x[ox[start:start + block]], y[oy[start:start + block]]
-    rows, cols = _assignment(_mm(_mm(bx, m), by.T))
+    rows, cols = _assignment(_mm(_mm(bx, m), by.T), solver)
     cross = cross + _mm(bx[rows].T, by[cols])
   return polar(_with_pairs(cross, total, pairs))
 
 
-def _refine_step(w, key, x, y, pairs, block: int) -> jax.Array:
+def _refine_step(w, key, x, y, pairs, block: int, solver: str) -> jax.Array:
   """Match a random batch of ``X W`` to a random batch of ``Y`` (one exact assignment), then Procrustes (lines
   7–9 of Algorithm 1)."""
   u = jax.random.uniform(key, (x.shape[0] + y.shape[0],))
   bx = x[jnp.argsort(u[:x.shape[0]])[:min(block, x.shape[0])]]
   by = y[jnp.argsort(u[x.shape[0]:])[:min(block, y.shape[0])]]
-  rows, cols = _assignment(_mm(_mm(bx, w), by.T))
+  rows, cols = _assignment(_mm(_mm(bx, w), by.T), solver)
   return _procrustes(bx[rows], by[cols], pairs)
 
 
-@functools.partial(jax.jit, static_argnames=("batch_size", "n_iterations", "refine_batch_size"))
-def _wp_refine(key, x, y, m, pairs, *, batch_size, n_iterations, refine_batch_size):
+@functools.partial(jax.jit, static_argnames=("batch_size", "n_iterations", "refine_batch_size", "assignment"))
+def _wp_refine(key, x, y, m, pairs, *, batch_size, n_iterations, refine_batch_size, assignment="scipy"):
   """Read-out from ``M`` and the ``R`` refinement steps."""
   k_read, k_ref = jax.random.split(key)
-  w = _readout(k_read, x, y, m, pairs, batch_size)
-  step = lambda w, k: (_refine_step(w, k, x, y, pairs, refine_batch_size), None)
+  w = _readout(k_read, x, y, m, pairs, batch_size, assignment)
+  step = lambda w, k: (_refine_step(w, k, x, y, pairs, refine_batch_size, assignment), None)
   return jax.lax.scan(step, w, jax.random.split(k_ref, n_iterations))[0]
 
 
-def _wp(key, x, y, pairs, *, batch_size, n_iterations, refine_batch_size, **init):
+def _wp(key, x, y, pairs, *, batch_size, n_iterations, refine_batch_size, assignment="scipy", **init):
   """Wasserstein–Procrustes on preprocessed rows: ``(W, M)``. Two compiled stages (the restarts, shared with
   mini-vec2vec, then the read-out and refinement); ``jit``-able as a whole."""
   k_init, k_rest = jax.random.split(key)
   m = geometric_initialization(k_init, x, y, pairs, batch_size=batch_size, **init)
   w = _wp_refine(k_rest, x, y, m, pairs, batch_size=batch_size, n_iterations=n_iterations,
-                 refine_batch_size=refine_batch_size)
+                 refine_batch_size=refine_batch_size, assignment=assignment)
   return w, m
 
 
@@ -472,7 +507,7 @@ def _positive(**kw):
 def fit_wasserstein_procrustes(key, data: AlignData, *, n_clusters: int = 30, n_restarts: int = 30,
                                batch_size: int = 10_000, n_iterations: int = 100, refine_batch_size: int = 10_000,
                                kmeans_iters: int = 100, qap_inits: int = 30, qap_solver: str = "2opt",
-                               qap_maxiter: int = 30,
+                               qap_maxiter: int = 30, assignment: str = "auto",
                                restart_batch: int | None = None, center: Center = "all",
                                normalize: bool = True) -> LinearAlignment:
   r"""Wasserstein–Procrustes with the geometric initialization (Schnaus et al., Algorithms 1 and 2).
@@ -509,6 +544,8 @@ def fit_wasserstein_procrustes(key, data: AlignData, *, n_clusters: int = 30, n_
     qap_inits: QAP starts per centre matching (best kept).
     qap_solver: ``"2opt"`` | ``"faq"`` | ``"faq_2opt"`` (:func:`match_centres`; the peer uses MPOpt).
     qap_maxiter: Frank–Wolfe iterations per FAQ start.
+    assignment: linear assignment solver of the read-out and refinement, ``"auto"`` (scipy on a CPU backend, the
+      auction on an accelerator) | ``"scipy"`` | ``"auction"`` | ``"hungarian"`` (:func:`assignment_solver`).
     restart_batch: restarts per vmapped batch (``None``: all ``S`` at once).
     center: ``"all"`` | ``"pairs"`` | ``"none"`` (:mod:`sotalign_jax.aligners.base`).
     normalize: scale centred rows to unit norm (the peer always does).
@@ -528,7 +565,7 @@ def fit_wasserstein_procrustes(key, data: AlignData, *, n_clusters: int = 30, n_
   w, _ = _wp(key, x, y, pairs, n_clusters=c, n_restarts=int(n_restarts), batch_size=b,
              n_iterations=int(n_iterations), refine_batch_size=int(refine_batch_size),
              kmeans_iters=int(kmeans_iters), qap_inits=int(qap_inits), qap_solver=str(qap_solver),
-             qap_maxiter=int(qap_maxiter),
+             qap_maxiter=int(qap_maxiter), assignment=assignment_solver(assignment),
              restart_batch=None if restart_batch is None else int(restart_batch))
   return LinearAlignment(w, None, mx, my, normalize)
 
