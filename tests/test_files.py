@@ -270,6 +270,21 @@ def test_sotalign_runs_on_the_files_and_a_rerun_resumes(converted, tmp_path):
   assert "i2t R@1" not in again.stdout  # every method read back from done/, none refitted
   assert json.load(open(tmp_path / "results.json"))["methods"] == res["methods"]
 
+  # the evaluation CLI on the run's own test files gives the run's numbers; a folder is refused (no encoders)
+  evaluate = [sys.executable, "-m", "sotalign_jax.cli.evaluate", "--workdir", str(tmp_path), "--method", "sotalign"]
+  got = subprocess.run(evaluate + ["--x", os.path.join(out, "test_x.npy"), "--y", os.path.join(out, "test_y.npy")],
+                       capture_output=True, text=True, timeout=300, cwd=REPO)
+  assert got.returncode == 0, got.stderr[-3000:]
+  got = json.loads(got.stdout.strip().splitlines()[-1])
+  for k in ("i2t_r1", "i2t_r10", "t2i_r1", "t2i_r10"):
+    np.testing.assert_allclose(got[k], res["methods"]["sotalign"][k], atol=1e-6)
+  refused = subprocess.run(evaluate + ["--x", os.path.join(out, "test_x.npy"), "--y", os.path.join(out, "pairs_x.npy")],
+                           capture_output=True, text=True, timeout=300, cwd=REPO)
+  assert refused.returncode == 2 and "--x" in refused.stderr and "rows" in refused.stderr, refused.stderr[-2000:]
+  refused = subprocess.run(evaluate + ["--folder", str(tmp_path)], capture_output=True, text=True, timeout=300,
+                           cwd=REPO)
+  assert refused.returncode == 2 and "trained from embedding files" in refused.stderr, refused.stderr[-2000:]
+
 
 def test_a_bad_file_stops_the_experiment_at_start_up(converted, tmp_path):
   _, out = converted
