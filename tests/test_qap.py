@@ -172,7 +172,7 @@ def test_bad_inputs(rng):
   with pytest.raises(ValueError, match="n_init"):
     qap.faq(a, a, n_init=0)
   with pytest.raises(ValueError, match="lap"):
-    qap.faq(a, a, lap="auction")
+    qap.faq(a, a, lap="lapjv")
   with pytest.raises(ValueError, match="cost"):
     qap.linear_assignment(np.zeros((3, 4)))
 

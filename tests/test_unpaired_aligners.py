@@ -88,7 +88,7 @@ def test_device_assignment_solvers_match_scipy(rng, solver):
 
 def test_auction_fit_equals_the_scipy_fit(planted):
   data, tx, ty, q = planted
-  opts = dict(_WP, n_restarts=2, n_iterations=3)
+  opts = dict(_WP, n_restarts=2, n_iterations=3, batch_size=500, refine_batch_size=300)
   w = [np.asarray(aligners.fit("wasserstein_procrustes", jax.random.key(0), _no_pairs(data), assignment=s, **opts).wx)
        for s in ("scipy", "auction")]
   np.testing.assert_allclose(w[1], w[0], atol=1e-4)
