@@ -47,6 +47,7 @@ from common import blas_info, peak_rss_mb, print_table, timeit, write_json  # no
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+from sotalign_jax import qap  # noqa: E402
 from sotalign_jax.aligners import unpaired  # noqa: E402
 
 KINDS = {"refine": 0.05, "coarse": 3.0, "unrelated": None}
@@ -111,8 +112,7 @@ def main(argv=None):
         row[f"{solver} gap"] = best - total(s, *fn(sd))
         if solver != "scipy":
           row[f"scipy / {solver}"] = row["scipy (s)"] / row[f"{solver} (s)"]
-      square = jnp.asarray(s)
-      row["auction rounds"] = int(np.asarray(jax.jit(lambda m: unpaired.qap_auction(m)[1])(square)).sum())
+      row["auction rounds"] = int(np.asarray(qap.auction(sd)[1]).sum())
       rows.append(row)
       print(f"  q {q} {kind}: " + ", ".join(f"{k} {v:.3g}" for k, v in row.items() if k not in ("q", "kind")),
             flush=True)

@@ -133,8 +133,7 @@ def _auction_phase(benefit, price, eps, bidders: int, max_rounds: int):
     assigned = assigned.at[jnp.where(won, new_owner, q)].set(objects, mode="drop")
     return jnp.where(won, best, price), new_owner, assigned, r + 1
 
-  price, owner, assigned, rounds = jax.lax.while_loop(cond, body, (price, none, none, jnp.int32(0)))
-  return price, owner, assigned, rounds
+  return jax.lax.while_loop(cond, body, (price, none, none, jnp.int32(0)))
 
 
 def _fill_unassigned(owner: jax.Array, assigned: jax.Array) -> jax.Array:
@@ -197,10 +196,15 @@ def auction(benefit, *, tol: float = 1e-6, start: float = 0.25, scale: float = 7
   return _fill_unassigned(owner, assigned), jnp.stack(rounds)
 
 
+LAPS = ("scipy", "hungarian", "auction")
+
+
 def _batched_lap(cost: jax.Array, *, maximize: bool, method: str, skip: jax.Array | None = None,
                  prev: jax.Array | None = None) -> jax.Array:
-  """Column of each row in an optimal assignment of every ``cost[r]``; ``[r, q, q] -> [r, q]`` int32."""
-  r, q, _ = cost.shape
+  """Column of each row in an optimal assignment of every ``cost[r]``; ``[r, q, m] -> [r, q]`` int32, ``q <= m``
+  (a wide matrix assigns every row; the auction pads it with constant rows, which leaves the optimum of the real
+  rows unchanged)."""
+  r, q, m = cost.shape
   if skip is None:
     skip = jnp.zeros((r,), bool)
   if prev is None:
@@ -218,8 +222,12 @@ def _batched_lap(cost: jax.Array, *, maximize: bool, method: str, skip: jax.Arra
 
     return jnp.where(skip[:, None], prev, jax.vmap(one)(cost))
   if method == "auction":
-    return jnp.where(skip[:, None], prev, jax.vmap(lambda c: auction(c if maximize else -c)[0])(cost))
-  raise ValueError(f"lap must be 'scipy', 'hungarian' or 'auction', got {method!r}")
+    def one(c):
+      c = c if maximize else -c
+      return auction(jnp.concatenate([c, jnp.zeros((m - q, m), c.dtype)]) if m > q else c)[0][:q]
+
+    return jnp.where(skip[:, None], prev, jax.vmap(one)(cost))
+  raise ValueError(f"lap must be one of {LAPS}, got {method!r}")
 
 
 def linear_assignment(cost, *, maximize: bool = False, lap: str = "scipy") -> jax.Array:
@@ -437,8 +445,8 @@ def faq(a, b, *, seeds=None, n_init: int = 1, maxiter: int = 30, tol: float = 1e
       raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
   if not tol > 0:
     raise ValueError(f"tol must be positive, got {tol!r}")
-  if lap not in ("scipy", "hungarian", "auction"):
-    raise ValueError(f"lap must be 'scipy', 'hungarian' or 'auction', got {lap!r}")
+  if lap not in LAPS:
+    raise ValueError(f"lap must be one of {LAPS}, got {lap!r}")
   if batch_size is None:
     batch_size = n_init
   if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:

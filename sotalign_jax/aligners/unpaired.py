@@ -61,8 +61,8 @@ import numpy as np
 from sotalign_jax._arrays import DEFAULT_PRECISION, unit
 from sotalign_jax.aligners.base import AlignData, Center, is_row_source, preprocess, register, side_mean
 from sotalign_jax.aligners.linear import LinearAlignment
+from sotalign_jax import qap as qap_lib
 from sotalign_jax.qap import _faq_core
-from sotalign_jax.qap import auction as qap_auction
 
 __all__ = ["fit_wasserstein_procrustes", "fit_mini_vec2vec", "geometric_initialization", "matched_centres",
            "match_centres", "kmeans", "kmeans_plus_plus", "lloyd", "polar", "mini_vec2vec_refine", "PairStats",
@@ -152,13 +152,6 @@ def kmeans(x: jax.Array, key: jax.Array, k: int, *, n_iter: int = 100) -> jax.Ar
   return lloyd(x, kmeans_plus_plus(x, key, k), n_iter)
 
 
-def _lap_host(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  import scipy.optimize  # pylint: disable=g-import-not-at-top
-
-  rows, cols = scipy.optimize.linear_sum_assignment(np.asarray(scores, np.float64), maximize=True)
-  return rows.astype(np.int32), cols.astype(np.int32)
-
-
 ASSIGNMENT_SOLVERS = ("auto", "scipy", "auction", "hungarian")
 
 
@@ -174,26 +167,13 @@ def assignment_solver(name: str) -> str:
 
 def _assignment(scores: jax.Array, solver: str = "scipy") -> tuple[jax.Array, jax.Array]:
   """Rows and columns of the maximum-score one-to-one assignment of a ``[k1, k2]`` score matrix (``min(k1, k2)``
-  pairs). ``solver``: ``"scipy"`` (exact, ``scipy.optimize.linear_sum_assignment`` on the host through a
-  callback), ``"hungarian"`` (exact, ``optax.assignment.hungarian_algorithm``, on the device) or ``"auction"``
-  (:func:`sotalign_jax.qap.auction` on the device, within ``k · 1e-6 ·`` (score range) of the optimal total;
-  a rectangular matrix is padded with zero rows, which leaves the optimum of the real rows unchanged)."""
+  pairs), by :mod:`sotalign_jax.qap`'s solver ``solver``: ``"scipy"`` (exact, ``linear_sum_assignment`` on the host
+  through a callback), ``"hungarian"`` (exact, optax, on the device) or ``"auction"`` (:func:`sotalign_jax.qap.auction`
+  on the device, within ``k · 1e-6 ·`` (score range) of the optimal total). A tall matrix is solved transposed."""
   k1, k2 = scores.shape
-  k = min(k1, k2)
-  if solver == "scipy":
-    out = (jax.ShapeDtypeStruct((k,), jnp.int32),) * 2
-    return jax.pure_callback(_lap_host, out, scores, vmap_method="sequential")
   flip = k1 > k2
-  s = scores.T if flip else scores
-  if solver == "hungarian":
-    from optax import assignment as optax_assignment  # pylint: disable=g-import-not-at-top
-    rows, cols = (a.astype(jnp.int32) for a in optax_assignment.hungarian_algorithm(-s))
-  elif solver == "auction":
-    pad = s.shape[1] - k
-    square = jnp.concatenate([s, jnp.zeros((pad, s.shape[1]), s.dtype)]) if pad else s
-    rows, cols = jnp.arange(k, dtype=jnp.int32), qap_auction(square)[0][:k]
-  else:
-    raise ValueError(f"unknown assignment solver {solver!r} (one of {ASSIGNMENT_SOLVERS[1:]})")
+  cols = qap_lib._batched_lap((scores.T if flip else scores)[None], maximize=True, method=solver)[0]
+  rows = jnp.arange(min(k1, k2), dtype=jnp.int32)
   return (cols, rows) if flip else (rows, cols)
 
 
