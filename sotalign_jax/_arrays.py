@@ -1,11 +1,26 @@
-"""Private helpers every math module shares: unit rows, the tracer test, the ``[n, d]`` validator, the precision.
+r"""Private helpers every math module shares: unit rows, the tracer test, the ``[n, d]`` validator, the precision.
 
-Checks of *values* (NaN/Inf, positivity) run only on host data (NumPy arrays, Python numbers and lists); for a
-``jax.Array`` they would copy the array to the host on every call (and block asynchronous dispatch), so device
-arrays get shape checks only and their values are checked where data enter (the experiments' loaders,
-:func:`sotalign_jax.runtime.workdir.check_finite`) instead. Together with :func:`jit_with_host_scalars` this is
-what lets the public functions run under ``jax.transfer_guard("disallow")`` on device inputs
-(``tests/test_transfer_guard.py``).
+**Value checks (NaN/Inf, positivity): one rule for every array type.** A check runs when the values are *known*
+at the call, wherever they live:
+
+* **Host data** (NumPy arrays, Python numbers and lists) is checked on the host.
+* **Concrete jax arrays** (a ``jax.Array`` passed to an eager call) are checked too, with the same error message:
+  one fused reduction on the array's device (``all(isfinite(x))``, compiled once per shape) and one boolean read
+  back with an explicit ``jax.device_get``. That is a synchronisation point per checked array, never a copy of it
+  (the rows are read back only to name them once the check has failed), and ``jax.transfer_guard("disallow")``
+  allows it, since it refuses only implicit transfers (``tests/test_transfer_guard.py``). Arrays that span several
+  processes (not fully addressable) are not checked here; their values are checked where they are loaded (the
+  experiments' cache and file scans).
+* **Abstract values** (inside ``jax.jit``, ``jax.vmap``, ``lax.scan``, ``shard_map``, ...) cannot raise a Python
+  exception, and a compiled check would cost every step of a training loop. The check is emitted as
+  :func:`jax.experimental.checkify.debug_check`, a no-op unless the caller opts in by wrapping the function with
+  :func:`jax.experimental.checkify.checkify`; the returned error's ``.throw()`` then raises
+  ``checkify.JaxRuntimeError`` with the same text. In a plain jitted call a NaN input propagates (a NaN CKA, a NaN
+  KLOT) and nothing is raised.
+
+The eager call is where a user meets a NaN first, and one boolean read is cheap next to any score or solver here;
+inside compiled code the caller decides (``checkify``). Together with :func:`jit_with_host_scalars` this is what
+lets the public functions run under ``jax.transfer_guard("disallow")`` on device inputs.
 """
 
 from __future__ import annotations
@@ -15,6 +30,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import checkify
 
 # Scores and solvers must not silently drop to TF32/bf16 on GPU/TPU: every public function that multiplies
 # matrices takes ``precision=`` with this default.
@@ -51,18 +67,78 @@ def _check_shape(shape: tuple, name: str, min_n: int, dims: str) -> None:
 def _check_host_values(a: np.ndarray, name: str) -> None:
   if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
     raise ValueError(f"{name} must be numeric, got dtype {a.dtype}")
-  bad = ~np.isfinite(a).all(axis=1)
+  _raise_bad_rows(~np.isfinite(a).all(axis=1), name)
+
+
+def _raise_bad_rows(bad: np.ndarray, name: str) -> None:
   if bad.any():
     count = int(bad.sum())
     raise ValueError(f"{name} contains NaN or Inf in {count} row{'s' if count > 1 else ''} (first: row "
                      f"{int(np.argmax(bad))}); clean or drop those rows first")
 
 
+@jax.jit
+def _all_finite(x: jax.Array) -> jax.Array:
+  return jnp.all(jnp.isfinite(x))
+
+
+@jax.jit
+def _bad_rows(x: jax.Array) -> jax.Array:
+  return ~jnp.all(jnp.isfinite(x), axis=1)
+
+
+@jax.jit
+def _all_positive_finite(x: jax.Array) -> jax.Array:
+  return jnp.all(jnp.isfinite(x) & (x > 0))
+
+
+def _spans_processes(x) -> bool:
+  return isinstance(x, jax.Array) and not is_tracer(x) and not x.is_fully_addressable
+
+
+def _debug_check(ok: jax.Array, message: str) -> None:
+  """``checkify.debug_check``: a no-op unless the caller wraps the traced function with ``checkify.checkify``."""
+  checkify.debug_check(ok, message.replace("{", "{{").replace("}", "}}"))
+
+
+def check_all(ok, message: str) -> None:
+  """Raises ``ValueError(message)`` unless every entry of ``ok`` is true, by the rule of the module docstring.
+
+  Args:
+    ok: booleans: host data (read directly), a concrete ``jax.Array`` (reduced on its device, one bool read back
+      with ``jax.device_get``) or a tracer (a :func:`jax.experimental.checkify.debug_check`, active only under
+      ``checkify.checkify``).
+    message: the error message.
+  """
+  if on_host(ok):
+    if not np.all(ok):
+      raise ValueError(message)
+    return
+  if _spans_processes(ok):
+    return
+  ok = jnp.all(ok)
+  if is_tracer(ok):
+    _debug_check(ok, message)
+  elif not bool(jax.device_get(ok)):  # explicit: one bool
+    raise ValueError(message)
+
+
+def _check_device_values(x, name: str) -> None:
+  """NaN/Inf of a ``jax.Array`` (see the module docstring): the device reduction, or a ``debug_check`` if traced."""
+  if _spans_processes(x):
+    return
+  ok = _all_finite(x)
+  if is_tracer(ok):
+    _debug_check(ok, f"{name} contains NaN or Inf; clean or drop those rows first")
+  elif not bool(jax.device_get(ok)):  # explicit: one bool; the rows are read only to name them in the error
+    _raise_bad_rows(np.asarray(jax.device_get(_bad_rows(x))), name)
+
+
 def check_features(x, name: str, *, min_n: int = 1, dtype=None, dims: str = "[n, d]", host: bool = False):
   """A non-empty ``[n, d]`` array with ``n >= min_n``; raises ``ValueError`` naming ``name`` otherwise.
 
-  Shapes are always checked; NaN/Inf (and a numeric dtype) only for host data (see the module docstring), never
-  for device arrays or tracers.
+  Shapes are always checked; NaN/Inf by the rule of the module docstring: host data and concrete ``jax.Array``
+  inputs raise (the same message), traced inputs only under ``jax.experimental.checkify.checkify``.
 
   Args:
     x: the array.
@@ -82,20 +158,32 @@ def check_features(x, name: str, *, min_n: int = 1, dtype=None, dims: str = "[n,
     _check_host_values(a, name)
     if host:
       return a.astype(np.float32, copy=False)
+    x = jnp.asarray(x)
   else:
     _check_shape(jnp.shape(x), name, min_n, dims)
-  x = jnp.asarray(x)
+    x = jnp.asarray(x)
+    _check_device_values(x, name)
   if dtype is not None:
     return x.astype(dtype)
   return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.float32)
 
 
-def check_positive(name: str, value) -> None:
-  """Raises ``ValueError`` naming ``name`` unless a host ``value`` is a positive finite scalar (arrays: no check)."""
+def check_positive(name: str, value, *, hint: str = "") -> None:
+  """Raises ``ValueError`` naming ``name`` unless ``value`` is positive and finite (a scalar, for host data).
+
+  Host numbers are checked on the host; a ``jax.Array`` (every entry) by the rule of the module docstring (a
+  concrete one raises, a traced one only under ``checkify.checkify``). ``hint`` is appended to the message.
+  """
   if on_host(value):
     v = np.asarray(value)
     if v.ndim != 0 or not np.issubdtype(v.dtype, np.number) or not np.isfinite(v) or v <= 0:
-      raise ValueError(f"`{name}` must be a positive finite scalar, got {value!r}.")
+      raise ValueError(f"`{name}` must be a positive finite scalar, got {value!r}.{hint}")
+  elif not _spans_processes(value):
+    ok = _all_positive_finite(value)
+    if is_tracer(ok):
+      _debug_check(ok, f"`{name}` must be positive and finite.{hint}")
+    elif not bool(jax.device_get(ok)):  # explicit: one bool
+      raise ValueError(f"`{name}` must be positive and finite, got {jax.device_get(value)!r}.{hint}")
 
 
 def _host_scalar(v) -> bool:

@@ -1,7 +1,10 @@
 r"""Representation-alignment scores: CKA (linear, RBF, biased/unbiased), mutual k-NN, CKNNA, SVCCA, TSI and QSI.
 
 All scores take two sets of features of the *same* ``n`` samples, ``x: [n, dx]`` and ``y: [n, dy]``, and
-return a float32 scalar. They are pure and jit/vmap-able; input checks run on concrete (non-traced) inputs.
+return a float32 scalar. They are pure and jit/vmap-able. Inputs are checked when their values are known at the
+call: NaN/Inf in host data *or* a concrete ``jax.Array`` raises ``ValueError`` naming the argument and row (one
+device reduction and one boolean read for a jax array); inside ``jit``/``vmap`` values are checked only under
+``jax.experimental.checkify.checkify`` (:mod:`sotalign_jax._arrays`), otherwise a NaN input gives a NaN score.
 
 Centered kernel alignment (Kornblith et al., 2019) normalises the Hilbert–Schmidt independence criterion:
 
@@ -36,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sotalign_jax._arrays import DEFAULT_PRECISION, check_features, device_scalar, is_tracer, on_host
+from sotalign_jax._arrays import DEFAULT_PRECISION, check_features, check_positive, device_scalar
 from sotalign_jax._hsic import KernelStats, cka_from_stats, rbf_cka_stats, sq_dists
 
 __all__ = [
@@ -46,7 +49,7 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Input checks: shapes always, values only for host data (no device-to-host copy; see sotalign_jax._arrays).
+# Input checks: shapes always; values when known at the call (host or concrete jax arrays; sotalign_jax._arrays).
 # ----------------------------------------------------------------------------------------------------------------
 def check_pair(x, y, *, names=("x", "y"), min_n: int = 2):
   """Validates two feature matrices of the same samples; returns them as float32 arrays."""
@@ -237,10 +240,9 @@ def rbf_cka(x, y, *, bandwidth=None, unbiased: bool = False, block_size: int = 5
     block_size: side of the kernel tiles generated at once.
     precision: of the matrix products (distances).
 
-  Bandwidths are checked (finite, > 0) when they are host numbers or come from host features; a median
-  bandwidth of device features is not copied back to be checked (NaN when all samples are identical).
+  Bandwidths are checked (finite, > 0) like every value here: host numbers and concrete arrays raise (the median of
+  identical samples is NaN), traced ones only under ``checkify.checkify``.
   """
-  host = on_host(x) and on_host(y)
   x, y = check_pair(x, y, min_n=4 if unbiased else 2)
   if bandwidth is None:
     sx, sy = median_bandwidth(x, precision=precision), median_bandwidth(y, precision=precision)
@@ -249,8 +251,7 @@ def rbf_cka(x, y, *, bandwidth=None, unbiased: bool = False, block_size: int = 5
   else:
     sx = sy = bandwidth
   for name, s in (("bandwidth (x)", sx), ("bandwidth (y)", sy)):
-    if (on_host(s) or host and not is_tracer(s)) and not 0 < float(s) < np.inf:
-      raise ValueError(f"{name} must be finite and > 0, got {float(s)} (are all samples identical?)")
+    check_positive(name, s, hint=" Are all samples identical?")
   block = int(min(block_size, x.shape[0]))
   return rbf_cka_stats(x, y, device_scalar(sx), device_scalar(sy), unbiased, block, precision)
 

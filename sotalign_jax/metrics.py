@@ -9,11 +9,27 @@ For each query, the rank of its best-scoring positive is
 
 ``R@k`` is the fraction of queries with :math:`r_q < k`, and the median rank is :math:`\operatorname{median}(r_q+1)`.
 
-:func:`positive_ranks`, :func:`retrieval_recall`, :func:`median_rank` and :func:`zero_shot_accuracy` return host
-numbers (NumPy arrays, floats). With device inputs they run under ``jax.transfer_guard("disallow")``: the scores
-are computed in one compiled call and the only transfers are explicit ones — the ranks (or predictions) come back
-with ``jax.device_get``, and ``positives`` given as host arrays go over with ``jax.device_put``. Values (NaN/Inf)
-are checked for host inputs only.
+:func:`positive_ranks`, :func:`retrieval_recall`, :func:`median_rank` and :func:`zero_shot_accuracy` are
+traceable: called eagerly they return host numbers (NumPy arrays, Python floats); called on traced values (inside
+``jax.jit``, ``vmap``, ...) they return the same quantities as ``jax.Array`` scalars / vectors (float32, int32), so
+``jax.jit(metrics.retrieval_recall)`` equals the eager call. Under a trace, ``positives`` (and ``labels``) may be
+host data, converted and checked while tracing, or traced int arrays: ``[nq]`` one gallery index per query, or
+``[nq, k]`` padded index lists as :func:`positive_lists` returns (``-1`` padding); traced indices are not
+range-checked, and a boolean mask must be host data (its lists have a data-dependent size). With device inputs the
+eager calls run under ``jax.transfer_guard("disallow")``: the scores are computed in one compiled call and the only
+transfers are explicit ones — the ranks (or predictions) come back with ``jax.device_get``, and ``positives`` given
+as host arrays go over with ``jax.device_put``. Values (NaN/Inf) follow :mod:`sotalign_jax._arrays`: host data and
+concrete ``jax.Array`` inputs raise, traced ones only under ``jax.experimental.checkify.checkify``.
+
+**Host-side drivers.** The benchmark metrics below (:func:`partner_ranks`, :func:`per_query_metrics`,
+:func:`retrieval_metrics`, :func:`foscttm_per_query`, :func:`foscttm`, :func:`matching_hits`,
+:func:`matching_accuracy`) and :func:`positive_lists` are not traceable: they return float64 NumPy per-query arrays
+(the inputs of :func:`sotalign_jax.stats.paired_difference`'s bootstrap), raise on data-dependent conditions (a
+query without negatives, a ``partner`` that is not a permutation) and the matching shuffles its keys with a NumPy
+generator before a host ``linear_sum_assignment``. Call them outside ``jit``; the score matrix they read is computed
+in one compiled call. Their NaN rule differs on purpose: NaN/Inf in host data raise, while a NaN score in a
+``jax.Array`` counts as the lowest possible score (so a diverged method scores as badly as possible instead of
+stopping a benchmark sweep).
 """
 
 from __future__ import annotations
@@ -25,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sotalign_jax._arrays import DEFAULT_PRECISION, check_features, unit
+from sotalign_jax._arrays import DEFAULT_PRECISION, check_features, is_tracer, unit
 
 __all__ = ["positive_ranks", "retrieval_recall", "median_rank", "zero_shot_accuracy", "normalize",
            "partner_ranks", "per_query_metrics", "retrieval_metrics", "foscttm_per_query", "foscttm",
@@ -55,7 +71,11 @@ def positive_lists(positives, nq: int, ng: int) -> np.ndarray | None:
   Accepts ``None``, an int array ``[nq]`` (one positive per query), a list of index lists (several per query, e.g.
   the captions of an image) or a boolean ``[nq, ng]`` mask. Memory is ``O(nq · k_max)``, never ``O(nq · ng)``
   (a 25k-image × 125k-caption mask would be 3 GB; its index lists are 25k × 5).
+
+  Host-side (NumPy in, NumPy out): the lists of a mask have a data-dependent size. Inside ``jit`` pass the result
+  (or traced ``[nq]`` indices) to the traceable metrics instead.
   """
+  _host_only("positive_lists", positives)
   if positives is None:
     if nq != ng:
       raise ValueError(
@@ -127,9 +147,35 @@ def _ranks(q, g, positives, chunk, precision=DEFAULT_PRECISION):
   return jax.lax.map(one, (qp, _chunked_positives(positives, nq, pad, chunk))).ravel()[:nq]
 
 
+def _traced(*args) -> bool:
+  return any(is_tracer(a) for a in jax.tree.leaves(args))
+
+
+_HOST_SIDE = ("a host-side driver (see sotalign_jax.metrics): it returns float64 NumPy per-query arrays and raises on "
+              "data-dependent conditions, so it cannot run inside jax.jit / vmap; call it on concrete arrays (the "
+              "traceable metrics are positive_ranks, retrieval_recall, median_rank and zero_shot_accuracy)")
+
+
+def _host_only(fn_name: str, *args) -> None:
+  if _traced(*args):
+    raise TypeError(f"metrics.{fn_name} is {_HOST_SIDE}")
+
+
+def _positive_index(positives, nq: int, ng: int):
+  """:func:`positive_lists` for host data; a traced int ``[nq]`` / ``[nq, k]`` index array as ``[nq, k]``."""
+  if not is_tracer(positives):
+    return positive_lists(positives, nq, ng)
+  if not jnp.issubdtype(positives.dtype, jnp.integer) or positives.ndim not in (1, 2) or positives.shape[0] != nq:
+    raise ValueError(f"traced `positives` must be int gallery indices, [{nq}] or [{nq}, k] padded with -1 (a boolean "
+                     f"mask must be host data), got {positives.shape} {positives.dtype}")
+  return (positives[:, None] if positives.ndim == 1 else positives).astype(jnp.int32)
+
+
 def positive_ranks(queries, gallery, *, positives=None, chunk: int = 1024,
-                   precision=DEFAULT_PRECISION) -> np.ndarray:
+                   precision=DEFAULT_PRECISION) -> np.ndarray | jax.Array:
   """0-based rank of the best positive of each query among the gallery, by cosine similarity.
+
+  Traceable (see the module docstring); ``chunk`` and ``precision`` are static.
 
   Args:
     queries: ``[nq, d]`` embeddings.
@@ -137,40 +183,52 @@ def positive_ranks(queries, gallery, *, positives=None, chunk: int = 1024,
     positives: ``None`` (query i ↔ gallery i), an int array ``[nq]`` (one gallery index per query), a list of
       index lists (several positives per query, e.g. the captions of an image) or a boolean ``[nq, ng]`` mask.
       A rank counts the gallery rows scored strictly higher than the best positive (ties favour the query).
+      Under a trace also a traced int ``[nq]`` or ``-1``-padded ``[nq, k]`` index array.
     chunk: queries scored at once.
     precision: of the query-gallery matrix product (default ``HIGHEST``).
 
   Returns:
-    ``[nq]`` int NumPy array.
+    ``[nq]`` int NumPy array (an int32 ``jax.Array`` when traced).
   """
+  traced = _traced(queries, gallery, positives)
   q, g = _check_emb(queries, "queries"), _check_emb(gallery, "gallery")
   if q.shape[1] != g.shape[1]:
     raise ValueError(f"queries and gallery must share the embedding dimension, got {q.shape[1]} and {g.shape[1]}")
-  pos = positive_lists(positives, q.shape[0], g.shape[0])
-  pos = None if pos is None else jax.device_put(pos)  # explicit: host data the caller gave
+  pos = _positive_index(positives, q.shape[0], g.shape[0])
+  if isinstance(pos, np.ndarray):
+    pos = jnp.asarray(pos) if traced else jax.device_put(pos)  # eager: explicit, host data the caller gave
   chunk = int(min(chunk, q.shape[0]))
-  return np.asarray(jax.device_get(_ranks(q, g, pos, chunk, precision)))
+  ranks = _ranks(q, g, pos, chunk, precision)
+  return ranks if traced else np.asarray(jax.device_get(ranks))
 
 
 def _check_ks(ks) -> None:
-  if any((not isinstance(k, (int, np.integer))) or k < 1 for k in ks):
+  if any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 for k in ks):
     raise ValueError(f"ks must be positive integers, got {ks}")
 
 
 def retrieval_recall(queries, gallery, *, ks: Sequence[int] = (1, 5, 10), positives=None,
-                     chunk: int = 1024, precision=DEFAULT_PRECISION) -> dict[str, float]:
+                     chunk: int = 1024, precision=DEFAULT_PRECISION) -> dict[str, float | jax.Array]:
   """Recall@k for each k in ``ks``: the fraction of queries whose best positive ranks in the top k.
 
-  Arguments as :func:`positive_ranks`. Returns ``{"r1": ..., "r5": ..., "r10": ...}`` (keys ``f"r{k}"``).
+  Traceable: ``jax.jit(retrieval_recall)`` gives the eager values (``ks``, ``chunk`` and ``precision`` are static).
+
+  Arguments as :func:`positive_ranks`. Returns ``{"r1": ..., "r5": ..., "r10": ...}`` (keys ``f"r{k}"``): Python
+  floats, or float32 ``jax.Array`` scalars when traced.
   """
   _check_ks(ks)
   ranks = positive_ranks(queries, gallery, positives=positives, chunk=chunk, precision=precision)
+  if isinstance(ranks, jax.Array):
+    return {f"r{k}": jnp.mean(ranks < k, dtype=jnp.float32) for k in ks}
   return {f"r{k}": float(np.mean(ranks < k)) for k in ks}
 
 
-def median_rank(queries, gallery, *, positives=None, chunk: int = 1024, precision=DEFAULT_PRECISION) -> float:
-  """Median over queries of the 1-based rank of the best positive."""
+def median_rank(queries, gallery, *, positives=None, chunk: int = 1024,
+                precision=DEFAULT_PRECISION) -> float | jax.Array:
+  """Median over queries of the 1-based rank of the best positive (traceable: a float32 scalar when traced)."""
   ranks = positive_ranks(queries, gallery, positives=positives, chunk=chunk, precision=precision)
+  if isinstance(ranks, jax.Array):
+    return jnp.median((ranks + 1).astype(jnp.float32))
   return float(np.median(ranks + 1))
 
 
@@ -179,23 +237,30 @@ def _predict(x, t, precision=DEFAULT_PRECISION):
   return jnp.argmax(jnp.matmul(unit(x), unit(t).T, precision=precision), axis=1)
 
 
-def zero_shot_accuracy(image_emb, class_text_emb, labels, *, precision=DEFAULT_PRECISION) -> float:
+def zero_shot_accuracy(image_emb, class_text_emb, labels, *, precision=DEFAULT_PRECISION) -> float | jax.Array:
   """Fraction of images whose most similar (cosine) class-prompt embedding is their label.
+
+  Traceable: a Python float eagerly, a float32 ``jax.Array`` scalar when traced (traced ``labels`` are not
+  range-checked).
 
   Args:
     image_emb: ``[n, d]`` image embeddings.
     class_text_emb: ``[c, d]`` one embedding per class (e.g. of "a photo of a {class}").
-    labels: ``[n]`` integer class index of each image (host data).
+    labels: ``[n]`` integer class index of each image (host data, or a traced int array under ``jit``).
     precision: of the image-prompt matrix product.
   """
+  traced = _traced(image_emb, class_text_emb, labels)
   x, t = _check_emb(image_emb, "image_emb"), _check_emb(class_text_emb, "class_text_emb")
-  labels = np.asarray(labels)
-  if labels.shape != (x.shape[0],):
-    raise ValueError(f"labels must have shape ({x.shape[0]},), got {labels.shape}")
-  if labels.min() < 0 or labels.max() >= t.shape[0]:
-    raise ValueError(f"labels must lie in [0, {t.shape[0]}), got range [{labels.min()}, {labels.max()}]")
-  pred = np.asarray(jax.device_get(_predict(x, t, precision)))
-  return float(np.mean(pred == labels))
+  if jnp.shape(labels) != (x.shape[0],):
+    raise ValueError(f"labels must have shape ({x.shape[0]},), got {jnp.shape(labels)}")
+  if not is_tracer(labels):
+    labels = np.asarray(labels)
+    if labels.min() < 0 or labels.max() >= t.shape[0]:
+      raise ValueError(f"labels must lie in [0, {t.shape[0]}), got range [{labels.min()}, {labels.max()}]")
+  pred = _predict(x, t, precision)
+  if traced:
+    return jnp.mean(pred == jnp.asarray(labels), dtype=jnp.float32)
+  return float(np.mean(np.asarray(jax.device_get(pred)) == labels))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -259,7 +324,8 @@ def _tie_counts(q, g, idx, *, chunk: int, cos: bool):
   return tuple(o.ravel()[:nq] for o in out)
 
 
-def _counts(a, b, positives, chunk: int, names=("queries", "keys")):
+def _counts(a, b, positives, chunk: int, names=("queries", "keys"), caller: str = "per_query_metrics"):
+  _host_only(caller, a, b, positives)
   q, g, cos = _bench_scores(a, b, *names)
   nq, ng = q.shape[0], (g.shape[0] if cos else q.shape[1])
   idx = positive_lists(positives, nq, ng)
@@ -285,8 +351,10 @@ def partner_ranks(a, b=None, *, positives=None, chunk: int = 1024) -> np.ndarray
 
   Returns:
     ``[nq]`` float64 ranks in ``[1, |N_q| + 1]``.
+
+  Host-side driver (not traceable; a ``TypeError`` under ``jit``): see the module docstring.
   """
-  gr, ti, _ = _counts(a, b, positives, chunk)
+  gr, ti, _ = _counts(a, b, positives, chunk, caller="partner_ranks")
   return 1.0 + gr + 0.5 * ti
 
 
@@ -301,6 +369,8 @@ def per_query_metrics(a, b=None, *, positives=None, ks: Sequence[int] = (1, 5, 1
   Returns:
     ``{"rank": [nq] mid-rank (1-based), "foscttm": [nq] (g + t/2) / |N_q|, "r{k}": [nq] expected hit@k}``,
     float64; without ties ``r{k}`` is the indicator ``rank <= k``.
+
+  Host-side driver (not traceable; a ``TypeError`` under ``jit``): see the module docstring.
   """
   if any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 for k in ks):
     raise ValueError(f"ks must be positive integers, got {ks}")
@@ -317,6 +387,8 @@ def retrieval_metrics(a, b=None, *, positives=None, ks: Sequence[int] = (1, 5, 1
 
   Returns:
     ``{"r1": ..., "r5": ..., "r10": ..., "foscttm": ..., "mean_rank": ..., "median_rank": ...}``.
+
+  Host-side driver (not traceable; a ``TypeError`` under ``jit``): see the module docstring.
   """
   pq = per_query_metrics(a, b, positives=positives, ks=ks, chunk=chunk)
   out = {k: float(v.mean()) for k, v in pq.items() if k != "rank"}
@@ -341,7 +413,10 @@ def foscttm_per_query(a, b=None, *, chunk: int = 1024) -> dict[str, np.ndarray]:
 
   Returns:
     ``{"x2y": [n], "y2x": [n]}``; 0 is perfect, 0.5 is chance.
+
+  Host-side driver (not traceable; a ``TypeError`` under ``jit``): see the module docstring.
   """
+  _host_only("foscttm_per_query", a, b)
   if b is None:
     if np.ndim(a) != 2 or np.shape(a)[0] != np.shape(a)[1]:
       raise ValueError(f"`sim` must be a square [n, n] matrix of paired rows, got shape {np.shape(a)}")
@@ -360,6 +435,8 @@ def foscttm(a, b=None, *, chunk: int = 1024) -> dict[str, float]:
 
   Returns:
     ``{"x2y": ..., "y2x": ..., "mean": ...}``.
+
+  Host-side driver (not traceable; a ``TypeError`` under ``jit``): see the module docstring.
   """
   pq = foscttm_per_query(a, b, chunk=chunk)
   fx, fy = float(pq["x2y"].mean()), float(pq["y2x"].mean())
@@ -382,8 +459,13 @@ def matching_hits(sim, *, partner=None, seed: int = 0, lap: str = "scipy") -> np
 
   Returns:
     ``[n]`` float64 in {0, 1}; its mean is the matching accuracy.
+
+  Host-side driver (not traceable; a ``TypeError`` under ``jit``): the key shuffle is a NumPy generator and the
+  result is compared with ``partner`` on the host (see the module docstring).
   """
   from sotalign_jax import qap  # pylint: disable=g-import-not-at-top
+
+  _host_only("matching_hits", sim, partner)
 
   s, _, _ = _bench_scores(sim, None, "sim", "")
   n = s.shape[0]
@@ -398,5 +480,6 @@ def matching_hits(sim, *, partner=None, seed: int = 0, lap: str = "scipy") -> np
 
 
 def matching_accuracy(sim, *, partner=None, seed: int = 0, lap: str = "scipy") -> float:
-  """Fraction of queries the linear assignment on ``sim`` matches to their partner (see :func:`matching_hits`)."""
+  """Fraction of queries the linear assignment on ``sim`` matches to their partner (see :func:`matching_hits`;
+  a host-side driver)."""
   return float(matching_hits(sim, partner=partner, seed=seed, lap=lap).mean())

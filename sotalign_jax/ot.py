@@ -36,8 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sotalign_jax._arrays import (DEFAULT_PRECISION, check_features, check_positive, jit_with_host_scalars, on_host,
-                                  unit)
+from sotalign_jax._arrays import (DEFAULT_PRECISION, check_all, check_features, check_positive, is_tracer,
+                                  jit_with_host_scalars, on_host, unit)
 
 __all__ = ["SinkhornOutput", "KlotDiagnostics", "sinkhorn", "sinkhorn_sharded", "klot", "klot_sharded",
            "sinkhorn_divergence", "cosine_similarity"]
@@ -77,7 +77,8 @@ class SinkhornOutput(NamedTuple):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Input checks: shapes always, values only for host data (see sotalign_jax._arrays: no device-to-host copies).
+# Input checks: shapes always; values (NaN/Inf, positive weights) when they are known at the call: host data and
+# concrete jax arrays raise, traced values only under `checkify.checkify` (the rule of sotalign_jax._arrays).
 
 
 def _check_matrix(name: str, k) -> jax.Array:
@@ -95,18 +96,31 @@ def _weights(name: str, w, size: int, dtype) -> Optional[jax.Array]:
     return None
   if jnp.shape(w) != (size,):
     raise ValueError(f"`{name}` must have shape [{size}] to match the matrix, got {jnp.shape(w)}.")
-  if on_host(w) and not np.all(np.isfinite(np.asarray(w)) & (np.asarray(w) > 0)):
-    raise ValueError(f"`{name}` must be finite and strictly positive; drop zero-weight points instead.")
-  return jnp.asarray(w, dtype)
+  msg = f"`{name}` must be finite and strictly positive; drop zero-weight points instead."
+  if on_host(w):
+    check_all(np.isfinite(np.asarray(w)) & (np.asarray(w) > 0), msg)
+    return jnp.asarray(w, dtype)
+  w = jnp.asarray(w, dtype)
+  check_positive(name, w, hint=" Drop zero-weight points instead.")
+  return w
+
+
+def _total(w) -> float | None:
+  """Total mass of host or concrete weights (uniform ``None``: 1); ``None`` for traced ones (not checked)."""
+  if w is None:
+    return 1.0
+  if on_host(w):
+    return float(np.sum(np.asarray(w, np.float64)))
+  if is_tracer(w) or not getattr(w, "is_fully_addressable", True):
+    return None
+  return float(jax.device_get(jnp.sum(w)))  # explicit: one number
 
 
 def _check_masses(a, b) -> None:
-  """Equal total mass, checked when both weights are host data or uniform (``None``, mass 1)."""
-  if (a is None or on_host(a)) and (b is None or on_host(b)):
-    sa = 1.0 if a is None else float(np.sum(np.asarray(a, np.float64)))
-    sb = 1.0 if b is None else float(np.sum(np.asarray(b, np.float64)))
-    if abs(sa - sb) > 1e-4 * max(sa, sb):
-      raise ValueError(f"`a` and `b` must have the same total mass (got {sa:.6g} and {sb:.6g}); normalise them.")
+  """Equal total mass, checked when both weights are known (host data, concrete arrays, or uniform ``None``)."""
+  sa, sb = _total(a), _total(b)
+  if sa is not None and sb is not None and abs(sa - sb) > 1e-4 * max(sa, sb):
+    raise ValueError(f"`a` and `b` must have the same total mass (got {sa:.6g} and {sb:.6g}); normalise them.")
 
 
 def _uniform(w: Optional[jax.Array], size: int, dtype) -> jax.Array:
@@ -234,7 +248,9 @@ def sinkhorn(
 
   Raises:
     ValueError: if ``k`` is not a non-empty finite matrix, ``epsilon`` is not positive, the weights have the
-      wrong shape, are not positive or do not have equal mass, or ``num_iters`` is not an int >= 1.
+      wrong shape, are not positive or do not have equal mass, or ``num_iters`` is not an int >= 1. Values are
+      checked when known at the call (host data, concrete ``jax.Array``); traced ones only under
+      ``checkify.checkify`` (:mod:`sotalign_jax._arrays`).
   """
   k = _check_matrix("k", k)
   check_positive("epsilon", epsilon)
@@ -364,7 +380,10 @@ def klot(
     ``value`` only).
 
   Raises:
-    ValueError: on mismatched shapes or any invalid argument of :func:`sinkhorn`.
+    ValueError: on mismatched shapes or any invalid argument of :func:`sinkhorn`, NaN/Inf included, for host
+      data and concrete ``jax.Array`` inputs alike. Inside ``jax.jit`` (or ``vmap``, ``grad``-of-``jit``) a NaN
+      input is not reported unless the call is wrapped with ``jax.experimental.checkify.checkify``; otherwise the
+      value is NaN (the rule of :mod:`sotalign_jax._arrays`).
   """
   k_student = _check_matrix("k_student", k_student)
   k_teacher = _check_matrix("k_teacher", k_teacher).astype(k_student.dtype)

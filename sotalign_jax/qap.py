@@ -52,6 +52,10 @@ Jonker–Volgenant variant) on the host through :func:`jax.pure_callback`, skipp
 but 4–25× slower than scipy on CPU for ``q = 500``); ``lap="auction"`` is :func:`auction`, Bertsekas' ε-scaling
 auction, also pure XLA: every round is a handful of ``[bidders, q]`` array operations with no sequential inner loop,
 the form that suits an accelerator (on the CPU it is slower than scipy too; ``benchmarks/bench_assignment.py``).
+
+**Tracing.** :func:`faq`, :func:`linear_assignment` and :func:`auction` all run inside ``jax.jit`` (with
+``lap="scipy"`` the compiled Frank–Wolfe loop calls scipy through the callback); eager calls of :func:`faq` return
+NumPy results with scipy's dtypes, traced calls ``jax.Array`` ones (see :func:`faq`).
 """
 
 from __future__ import annotations
@@ -66,7 +70,7 @@ import numpy as np
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as PS
 
-from sotalign_jax._arrays import DEFAULT_PRECISION
+from sotalign_jax._arrays import DEFAULT_PRECISION, is_tracer
 
 __all__ = ["FAQResult", "auction", "faq", "linear_assignment"]
 
@@ -74,7 +78,7 @@ _HI = DEFAULT_PRECISION
 
 
 class FAQResult(NamedTuple):
-  """Result of :func:`faq`.
+  """Result of :func:`faq`: NumPy arrays and a float eagerly, ``jax.Array`` fields when :func:`faq` is traced.
 
   Attributes:
     col_ind: ``[n]`` int, node ``i`` of ``a`` is matched to node ``col_ind[i]`` of ``b`` (scipy's ``col_ind``).
@@ -82,10 +86,10 @@ class FAQResult(NamedTuple):
     fun_per_init: ``[n_init]`` objective of each restart's projected permutation (float32).
     n_iters: ``[n_init]`` Frank–Wolfe iterations done by each restart.
   """
-  col_ind: np.ndarray
-  fun: float
-  fun_per_init: np.ndarray
-  n_iters: np.ndarray
+  col_ind: np.ndarray | jax.Array
+  fun: float | jax.Array
+  fun_per_init: np.ndarray | jax.Array
+  n_iters: np.ndarray | jax.Array
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -365,7 +369,13 @@ def _faq_core(keys, a11, a12, a21, a22, b11, b12, b21, b22, *, maximize: bool, s
 # ----------------------------------------------------------------------------------------------------------------
 # Public entry point.
 # ----------------------------------------------------------------------------------------------------------------
-def _check_square(m, name: str) -> np.ndarray:
+def _check_square(m, name: str):
+  """A square ``[n, n]`` matrix: NumPy for host data and concrete arrays (values checked), a float ``jax.Array``
+  for a tracer (shape only: see :func:`faq` on why its traced values are not checked)."""
+  if is_tracer(m):
+    if m.ndim != 2 or m.shape[0] != m.shape[1]:
+      raise ValueError(f"{name} must be a square [n, n] matrix, got shape {m.shape}")
+    return m if jnp.issubdtype(m.dtype, jnp.floating) else m.astype(jnp.float32)
   m = np.asarray(m)
   if m.ndim != 2 or m.shape[0] != m.shape[1]:
     raise ValueError(f"{name} must be a square [n, n] matrix, got shape {m.shape}")
@@ -405,16 +415,34 @@ def _compiled(maximize: bool, symmetric: bool, maxiter: int, tol: float, lap: st
   return jax.jit(fn)
 
 
+def _place(x: jax.Array, mesh: Mesh, axis_name: str, spec: PS) -> jax.Array:
+  """``x`` laid out as ``spec`` over ``mesh`` inside a trace: ``reshard`` if ``axis_name`` is an explicit axis,
+  a sharding constraint if it is an automatic one."""
+  sharding = jax.sharding.NamedSharding(mesh, spec)
+  if mesh.axis_types[mesh.axis_names.index(axis_name)] == jax.sharding.AxisType.Explicit:
+    return jax.sharding.reshard(x, sharding)
+  return jax.lax.with_sharding_constraint(x, sharding)
+
+
 def faq(a, b, *, seeds=None, n_init: int = 1, maxiter: int = 30, tol: float = 1e-5, maximize: bool = True,
         key: jax.Array | None = None, lap: str = "scipy", batch_size: int | None = None,
-        mesh: Mesh | None = None, axis_name: str | None = None) -> FAQResult:
+        mesh: Mesh | None = None, axis_name: str | None = None, symmetric: bool | None = None) -> FAQResult:
   r"""Seeded FAQ graph matching with ``n_init`` batched random restarts; keeps the best.
+
+  **Traceable.** Called eagerly, ``faq`` returns NumPy results with scipy's types (``col_ind`` int64, ``fun`` a
+  float64 recomputed on the host). Called with traced ``a``, ``b`` or ``key`` (inside ``jax.jit``), it returns the
+  same fields as ``jax.Array`` (``col_ind`` int32, ``fun`` in the inputs' float dtype), with the same permutation
+  as the eager call for the same key. ``seeds`` and every option are static host values. With ``lap="scipy"`` the
+  compiled loop calls scipy on the host through :func:`jax.pure_callback`; ``"auction"`` and ``"hungarian"`` are
+  pure XLA. NaN/Inf raise for host data and concrete jax arrays; traced inputs are not value-checked at all, not
+  even under ``jax.experimental.checkify.checkify``, which cannot transform FAQ's batched while-loops (the vmapped
+  Sinkhorn balancing of the starts, the auction): check ``a`` and ``b`` before the jitted call.
 
   Args:
     a: ``[n, n]`` matrix of the first graph (e.g. a centred kernel of ``n`` points of space X).
     b: ``[n, n]`` matrix of the second graph.
     seeds: ``[s, 2]`` int pairs ``(i, j)``: node ``i`` of ``a`` is fixed to node ``j`` of ``b`` (scipy's
-      ``partial_match``). ``None`` for unseeded matching.
+      ``partial_match``). ``None`` for unseeded matching. Host data (the block structure depends on it).
     n_init: number of random restarts (scipy's ``P0="randomized"``, :math:`(J + K)/2`).
     maxiter: Frank–Wolfe iterations per restart at most.
     tol: stop a restart once :math:`\|P_t - P_{t+1}\|_F / \sqrt{q} <` ``tol`` (scipy's test).
@@ -427,11 +455,18 @@ def faq(a, b, *, seeds=None, n_init: int = 1, maxiter: int = 30, tol: float = 1e
       must then be a multiple of that axis' size, unless it covers all ``n_init`` restarts: that one batch is
       padded to the axis size and the padding dropped.
     axis_name: mesh axis of the restarts (default: the mesh's first axis).
+    symmetric: whether both matrices are symmetric, which saves one of the two GEMMs per Frank–Wolfe step
+      (``True`` also symmetrises them). ``None`` (default) tests it on concrete inputs; traced inputs, whose
+      values are unknown, then take the general path, which gives the same result up to float32 rounding.
 
   Returns:
     :class:`FAQResult` with the best restart's ``col_ind`` and ``fun`` (scipy's conventions) and per-restart
     objectives and iteration counts.
   """
+  if is_tracer(seeds):
+    raise TypeError("faq: `seeds` must be host data (an [s, 2] int array), not a traced value: the seeded and free "
+                    "blocks of the problem have static shapes")
+  traced = any(is_tracer(v) for v in (a, b, key))
   a = _check_square(a, "a")
   b = _check_square(b, "b")
   if a.shape != b.shape:
@@ -463,6 +498,8 @@ def faq(a, b, *, seeds=None, n_init: int = 1, maxiter: int = 30, tol: float = 1e
       raise ValueError(f"batch_size = {batch_size} must be a multiple of the mesh axis size "
                        f"{mesh.shape[axis_name]}")
   key = jax.random.key(0) if key is None else key
+  xp = jnp if traced else np
+  a, b = xp.asarray(a), xp.asarray(b)
 
   ns = len(s)
   q = n - ns
@@ -471,6 +508,10 @@ def faq(a, b, *, seeds=None, n_init: int = 1, maxiter: int = 30, tol: float = 1e
     col[s[:, 0]] = s[:, 1]
     rest_a = np.setdiff1d(np.arange(n), s[:, 0])
     col[rest_a] = np.setdiff1d(np.arange(n), s[:, 1])
+    if traced:
+      fun = jnp.sum(a * b[col][:, col])
+      return FAQResult(jnp.asarray(col, jnp.int32), fun, jnp.full(n_init, fun, jnp.float32),
+                       jnp.zeros(n_init, jnp.int32))
     fun = float(np.sum(a * b[col][:, col]))
     return FAQResult(col, fun, np.full(n_init, fun, np.float32), np.zeros(n_init, np.int32))
 
@@ -480,13 +521,15 @@ def faq(a, b, *, seeds=None, n_init: int = 1, maxiter: int = 30, tol: float = 1e
   perm_b = np.concatenate([s[:, 1], nonseed_b])
   ap = a[np.ix_(perm_a, perm_a)].astype(np.float32)
   bp = b[np.ix_(perm_b, perm_b)].astype(np.float32)
-  symmetric = bool(np.allclose(ap, ap.T, rtol=1e-6, atol=1e-7 * float(np.abs(ap).max() + 1e-30)) and
-                   np.allclose(bp, bp.T, rtol=1e-6, atol=1e-7 * float(np.abs(bp).max() + 1e-30)))
+  if symmetric is None:
+    symmetric = not traced and bool(
+        np.allclose(ap, ap.T, rtol=1e-6, atol=1e-7 * float(np.abs(ap).max() + 1e-30)) and
+        np.allclose(bp, bp.T, rtol=1e-6, atol=1e-7 * float(np.abs(bp).max() + 1e-30)))
   if symmetric:
     ap, bp = 0.5 * (ap + ap.T), 0.5 * (bp + bp.T)
   blocks = [jnp.asarray(x) for x in (ap[:ns, :ns], ap[:ns, ns:], ap[ns:, :ns], ap[ns:, ns:],
                                      bp[:ns, :ns], bp[:ns, ns:], bp[ns:, :ns], bp[ns:, ns:])]
-  fn = _compiled(bool(maximize), symmetric, int(maxiter), float(tol), lap, mesh, axis_name)
+  fn = _compiled(bool(maximize), bool(symmetric), int(maxiter), float(tol), lap, mesh, axis_name)
 
   keys = jax.random.split(key, n_init)
   cols_all, fun_all, nit_all = [], [], []
@@ -495,17 +538,27 @@ def faq(a, b, *, seeds=None, n_init: int = 1, maxiter: int = 30, tol: float = 1e
     pad = batch_size - kb.shape[0]
     if pad:  # keep one compiled shape (and the mesh divisibility) for the last batch
       kb = jnp.concatenate([kb, jax.random.split(jax.random.fold_in(key, start), pad)])
-    if mesh is not None:
+    if mesh is not None and traced:
+      kb = _place(kb, mesh, axis_name, PS(axis_name))
+    elif mesh is not None:
       kb = jax.device_put(kb, jax.sharding.NamedSharding(mesh, PS(axis_name)))
-    cols, fun, nit = fn(kb, *blocks)
+    out = fn(kb, *blocks)
     keep = batch_size - pad
-    cols_all.append(np.asarray(cols)[:keep])
-    fun_all.append(np.asarray(fun)[:keep])
-    nit_all.append(np.asarray(nit)[:keep])
-  cols = np.concatenate(cols_all)
-  fun = np.concatenate(fun_all)
-  nit = np.concatenate(nit_all)
+    if not traced:  # eager: host arrays, whatever the sharding
+      out = [np.asarray(v)[:keep] for v in jax.device_get(out)]
+    else:
+      if mesh is not None:  # replicated, so that the best restart can be picked (and the padding dropped)
+        out = [_place(v, mesh, axis_name, PS()) for v in out]
+      out = [v[:keep] for v in out]
+    for acc, v in zip((cols_all, fun_all, nit_all), out):
+      acc.append(v)
+  cols, fun, nit = (xp.concatenate(v) for v in (cols_all, fun_all, nit_all))
 
+  if traced:
+    best = jnp.argmax(fun) if maximize else jnp.argmin(fun)
+    perm = jnp.concatenate([jnp.arange(ns, dtype=jnp.int32), cols[best] + ns])
+    col_ind = jnp.zeros(n, jnp.int32).at[perm_a].set(jnp.asarray(perm_b, jnp.int32)[perm])
+    return FAQResult(col_ind, jnp.sum(a * b[col_ind][:, col_ind]), fun, nit)
   best = int(np.argmax(fun) if maximize else np.argmin(fun))
   perm = np.concatenate([np.arange(ns), cols[best] + ns])
   col_ind = np.empty(n, np.int64)

@@ -150,7 +150,9 @@ def cca(x, y, *, dim: int, reg: float = 0.1, center: bool = True,
   Args:
     x: ``[n, dx]`` paired x-rows.
     y: ``[n, dy]`` paired y-rows.
-    dim: shared dimension ``d``, at most ``min(n − 1, dx, dy)`` (beyond ``n − 1`` the directions are noise).
+    dim: shared dimension ``d``, at most ``min(n − 1, dx, dy)``: ``n`` centred pairs span at most ``n − 1``
+      directions, so 100 pairs of 384-d and 768-d features allow ``dim <= 99`` (beyond, the canonical directions
+      would be an arbitrary basis of a zero-correlation subspace). ``n`` may be far below ``dx`` and ``dy``.
     reg: λ added to both covariances (must be > 0 when ``n <= d``).
     precision: of the matrix products.
 
@@ -161,7 +163,8 @@ def cca(x, y, *, dim: int, reg: float = 0.1, center: bool = True,
   n, dx = x.shape
   dy = y.shape[1]
   if not isinstance(dim, (int, np.integer)) or not 1 <= dim <= min(n - 1, dx, dy):
-    raise ValueError(f"dim must be an integer in [1, min(n - 1, dx, dy)] = [1, {min(n - 1, dx, dy)}], got {dim!r}")
+    raise ValueError(f"dim must be an integer in [1, min(n - 1, dx, dy)] = [1, {min(n - 1, dx, dy)}], got {dim!r}: "
+                     f"{n} centred pairs span at most {n - 1} directions, however wide the features")
   if on_host(reg) and not np.asarray(reg) >= 0:
     raise ValueError(f"reg must be >= 0, got {reg}")
   return _cca(x, y, dim=int(dim), reg=reg, center=bool(center), precision=precision)

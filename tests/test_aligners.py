@@ -253,6 +253,24 @@ def test_align_data_checks_name_the_argument():
   assert empty.n_pairs == 0 and empty.pairs_y.shape == (0, 5)
 
 
+def test_align_data_parts_left_out_are_empty(planted):
+  """``AlignData(x=..., y=...)`` (the README's zero-pair call) and ``AlignData(pairs_x=..., pairs_y=...)``."""
+  data, _, _ = planted
+  unpaired = aligners.AlignData(x=data.x, y=data.y)
+  assert unpaired.n_pairs == 0 and unpaired.dims == (data.x.shape[1], data.y.shape[1])
+  checked = aligners.check_data(unpaired)
+  assert checked.pairs_x.shape == (0, data.x.shape[1]) and checked.pairs_y.shape == (0, data.y.shape[1])
+  with pytest.raises(aligners.NeedsPairsError, match="needs pairs"):  # reaches the method's own check
+    aligners.fit("cca", None, unpaired)
+  paired = aligners.AlignData(pairs_x=data.pairs_x, pairs_y=data.pairs_y)
+  full = aligners.AlignData(np.zeros((0, data.x.shape[1]), np.float32), np.zeros((0, data.y.shape[1]), np.float32),
+                            data.pairs_x, data.pairs_y)
+  np.testing.assert_allclose(aligners.fit("procrustes", None, paired).embed_x(data.pairs_x),
+                             aligners.fit("procrustes", None, full).embed_x(data.pairs_x), rtol=1e-6)
+  with pytest.raises(ValueError, match="cannot infer dy: give one of y, pairs_y"):
+    aligners.check_data(aligners.AlignData(x=data.x))
+
+
 def test_queries_of_the_wrong_width_are_rejected(planted):
   data, tx, ty = planted
   a = aligners.fit("lstsq", None, data)

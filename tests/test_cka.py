@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.experimental import checkify
 from scipy.stats import ortho_group
 from sklearn.cross_decomposition import CCA
 
@@ -261,15 +262,48 @@ def test_bad_input_raises_value_error_naming_the_argument(pair, call, match):
     call(x, y)
 
 
-def test_values_are_checked_for_host_data_only(pair):
-  """A NaN in host data raises; device arrays are not copied back to be checked (the NaN propagates)."""
+def test_nan_raises_for_numpy_and_concrete_jax_arrays_and_only_under_checkify_when_jitted(pair):
+  """One rule (sotalign_jax._arrays): values known at the call are checked, NumPy or jax array alike, with the same
+  message; a jitted call returns NaN, and raises only when wrapped with checkify."""
   x, y = pair
-  bad = np.where(np.arange(len(x))[:, None] == 3, np.nan, x)
-  with pytest.raises(ValueError, match="x contains NaN or Inf in 1 row"):
-    cka.linear_cka(bad, y)
-  assert np.isnan(float(cka.linear_cka(jax.device_put(bad), y)))
+  bad = np.where(np.arange(len(x))[:, None] == 3, np.nan, x).astype(np.float32)
+  for arg in (bad, jax.device_put(bad)):
+    with pytest.raises(ValueError, match=r"x contains NaN or Inf in 1 row \(first: row 3\)"):
+      cka.linear_cka(arg, y)
+  with pytest.raises(ValueError, match="y contains NaN or Inf"):
+    cka.rbf_cka(x, jax.device_put(np.where(np.arange(len(y))[:, None] == 0, np.inf, y)))
+  with pytest.raises(ValueError, match="bandwidth"):  # the median of identical device samples is NaN
+    cka.rbf_cka(jax.device_put(np.ones_like(x)), y)
   with pytest.raises(ValueError, match="2-D"):  # shapes are checked for device arrays too
     cka.linear_cka(jax.device_put(x[0]), y)
+
+  jitted = jax.jit(cka.linear_cka)
+  assert np.isnan(float(jitted(bad, y)))  # traced: not checked, the NaN propagates
+  err, _ = checkify.checkify(jitted)(bad, y)
+  with pytest.raises(checkify.JaxRuntimeError, match="x contains NaN or Inf"):
+    err.throw()
+  err, value = checkify.checkify(jitted)(x, y)
+  assert err.get() is None
+  np.testing.assert_allclose(value, cka.linear_cka(x, y), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name, call", [
+    ("linear_cka", lambda x, y: cka.linear_cka(x, y)),
+    ("linear_cka_unbiased", lambda x, y: cka.linear_cka(x, y, unbiased=True)),
+    ("rbf_cka", lambda x, y: cka.rbf_cka(x, y, block_size=16)),
+    ("median_bandwidth", lambda x, y: cka.median_bandwidth(x)),
+    ("mutual_knn", lambda x, y: cka.mutual_knn(x, y, k=5)),
+    ("cknna", lambda x, y: cka.cknna(x, y, k=5)),
+    ("svcca", lambda x, y: cka.svcca(x, y, dim=4)),
+    ("hsic_biased", lambda x, y: cka.hsic_biased(x @ x.T, y @ y.T)),
+    ("hsic_unbiased", lambda x, y: cka.hsic_unbiased(x @ x.T, y @ y.T)),
+    ("tsi", lambda x, y: cka.triplet_similarity_index(x, y, key=jax.random.key(0), n_samples=500)),
+    ("qsi", lambda x, y: cka.quadruplet_similarity_index(x, y, key=jax.random.key(0), n_samples=500)),
+])
+def test_every_public_function_under_jit_equals_the_eager_call(pair, name, call):
+  """The README's claim that ``cka`` runs inside ``jax.jit`` (options static)."""
+  x, y = (jnp.asarray(a[:40], jnp.float32) for a in pair)
+  np.testing.assert_allclose(jax.jit(call)(x, y), call(x, y), rtol=1e-4, atol=1e-6, err_msg=name)  # XLA may fuse
 
 
 @pytest.mark.parametrize("call", [

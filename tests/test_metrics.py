@@ -3,6 +3,7 @@
 import jax
 import numpy as np
 import pytest
+from jax.experimental import checkify
 
 from sotalign_jax import metrics
 
@@ -79,13 +80,68 @@ def test_index_positives_equal_the_mask_and_precision_default_is_close(rng):
       metrics.zero_shot_accuracy(q, g[:4], idx % 4)
 
 
-def test_device_nan_is_not_copied_back_to_be_checked(rng):
-  """Host NaNs raise; a device array is not checked (a NaN score is never above the positive's: rank 0)."""
+def test_nan_raises_for_numpy_and_concrete_jax_arrays_and_only_under_checkify_when_jitted(rng):
+  """One rule (sotalign_jax._arrays) for the traceable metrics: NumPy and concrete jax arrays raise the same error;
+  a jitted call is not checked unless wrapped with checkify."""
   q = rng.normal(size=(5, 3))
-  bad = np.full_like(q, np.nan)
-  with pytest.raises(ValueError, match="queries contains NaN or Inf in 5 rows"):
-    metrics.positive_ranks(bad, q)
-  assert metrics.positive_ranks(jax.device_put(bad.astype(np.float32)), q).shape == (5,)
+  bad = np.full_like(q, np.nan).astype(np.float32)
+  for arg in (bad, jax.device_put(bad)):
+    with pytest.raises(ValueError, match="queries contains NaN or Inf in 5 rows"):
+      metrics.positive_ranks(arg, q)
+  assert jax.jit(metrics.positive_ranks)(bad, q).shape == (5,)  # NaN scores are never above the positive's
+  err, _ = checkify.checkify(jax.jit(metrics.retrieval_recall))(bad, q)
+  with pytest.raises(checkify.JaxRuntimeError, match="queries contains NaN or Inf"):
+    err.throw()
+
+
+def test_traceable_metrics_under_jit_equal_the_eager_call(rng):
+  """positive_ranks, retrieval_recall, median_rank and zero_shot_accuracy trace: host numbers eagerly, the same
+  values as jax.Arrays under jit, with positives given as host data (closed over) or as traced index arrays."""
+  images = rng.normal(size=(12, 6)).astype(np.float32)
+  captions = (np.repeat(images, 3, axis=0) + 0.9 * rng.normal(size=(36, 6))).astype(np.float32)
+  owner = np.repeat(np.arange(12), 3)
+  lists = [list(np.where(owner == i)[0]) for i in range(12)]
+  padded = metrics.positive_lists(lists, 12, 36)
+
+  want = metrics.retrieval_recall(images, captions, positives=lists, ks=(1, 5))
+  assert all(isinstance(v, float) for v in want.values())
+  got = jax.jit(lambda a, b: metrics.retrieval_recall(a, b, positives=lists, ks=(1, 5)))(images, captions)
+  assert all(isinstance(v, jax.Array) and v.shape == () for v in got.values())
+  assert {k: float(v) for k, v in got.items()} == pytest.approx(want, rel=1e-6)  # float32 under jit
+  got = jax.jit(lambda a, b, p: metrics.retrieval_recall(a, b, positives=p, ks=(1, 5)))(images, captions, padded)
+  assert {k: float(v) for k, v in got.items()} == pytest.approx(want, rel=1e-6)  # float32 under jit
+
+  ranks = metrics.positive_ranks(captions, images, positives=owner, chunk=7)
+  np.testing.assert_array_equal(jax.jit(lambda a, b, p: metrics.positive_ranks(a, b, positives=p, chunk=7))(
+      captions, images, owner), ranks)
+  assert float(jax.jit(lambda a, b: metrics.median_rank(a, b, positives=owner))(captions, images)) == \
+      pytest.approx(metrics.median_rank(captions, images, positives=owner), rel=1e-6)
+  assert float(jax.vmap(lambda a: metrics.retrieval_recall(a, images, positives=owner)["r1"])(captions[None])[0]) == \
+      pytest.approx(metrics.retrieval_recall(captions, images, positives=owner)["r1"], rel=1e-6)
+
+  labels = owner % 4
+  want = metrics.zero_shot_accuracy(captions, images[:4], labels)
+  assert float(jax.jit(metrics.zero_shot_accuracy)(captions, images[:4], labels)) == pytest.approx(want, rel=1e-6)
+  with pytest.raises(ValueError, match="traced `positives` must be int"):
+    jax.jit(lambda a, b, m: metrics.positive_ranks(a, b, positives=m))(images, captions, padded >= 0)
+
+
+@pytest.mark.parametrize("name, call", [
+    ("partner_ranks", lambda s: metrics.partner_ranks(s)),
+    ("per_query_metrics", lambda s: metrics.per_query_metrics(s)),
+    ("retrieval_metrics", lambda s: metrics.retrieval_metrics(s)),
+    ("foscttm_per_query", lambda s: metrics.foscttm_per_query(s)),
+    ("foscttm", lambda s: metrics.foscttm(s)),
+    ("matching_hits", lambda s: metrics.matching_hits(s)),
+    ("matching_accuracy", lambda s: metrics.matching_accuracy(s)),
+    ("positive_lists", lambda s: metrics.positive_lists(s > 0, 6, 6)),
+])
+def test_host_side_drivers_say_so_under_jit(rng, name, call):
+  """The documented host-side drivers work eagerly and raise a TypeError naming themselves under jit."""
+  s = rng.normal(size=(6, 6)).astype(np.float32) + 3 * np.eye(6, dtype=np.float32)
+  call(s)
+  with pytest.raises(TypeError, match=r"metrics\.\w+ is a host-side driver"):
+    jax.jit(call)(s)
 
 
 def test_positive_lists_are_padded_indices_not_a_dense_mask(rng):

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import ot as pot
 import pytest
+from jax.experimental import checkify
 from ott.geometry import geometry
 from ott.solvers import linear
 from scipy.special import logsumexp
@@ -221,6 +222,47 @@ def test_klot_rejects_bad_input():
     ot.klot(np.ones((3, 4)), np.ones((3, 4)), eps_teacher=0.0)
   with pytest.raises(ValueError, match="NaN"):
     ot.klot(np.full((3, 4), np.nan), np.ones((3, 4)))
+
+
+def test_klot_nan_raises_for_numpy_and_concrete_jax_arrays_and_only_under_checkify_when_jitted(rng):
+  """One rule (sotalign_jax._arrays): NaN/Inf in a value known at the call raises, NumPy or jax array alike; a
+  jitted KLOT (and its gradient) returns NaN, and reports it only when wrapped with checkify."""
+  ks, kt = cos_pair(rng, 6, 5)
+  bad = np.asarray(ks, np.float32).copy()
+  bad[2, 1] = np.nan
+  for arg in (bad, jax.device_put(bad)):
+    with pytest.raises(ValueError, match=r"k_student contains NaN or Inf in 1 row \(first: row 2\)"):
+      ot.klot(arg, kt)
+    with pytest.raises(ValueError, match="k_teacher contains NaN"):
+      ot.klot(kt, arg)
+  with pytest.raises(ValueError, match="`a` must be"):  # concrete weights too
+    ot.klot(ks, kt, a=jnp.asarray([0.5, 0.5, 0.0, 0.0, 0.0, 0.0]))
+  with pytest.raises(ValueError, match="eps_student"):
+    ot.klot(ks, kt, eps_student=jnp.float32(-1.0))
+
+  jitted = jax.jit(lambda k, t: ot.klot(k, t, num_iters=20))
+  assert np.isnan(float(jitted(bad, kt)))
+  assert np.isnan(np.asarray(jax.jit(jax.grad(lambda k: ot.klot(k, kt, num_iters=20)))(bad))).any()
+  err, _ = checkify.checkify(jitted)(bad, kt)
+  with pytest.raises(checkify.JaxRuntimeError, match="k_student contains NaN or Inf"):
+    err.throw()
+  err, value = checkify.checkify(jitted)(ks, kt)
+  assert err.get() is None
+  np.testing.assert_allclose(value, ot.klot(ks, kt, num_iters=20), rtol=1e-5)
+
+
+@pytest.mark.parametrize("name, call", [
+    ("sinkhorn", lambda k, t: ot.sinkhorn(k, epsilon=0.05, num_iters=30).log_plan),
+    ("klot", lambda k, t: ot.klot(k, t, num_iters=30)),
+    ("klot_diagnostics", lambda k, t: ot.klot(k, t, num_iters=30, return_diagnostics=True)),
+    ("sinkhorn_divergence", lambda k, t: ot.sinkhorn_divergence(k, t, epsilon=0.5)),
+    ("cosine_similarity", lambda k, t: ot.cosine_similarity(k, t)),
+])
+def test_every_public_function_under_jit_equals_the_eager_call(rng, name, call):
+  """The README's claim that ``ot`` runs inside ``jax.jit`` (options static; the sharded solvers have their tests)."""
+  k, t = (jnp.asarray(a, jnp.float32) for a in cos_pair(rng, 8, 8))
+  jax.tree.map(lambda e, j: np.testing.assert_allclose(j, e, rtol=1e-4, atol=1e-6, err_msg=name),
+               call(k, t), jax.jit(call)(k, t))
 
 
 # ---------------------------------------------------------------------------------------------- divergence, cosine

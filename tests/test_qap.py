@@ -148,6 +148,10 @@ def test_sharded_restarts_equal_single_device():
       r8 = qap.faq(a, b, seeds=seeds, n_init=3, key=jax.random.key(1), mesh=mesh)
       assert r8.fun_per_init.shape == (3,)
       np.testing.assert_allclose(r1.fun_per_init, r8.fun_per_init, rtol=1e-5)
+      # and inside jit: the restarts sharded over the mesh, the padding dropped from a replicated copy
+      j8 = jax.jit(lambda a, b: qap.faq(a, b, seeds=seeds, n_init=3, key=jax.random.key(1), mesh=mesh))(a, b)
+      np.testing.assert_allclose(np.asarray(j8.fun_per_init), r8.fun_per_init, rtol=1e-5)
+      np.testing.assert_array_equal(np.asarray(j8.col_ind), r8.col_ind)
       print("OK")
   """)
   assert "OK" in out
@@ -183,3 +187,40 @@ def test_all_seeded_is_trivial(rng):
   res = qap.faq(a, b, seeds=seeds)
   np.testing.assert_array_equal(res.col_ind, [1, 0, 3, 2])
   assert res.fun == pytest.approx(_objective(a, b, res.col_ind))
+
+
+@pytest.mark.parametrize("lap, symmetric", [("scipy", True), ("scipy", False), ("auction", False)])
+def test_jitted_faq_equals_the_eager_call(rng, lap, symmetric):
+  """``jax.jit(faq)`` traces (the scipy assignment through its callback): the same permutation and objectives as
+  the eager call, as jax.Arrays (int32, float32) instead of scipy's int64 / float64."""
+  n, s = 16, 3
+  a, b = rng.standard_normal((2, n, n)).astype(np.float32)
+  if symmetric:
+    a, b = a + a.T, b + b.T
+  seeds = np.stack([rng.permutation(n)[:s], rng.permutation(n)[:s]], 1)
+  run = lambda a, b, key: qap.faq(a, b, seeds=seeds, n_init=3, key=key, lap=lap)  # noqa: E731
+  want = run(a, b, jax.random.key(5))
+  got = jax.jit(run)(a, b, jax.random.key(5))
+  assert isinstance(got.col_ind, jax.Array) and got.col_ind.dtype == np.int32
+  assert isinstance(want.col_ind, np.ndarray) and want.col_ind.dtype == np.int64 and isinstance(want.fun, float)
+  np.testing.assert_array_equal(got.col_ind, want.col_ind)
+  np.testing.assert_allclose(got.fun, want.fun, rtol=1e-5)
+  np.testing.assert_allclose(got.fun_per_init, want.fun_per_init, rtol=1e-4)
+  np.testing.assert_array_equal(got.n_iters, want.n_iters)
+  # only the key traced: jax.Array results too
+  assert isinstance(jax.jit(lambda k: run(a, b, k))(jax.random.key(5)).col_ind, jax.Array)
+
+
+def test_jitted_faq_all_seeded_and_its_checks(rng):
+  a, b = rng.standard_normal((2, 4, 4)).astype(np.float32)
+  seeds = np.array([[0, 1], [1, 0], [2, 3], [3, 2]])
+  res = jax.jit(lambda a, b: qap.faq(a, b, seeds=seeds, n_init=2))(a, b)
+  np.testing.assert_array_equal(res.col_ind, [1, 0, 3, 2])
+  assert float(res.fun) == pytest.approx(_objective(a, b, [1, 0, 3, 2]), rel=1e-6)
+  with pytest.raises(TypeError, match="seeds"):
+    jax.jit(lambda a, s: qap.faq(a, a, seeds=s))(a, seeds)
+  bad = a.copy()
+  bad[1, 2] = np.nan
+  with pytest.raises(ValueError, match="b must be a finite"):
+    qap.faq(a, jax.device_put(bad))  # concrete jax arrays are checked like NumPy ones
+  jax.jit(lambda a, b: qap.faq(a, b, lap="auction"))(a, bad)  # traced values are not (documented: no checkify)

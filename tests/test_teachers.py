@@ -84,6 +84,34 @@ def test_cca_few_pairs_high_dims(rng):
     teachers.cca(x, y, dim=20)
 
 
+def test_cca_with_fewer_pairs_than_dimensions_as_the_readme_says(rng):
+  """README: 100 pairs of 384-d / 768-d features; any dim up to n - 1 = 99 works, 128 is refused naming why."""
+  x = rng.normal(size=(100, 384)).astype(np.float32)
+  y = np.tanh(x @ rng.normal(size=(384, 768)) / 20).astype(np.float32)
+  wx, wy = teachers.cca(x, y, dim=99, reg=0.1)
+  assert wx.shape == (384, 99) and wy.shape == (768, 99)
+  zx, zy = x @ np.asarray(wx[:, :8]), y @ np.asarray(wy[:, :8])
+  zx, zy = zx - zx.mean(0), zy - zy.mean(0)
+  corr = np.sum(zx * zy, 0) / np.linalg.norm(zx, axis=0) / np.linalg.norm(zy, axis=0)
+  assert (corr > 0.9).all(), corr  # the leading canonical variates of the pairs are strongly correlated
+  with pytest.raises(ValueError, match=r"\[1, 99\], got 128: 100 centred pairs span at most 99 directions"):
+    teachers.cca(x, y, dim=128, reg=0.1)
+
+
+@pytest.mark.parametrize("name, call", [
+    ("ridge", lambda x, y: teachers.ridge(x, y, lam=0.1)),
+    ("ridge_dual_whitened", lambda x, y: teachers.ridge(x[:5], y[:5], lam=0.1, whiten=True)),
+    ("procrustes", lambda x, y: teachers.procrustes(x, y)),
+    ("cca", lambda x, y: teachers.cca(x, y, dim=3)),
+    ("fit", lambda x, y: teachers.fit("cca", x, y, dim=3).embed_y(y)),
+])
+def test_every_public_function_under_jit_equals_the_eager_call(pairs, name, call):
+  """The README's claim that ``teachers`` runs inside ``jax.jit`` (options static)."""
+  x, y = (np.asarray(a, np.float32) for a in pairs)
+  jax.tree.map(lambda e, j: np.testing.assert_allclose(j, e, rtol=1e-4, atol=1e-5 * np.abs(e).max(), err_msg=name),
+               call(x, y), jax.jit(call)(x, y))
+
+
 def test_fit_teacher_embeds_pairs_close_together(pairs):
   x, y = pairs
   for name in teachers.TEACHERS:

@@ -58,44 +58,58 @@ CENTER_MODES = ("all", "pairs", "none")
 class AlignData(NamedTuple):
   """What an aligner is fitted on.
 
+  Every part is optional: a part left out (``None``) is an empty ``[0, d]`` array once :func:`check_data` has run
+  (every registered method runs it first), so ``AlignData(x=images, y=texts)`` is the zero-pair case and
+  ``AlignData(pairs_x=px, pairs_y=py)`` the pairs-only case. Each side needs at least one array to give its
+  dimension (or use :meth:`create` with ``dx`` / ``dy``).
+
   The unpaired parts may also be lazy row sources (:func:`is_row_source`), which trained methods read block by
   block when they shard the pools; closed-form and training-free methods read them whole.
 
   Attributes:
-    x: ``[nx, dx]`` unpaired x-rows (images); may be empty, ``[0, dx]``.
-    y: ``[ny, dy]`` unpaired y-rows (texts), independent of ``x``; may be empty, ``[0, dy]``.
-    pairs_x: ``[p, dx]`` paired x-rows; row ``i`` is the partner of ``pairs_y[i]``; ``p`` may be 0.
+    x: ``[nx, dx]`` unpaired x-rows (images); may be empty, ``[0, dx]``, or ``None``.
+    y: ``[ny, dy]`` unpaired y-rows (texts), independent of ``x``; may be empty, ``[0, dy]``, or ``None``.
+    pairs_x: ``[p, dx]`` paired x-rows; row ``i`` is the partner of ``pairs_y[i]``; ``p`` may be 0 (or ``None``).
     pairs_y: ``[p, dy]`` paired y-rows.
   """
-  x: Any
-  y: Any
-  pairs_x: Any
-  pairs_y: Any
+  x: Any = None
+  y: Any = None
+  pairs_x: Any = None
+  pairs_y: Any = None
 
   @property
   def n_pairs(self) -> int:
-    return int(np.shape(self.pairs_x)[0])
+    return 0 if self.pairs_x is None else int(np.shape(self.pairs_x)[0])
 
   @property
   def dims(self) -> tuple[int, int]:
-    return int(np.shape(self.pairs_x)[1]), int(np.shape(self.pairs_y)[1])
+    return _side_dim((self.pairs_x, self.x), None, "dx"), _side_dim((self.pairs_y, self.y), None, "dy")
 
   @classmethod
   def create(cls, *, pairs_x=None, pairs_y=None, x=None, y=None, dx: int | None = None,
              dy: int | None = None) -> "AlignData":
     """Fills missing parts with empty ``[0, d]`` arrays (``d`` from the given parts, or ``dx`` / ``dy``)."""
-    def dim(parts, d, name):
-      for a in parts:
-        if a is not None:
-          return int(np.shape(a)[1])
-      if d is None:
-        raise ValueError(f"cannot infer {name}: give an x-/y-side array or {name}=")
-      return int(d)
+    return check_data(cls(x, y, pairs_x, pairs_y), dx=dx, dy=dy)
 
-    dx, dy = dim((x, pairs_x), dx, "dx"), dim((y, pairs_y), dy, "dy")
-    empty = lambda d: np.zeros((0, d), np.float32)  # noqa: E731
-    return check_data(cls(empty(dx) if x is None else x, empty(dy) if y is None else y,
-                          empty(dx) if pairs_x is None else pairs_x, empty(dy) if pairs_y is None else pairs_y))
+
+def _side_dim(parts, d: int | None, name: str) -> int:
+  for a in parts:
+    if a is not None:
+      return int(np.shape(a)[1])
+  if d is None:
+    side = "x, pairs_x" if name == "dx" else "y, pairs_y"
+    raise ValueError(f"cannot infer {name}: give one of {side} (an empty [0, d] array will do) or use "
+                     f"AlignData.create({name}=...)")
+  return int(d)
+
+
+def _fill_missing(data: "AlignData", dx: int | None = None, dy: int | None = None) -> "AlignData":
+  """``data`` with its ``None`` parts replaced by empty ``[0, d]`` float32 arrays."""
+  if all(a is not None for a in data):
+    return data
+  dx, dy = _side_dim((data.x, data.pairs_x), dx, "dx"), _side_dim((data.y, data.pairs_y), dy, "dy")
+  empty = lambda d: np.zeros((0, d), np.float32)  # noqa: E731
+  return AlignData(*(empty(d) if a is None else a for a, d in zip(data, (dx, dy, dx, dy))))
 
 
 def is_row_source(a) -> bool:
@@ -119,10 +133,12 @@ def _check_rows(a, name: str) -> jax.Array:
   return a
 
 
-def check_data(data: AlignData) -> AlignData:
-  """Validates shapes (each part ``[n, d]``, x-parts share ``dx``, y-parts ``dy``, pairs row-aligned)."""
+def check_data(data: AlignData, *, dx: int | None = None, dy: int | None = None) -> AlignData:
+  """Validates shapes (each part ``[n, d]``, x-parts share ``dx``, y-parts ``dy``, pairs row-aligned) and fills
+  the parts left out (``None``) with empty ``[0, d]`` arrays (``dx`` / ``dy`` when a side has no array at all)."""
   if not isinstance(data, AlignData):
     raise TypeError(f"`data` must be an AlignData(x, y, pairs_x, pairs_y), got {type(data).__name__}")
+  data = _fill_missing(data, dx, dy)
   x, y, px, py = (_check_rows(a, n) for a, n in zip(data, AlignData._fields))
   if x.shape[1] != px.shape[1]:
     raise ValueError(f"`x` and `pairs_x` must share the feature size dx, got {x.shape[1]} and {px.shape[1]}")
