@@ -83,7 +83,7 @@ def _jpegs(n: int, *, seed: int = 0) -> list[bytes]:
 
 
 def bench_image(names: Sequence[str], *, batch: int = 16, repeats: int = 3,
-                reference: bool = True, peak_gflops: float | None = None) -> list[dict]:
+                reference: bool = True, peak_gflops: float | None = None, end_to_end: bool = True) -> list[dict]:
   """Benchmarks image encoders; returns one row per name (img/s figures and ratios).
 
   Args:
@@ -91,6 +91,8 @@ def bench_image(names: Sequence[str], *, batch: int = 16, repeats: int = 3,
     batch: images per forward call.
     repeats: timed calls per measurement (the best is kept).
     reference: also time the grouped-convolution depthwise reference (EfficientNet only).
+    peak_gflops: the float32 matmul peak that ``forward_peak_frac`` divides by.
+    end_to_end: also time JPEG decoding + preprocessing (``False``: the forward passes only).
 
   Returns:
     Rows ``{"encoder", "batch", "forward_img_s", "whole_batch_img_s", "ref_img_s", "speedup_vs_ref",
@@ -98,7 +100,7 @@ def bench_image(names: Sequence[str], *, batch: int = 16, repeats: int = 3,
     "forward_peak_frac" (forward throughput × FLOPs as a fraction of ``peak_gflops``, when given)}``.
   """
   rows = []
-  jpegs = _jpegs(batch)
+  jpegs = _jpegs(batch) if end_to_end else []
   for name in names:
     enc = load_image_encoder(name)
     x = jnp.asarray(np.random.default_rng(0).normal(size=(batch, enc.resolution, enc.resolution, 3)), jnp.float32)
@@ -123,10 +125,11 @@ def bench_image(names: Sequence[str], *, batch: int = 16, repeats: int = 3,
     def preprocess_all():
       return np.stack([enc.preprocess(Image.open(io.BytesIO(j))) for j in jpegs])  # pylint: disable=cell-var-from-loop
 
-    t_pre = _time(preprocess_all, repeats)
-    t_e2e = _time(lambda: enc.apply(preprocess_all()), repeats)  # pylint: disable=cell-var-from-loop
-    row["preprocess_img_s"] = batch / t_pre
-    row["end_to_end_img_s"] = batch / t_e2e
+    if end_to_end:
+      t_pre = _time(preprocess_all, repeats)
+      t_e2e = _time(lambda: enc.apply(preprocess_all()), repeats)  # pylint: disable=cell-var-from-loop
+      row["preprocess_img_s"] = batch / t_pre
+      row["end_to_end_img_s"] = batch / t_e2e
     # XLA counts a loop body once, so count FLOPs on the unchunked forward pass when there is one.
     counted = whole.lower(params, x) if "ref" in best else jax.jit(lambda v: enc.apply(v)).lower(x)  # pylint: disable=cell-var-from-loop
     cost = counted.compile().cost_analysis()

@@ -11,12 +11,15 @@ explicit ``jax.device_get`` and send host ``positives`` with an explicit ``jax.d
 on an accelerator.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sotalign_jax import cka, losses, matching, metrics, objectives, ot, scores, teachers
+from sotalign_jax import cka, losses, matching, metrics, objectives, ot, qap, scores, teachers
+from sotalign_jax.aligners import unpaired
 
 
 def _unit(a):
@@ -109,3 +112,89 @@ def test_traced_hyperparameters_still_work(data):
   np.testing.assert_allclose(step(jnp.float32(0.05)), ot.klot(k, kt, eps_student=0.05, num_iters=50), rtol=1e-4)
   np.testing.assert_allclose(losses.info_nce(data["zx"], data["zy"], temperature=jnp.float32(0.07)),
                              losses.info_nce(data["zx"], data["zy"], temperature=0.07), rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The zero-pair fit and FAQ with their device solvers (assignment="auction", lap="auction"): the compiled hot paths
+# hold no host callback (the guard cannot see one on a CPU, so the lowered program is searched for it; the scipy
+# solver is the positive control) and run on device inputs under the guard, with the unguarded run's numbers.
+# ----------------------------------------------------------------------------------------------------------------
+def _callbacks(jitted, *args) -> list[str]:
+  """The host-callback custom calls (``jax.pure_callback`` / ``io_callback``) in ``jitted``'s lowered program."""
+  return [line.strip()[:120] for line in jitted.lower(*args).as_text().splitlines() if "callback" in line]
+
+
+@pytest.fixture(scope="module")
+def planted():
+  """120 unit rows per side in 6 dimensions; y = x Q + noise, shuffled (a zero-pair problem with an answer)."""
+  r = np.random.default_rng(1)
+  x = _unit(r.normal(size=(120, 6))).astype(np.float32)
+  q, _ = np.linalg.qr(r.normal(size=(6, 6)))
+  y = (x @ q + 0.01 * r.normal(size=x.shape))[r.permutation(120)].astype(np.float32)
+  return x, y
+
+
+def _wp_fit(assignment: str):
+  """The zero-pair fit's compiled stages (initialization, read-out, refinement) as one jitted function."""
+  return jax.jit(functools.partial(unpaired._wp, n_clusters=4, n_restarts=3, batch_size=60, n_iterations=3,
+                                   refine_batch_size=60, kmeans_iters=5, qap_inits=4, qap_solver="2opt",
+                                   qap_maxiter=10, restart_batch=None, assignment=assignment))
+
+
+def test_zero_pair_fit_with_the_auction_stays_on_device(planted):
+  x, y = planted
+  pairs = unpaired.pair_stats(jnp.zeros((0, 6)), jnp.zeros((0, 6)))
+  key = jax.random.key(0)
+  fit = _wp_fit("auction")
+  assert _callbacks(_wp_fit("scipy"), key, x, y, pairs), "the positive control lost its host callback"
+  assert not _callbacks(fit, key, x, y, pairs)
+  want = jax.device_get(fit(key, x, y, pairs))
+  dev = jax.device_put((key, x, y, pairs))
+  with jax.transfer_guard("disallow"):
+    got = jax.block_until_ready(fit(*dev))
+  jax.tree.map(lambda w, g: np.testing.assert_allclose(np.asarray(g), w, rtol=1e-6, atol=1e-6), want, got)
+
+
+def test_faq_restarts_with_the_auction_stay_on_device(monkeypatch):
+  """``qap.faq`` (host in, host out) runs its restarts as one compiled call: that call, spied on, holds no callback
+  with ``lap="auction"`` and runs on device inputs under the guard."""
+  calls = {}
+  real = qap._compiled
+
+  def spy(*options):
+    fn = real(*options)
+    return lambda *args: (calls.setdefault(options[4], (fn, args)), fn(*args))[1]
+
+  monkeypatch.setattr(qap, "_compiled", spy)
+  r = np.random.default_rng(2)
+  z = r.normal(size=(24, 4))
+  perm = r.permutation(24)
+  a, b = z @ z.T, (z @ z.T)[np.ix_(perm, perm)]
+  seeds = np.stack([np.arange(4), np.argsort(perm)[:4]], 1)
+  res = qap.faq(a, b, seeds=seeds, n_init=8, lap="auction", key=jax.random.key(0))
+  ref = qap.faq(a, b, seeds=seeds, n_init=8, lap="scipy", key=jax.random.key(0))
+  assert res.fun >= ref.fun - 1e-6 * abs(ref.fun)
+  control, args = calls["scipy"]
+  assert _callbacks(control, *args), "the positive control lost its host callback"
+  core, args = calls["auction"]
+  assert not _callbacks(core, *args)
+  want = jax.device_get(core(*args))
+  dev = jax.device_put(args)
+  with jax.transfer_guard("disallow"):
+    got = jax.block_until_ready(core(*dev))
+  jax.tree.map(lambda w, g: np.testing.assert_allclose(np.asarray(g), w, rtol=1e-6), want, got)
+
+
+def test_auction_alone_stays_on_device(data):
+  benefit = jax.device_put(data["k"])
+  want = jax.device_get(qap.auction(data["k"]))
+  with jax.transfer_guard("disallow"):
+    got = jax.block_until_ready(qap.auction(benefit))
+  jax.tree.map(lambda w, g: np.testing.assert_array_equal(np.asarray(g), w), want, got)
+
+
+@pytest.mark.parametrize("backend, solver", [("gpu", "auction"), ("tpu", "auction"), ("cpu", "scipy")])
+def test_auto_assignment_picks_the_device_solver_off_cpu(monkeypatch, backend, solver):
+  monkeypatch.setattr(jax, "default_backend", lambda: backend)
+  assert unpaired.assignment_solver("auto") == solver
+  assert unpaired.assignment_solver("scipy") == "scipy"  # an explicit choice stays as it is
