@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
+from sotalign_jax import _extras
 from sotalign_jax.data.core import Dataset, Record
 
 __all__ = ["records_from_examples", "load_coco_captions", "KARPATHY_SPLITS"]
@@ -67,10 +68,7 @@ def load_coco_captions(*, splits: Iterable[str] = KARPATHY_SPLITS, data_dir: str
   """
   if read is None:
     def read(s: str) -> Iterable[Mapping[str, Any]]:
-      try:
-        import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-      except ImportError as e:
-        raise ImportError("coco_captions needs tensorflow-datasets (pip install tensorflow-datasets)") from e
+      tfds = _extras.require("tensorflow_datasets", what="coco_captions")
       try:
         ds = tfds.load("coco_captions", split=s, data_dir=data_dir, download=False)
       except Exception as e:  # tfds raises many types: missing TF, missing data, ...

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
-from PIL import Image
+
+from sotalign_jax import _extras
+
+if TYPE_CHECKING:
+  from PIL import Image
 
 __all__ = ["Record", "Dataset", "load_image", "dedupe_captions", "DEFAULT_MAX_PIXELS"]
 
@@ -83,6 +87,7 @@ def load_image(source: str | os.PathLike | np.ndarray, *, max_side: int | None =
     ValueError: the image is larger than ``max_pixels`` or the array has a bad shape.
     OSError: the file is missing, truncated or not an image.
   """
+  Image = _pil()
   if isinstance(source, np.ndarray):
     if source.ndim not in (2, 3) or (source.ndim == 3 and source.shape[-1] not in (1, 3, 4)):
       raise ValueError(f"image array must be [H, W], [H, W, 3] or [H, W, 4], got shape {source.shape}")
@@ -114,7 +119,13 @@ def _decode(im: Image.Image, max_side: int | None) -> Image.Image:
   return _finish(_to_rgb(im), max_side)
 
 
+def _pil():
+  """``PIL.Image`` (the ``encoders`` extra), imported on first use so that ``sotalign_jax.data`` stays light."""
+  return _extras.require("PIL.Image", what="image decoding")
+
+
 def _to_rgb(im: Image.Image) -> Image.Image:
+  Image = _pil()
   if im.mode == "P" or (im.mode in ("L", "RGB") and "transparency" in im.info):
     im = im.convert("RGBA")
   if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -128,6 +139,7 @@ def _to_rgb(im: Image.Image) -> Image.Image:
 
 
 def _finish(im: Image.Image, max_side: int | None) -> Image.Image:
+  Image = _pil()
   if max_side is not None and max(im.size) > max_side:
     im = im.copy()
     im.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
