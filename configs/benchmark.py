@@ -1,6 +1,7 @@
 r"""The alignment benchmark: every registered aligner × a few-pair sweep × seeds (experiments/benchmark.py).
 
-Launch (a rerun with the same workdir resumes: finished (method, p, seed) cells are skipped)::
+Launch (a rerun with the same workdir reuses every (method, p, seed) cell whose settings are unchanged and computes
+the others: cells are keyed by a hash of everything that determines their numbers; see experiments/benchmark.py)::
 
   python experiments/benchmark.py --config configs/benchmark.py:quick --workdir workdirs/bench_quick
   python experiments/benchmark.py --config configs/benchmark.py:full --workdir workdirs/bench_full

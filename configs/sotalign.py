@@ -1,6 +1,7 @@
 r"""SOTAlign and its baselines on an embedding cache or on embedding files (experiments/sotalign.py).
 
-Launch (one convention for every experiment; a rerun with the same workdir resumes)::
+Launch (one convention for every experiment; a rerun with the same workdir reuses or resumes only what was computed
+with the same settings: results and checkpoints are keyed by them, see experiments/sotalign.py)::
 
   python experiments/sotalign.py --config configs/sotalign.py:demo --workdir workdirs/sotalign_demo
   python experiments/sotalign.py --config configs/sotalign.py:full --workdir workdirs/sotalign_full

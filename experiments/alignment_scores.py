@@ -156,9 +156,7 @@ def score_pair(fx: dict, fy: dict, metrics: list[str], cfg, mesh=None) -> tuple[
 
 
 def plot_grids(method: str, grids: dict, path: str):
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = wd.pyplot()
   ms = list(grids["metrics"])
   fig, axes = plt.subplots(1, len(ms), figsize=(4.2 * len(ms), 0.35 * len(grids["x_layers"]) + 2.5), squeeze=False)
   for ax, m in zip(axes[0], ms):

@@ -9,10 +9,31 @@ record and one ``cells/*.npz`` of per-query values (:class:`sotalign_jax.runtime
 over seeds and paired differences (:mod:`sotalign_jax.runtime.sweep`) → ``results.json``, ``results.md``, the
 plot ``sweep.png``, and the markdown on stdout.
 
-A rerun with the same workdir skips every finished cell; a killed sweep reruns to the same table (closed-form and
-training-free methods are deterministic; trained ones get the key ``fold_in(fold_in(key(seed), s), p)`` and
-resume an interrupted fit from its checkpoints in ``runs/``). An all-pairs method (the upper bound) is fitted once
-per seed on every training pair and shown at every p.
+**Reruns: cells are keyed by their settings.** A cell's key is the hash of everything that determines its numbers
+(:func:`cell_settings`): the method and its resolved options (the registry's defaults with ``config.hparams.
+<method>`` over them), the data (the cache's ``manifest.json`` and a content hash of its files, or in file mode the
+files' sizes and content hashes; never paths), the protocol options, ``config.seed``, the seed and p, and the
+optional evaluation caches in use. A cell is stored as ``done/<method>/p<p>_s<seed>__<key12>.json``
+(:class:`sotalign_jax.runtime.sweep.CellStore`). A rerun in the same workdir reuses exactly the cells whose
+settings did not change and computes the others; cells of other settings stay on disk, unused (rerunning those
+settings finds them again). A trained cell checkpoints in ``runs/<method>/p<p>_s<seed>__<key12>`` (keyed by its fit
+settings), so an interrupted fit resumes only under the same settings; with changed ones it starts fresh and one
+line names the old directory. A killed sweep reruns to the same table (closed-form and training-free methods are
+deterministic; trained ones get the key ``fold_in(fold_in(key(seed), s), p)``). An all-pairs method (the upper
+bound) is fitted once per seed on every training pair and shown at every p.
+
+**What the tables show.** ``results.json``, ``results.md`` and ``sweep.png`` show every method of
+``config.methods`` at every p and seed of the config, computed under the current settings, followed by every other
+registered method whose cells for all those p and seeds are stored in the workdir under the same settings (its
+options read from ``config.hparams``). A researcher trying variants in one workdir therefore sees: a rerun with
+fewer methods, or with one method added, keeps the full table (it grows, never shrinks to the subset); a rerun with
+changed data, protocol, p, seeds or options shows only numbers computed with exactly those, and the older cells
+come back when the older settings are rerun. To drop a method from the tables, delete ``done/<method>``.
+``results.json`` lists every cell with its ``key`` and resolved ``settings``, ``methods_run`` (``config.methods``)
+and ``methods_from_store`` (the others shown).
+
+**User errors** (an unknown key, a bad value, a missing cache or file, a sweep in which every cell needs pairs)
+print one line ``error: …`` and exit with code 2 before the workdir is created.
 
 Metrics of a cell, on the test images with all their captions: R@1/5/10 image→text (a hit is any caption of the
 image) and text→image; mean and median rank (1-based, ties count half, :func:`sotalign_jax.metrics.
@@ -37,7 +58,6 @@ from typing import NamedTuple
 
 import jax
 import numpy as np
-from tqdm import tqdm
 
 from sotalign_jax import aligners, metrics, scores
 from sotalign_jax.data.cache import open_cache
@@ -132,12 +152,14 @@ def cell_data(cache, rows: dict) -> aligners.AlignData:
 # ================================================================================================================
 # Geometry scores of the two spaces on a small paired sample (before any fit)
 # ================================================================================================================
-def geometry_scores(cache, proto: Protocol, cfg, workdir: str) -> dict:
+def geometry_scores(cache, proto: Protocol, cfg, workdir: str, *, data: dict) -> dict:
   """``{metric: {score, null_mean, z, p_value}}`` on the first ``eval.geometry_pairs`` pairs of seed 0 (at most
-  ``p_max``), written once to ``geometry.json`` and read back by a rerun with the same settings."""
+  ``p_max``), written once to ``geometry.json`` and read back by a rerun with the same settings (``data``: the
+  fingerprint of the data and protocol, :func:`data_settings`)."""
   e = cfg.eval
   n = min(int(e.geometry_pairs), proto.p_max)
-  settings = {"metrics": list(e.geometry), "pairs": n, "n_perm": int(e.geometry_perms), "seed": 0}
+  settings = wd.canonical({"metrics": list(e.geometry), "pairs": n, "n_perm": int(e.geometry_perms), "seed": 0,
+                           "base_seed": cfg.seed, "data_key": wd.settings_key(data)})
   path = os.path.join(workdir, "geometry.json")
   if os.path.exists(path):
     with open(path) as f:
@@ -200,7 +222,7 @@ def evaluate(alignment: aligners.Alignment, sets: dict, *, seed: int) -> tuple[d
 
 
 # ================================================================================================================
-# One cell: fit, time, evaluate
+# Keys: what determines a cell's numbers
 # ================================================================================================================
 def fit_kwargs(method: str, cfg) -> dict:
   """The method's options from ``config.hparams`` (lists as tuples)."""
@@ -208,13 +230,63 @@ def fit_kwargs(method: str, cfg) -> dict:
   return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
 
 
-def run_cell(method: str, p: int, seed: int, *, cache, proto: Protocol, sets: dict, val, cfg, workdir: str,
-             writer: wd.MetricWriter):
-  """``(record, per_query or None)`` of one (method, p, seed) cell. Trained methods train on the shared checkpointed
-  loop in ``runs/<method>/p<p>_s<seed>`` (a killed cell resumes from its last checkpoint)."""
+def data_settings(cfg) -> dict:
+  """The data and protocol part of every key: the cache's fingerprint (or the files') and the protocol options
+  that read them (file mode uses only ``split_seed`` and ``max_unpaired``)."""
+  d = cfg.data
+  paths = file_paths(cfg)
+  if paths:
+    return {"files": wd.files_fingerprint(paths), "split_seed": d.split_seed, "max_unpaired": d.max_unpaired}
+  return {"cache": wd.cache_fingerprint(d.cache), "split": d.split, "split_seed": d.split_seed,
+          "test_size": d.test_size, "val_size": d.val_size, "unpaired_mode": d.unpaired_mode,
+          "max_unpaired": d.max_unpaired, "min_unpaired": d.min_unpaired}
+
+
+def eval_settings(cfg, sets: dict) -> dict:
+  """The evaluation part of every key: the optional evaluation caches in use (the test set is the protocol's)."""
+  fp = lambda name, path: wd.cache_fingerprint(path) if name in sets else None  # noqa: E731
+  return {"tuxpaint": fp("tuxpaint", cfg.eval.tuxpaint_cache),
+          "fashion_mnist": fp("fashion", cfg.eval.fashion_mnist_cache)}
+
+
+def cell_settings(method: str, p: int, seed: int, cfg, *, data: dict, evaluation: dict) -> sweep.CellSettings:
+  """Everything that determines a cell's numbers: the method with its resolved options (registry defaults, the
+  config's over them), the data and protocol, the base seed, the seed and p (``"all"`` for an all-pairs method)."""
   spec = aligners.get(method)
-  record = {"method": method, "p": int(p), "seed": int(seed), "status": "ok"}
-  if p < spec.min_pairs and not spec.all_pairs:
+  fit = {"method": method, "hparams": {**spec.defaults, **fit_kwargs(method, cfg)}, "data": data,
+         "base_seed": cfg.seed, "seed": int(seed), "p": "all" if spec.all_pairs else int(p)}
+  return sweep.CellSettings(fit, evaluation)
+
+
+def measurable(method: str, p: int, p_max: int) -> bool:
+  """Whether the cell can produce a metric (the method gets at least its ``min_pairs`` pairs)."""
+  spec = aligners.get(method)
+  return (p_max if spec.all_pairs else p) >= spec.min_pairs
+
+
+def needs_pairs_message(cfg, methods, ps, p_max: int) -> str:
+  need = ", ".join(f"{m} needs >= {aligners.get(m).min_pairs}" for m in methods)
+  give = ("config.data.pairs_x and config.data.pairs_y (row-aligned pairs; file mode)" if file_paths(cfg) else
+          f"config.n_pairs with a p of at least {min(aligners.get(m).min_pairs for m in methods)} (the data give "
+          f"up to {p_max})")
+  free = [m for m in aligners.ALIGNERS if not aligners.get(m).needs_pairs]
+  return (f"no cell can produce a metric: every method of config.methods needs pairs ({need}) and the sweep gives "
+          f"p ∈ {list(ps)} (at most {p_max} pairs in the data); give {give}, or add a method that runs without "
+          f"pairs to config.methods ({', '.join(free) or 'none registered'})")
+
+
+# ================================================================================================================
+# One cell: fit, time, evaluate
+# ================================================================================================================
+def run_cell(method: str, p: int, seed: int, *, settings: sweep.CellSettings, cache, proto: Protocol, sets: dict,
+             val, cfg, workdir: str, writer: wd.MetricWriter):
+  """``(record, per_query or None)`` of one (method, p, seed) cell. Trained methods train on the shared checkpointed
+  loop in ``runs/<method>/p<p>_s<seed>__<fit key>`` (a killed cell resumes from its last checkpoint; a cell with
+  other settings never does)."""
+  spec = aligners.get(method)
+  record = {"method": method, "p": int(p), "seed": int(seed), "status": "ok", "key": settings.key,
+            "settings": settings.to_json()}
+  if not measurable(method, p, proto.p_max):
     return {**record, "status": sweep.NEEDS_PAIRS, "reason": f"needs >= {spec.min_pairs} pairs"}, None
   rows = proto.all_pairs() if spec.all_pairs else proto.draw(seed, p)
   data = cell_data(cache, rows)
@@ -222,9 +294,10 @@ def run_cell(method: str, p: int, seed: int, *, cache, proto: Protocol, sets: di
   p_key = 2**31 - 1 if spec.all_pairs else p  # the all-pairs data do not depend on p
   key = jax.random.fold_in(jax.random.fold_in(jax.random.key(cfg.seed), seed), p_key)
   cell = f"{'all' if spec.all_pairs else f'p{p}'}_s{seed}"
-  loop = train_lib.checkpointed_loop(os.path.join(workdir, "runs", method, cell), writer=writer,
-                                     name=f"{method}/{cell}", log_every=cfg.log_every, ckpt_every=cfg.ckpt_every,
-                                     mesh=train_lib.data_mesh())
+  run_dir = wd.keyed_dir(os.path.join(workdir, "runs", method), cell, settings.fit_key) if spec.trained else \
+      os.path.join(workdir, "runs", method, cell)
+  loop = train_lib.checkpointed_loop(run_dir, writer=writer, name=f"{method}/{cell}", log_every=cfg.log_every,
+                                     ckpt_every=cfg.ckpt_every, mesh=train_lib.data_mesh())
   start = time.perf_counter()
   try:
     alignment = aligners.fit(method, key, data, loop=loop, mesh=train_lib.data_mesh(), val=val,
@@ -245,58 +318,91 @@ def run_cell(method: str, p: int, seed: int, *, cache, proto: Protocol, sets: di
 # Main
 # ================================================================================================================
 def run(cfg, workdir: str) -> dict:
-  CONFIG.validate(cfg)
+  # --- config and data, checked before anything is written (a user error leaves no workdir behind) -------------
+  with cfg_lib.user_errors():
+    CONFIG.validate(cfg)
+    cache, proto, source = read_data(cfg)
+    ps, labels = resolve_n_pairs(cfg.n_pairs, proto.p_max)
+    sets = eval_sets(cache, proto, cfg)
+    data, evaluation = data_settings(cfg), eval_settings(cfg, sets)
+  seeds = list(range(cfg.seeds))
+  methods = list(cfg.methods)
+  if not any(measurable(m, p, proto.p_max) for m in methods for p in ps):
+    raise cfg_lib.UserError(needs_pairs_message(cfg, methods, ps, proto.p_max))
   t_start = time.time()
   wd.save_config(workdir, cfg)
-  cache, proto, source = read_data(cfg)
-  ps, labels = resolve_n_pairs(cfg.n_pairs, proto.p_max)
-  sets = eval_sets(cache, proto, cfg)
   held_val = proto.held_out("val")
   val = aligners.AlignData.create(pairs_x=cache.image_emb[held_val["image_rows"]],
                                   pairs_y=cache.text_emb[held_val["caption_rows"][held_val["first"]]],
                                   dx=cache.image_emb.shape[1], dy=cache.text_emb.shape[1])
-  seeds = list(range(cfg.seeds))
-  methods = list(cfg.methods)
   n_train = int((proto.roles == "train").sum())
   print(f"benchmark on {source}: {len(sets['test']['x'])} test images / {len(sets['test']['y'])} captions, "
         f"{len(held_val['image_rows'])} validation images, {n_train} training images; p ∈ "
         f"{[labels[p] for p in ps]} (max = {proto.p_max}), {len(seeds)} seeds, unpaired mode "
         f"{cfg.data.unpaired_mode}; extra eval sets: {sorted(set(sets) - {'test'}) or 'none'}")
 
-  geometry = geometry_scores(cache, proto, cfg, workdir)
+  geometry = geometry_scores(cache, proto, cfg, workdir, data=data)
   if geometry["scores"]:
     print(geometry_markdown(geometry), end="")
   store = sweep.CellStore(workdir)
   writer = wd.MetricWriter(workdir)
+  settings = lambda m, p, s: cell_settings(m, p, s, cfg, data=data, evaluation=evaluation)  # noqa: E731
   grid = [(m, p, s) for s in seeds for p in ps for m in methods]
-  cells = {c: store.load(*c) for c in grid}
+  keyed = {c: settings(*c) for c in grid}
+  cells = {c: store.load(*c, key=keyed[c].key) for c in grid}
   todo = [c for c in grid if cells[c] is None]
-  print(f"{len(grid) - len(todo)} of {len(grid)} cells done before, {len(todo)} to run")
+  stale = sum(bool(store.others(*c, key=keyed[c].key)) for c in todo)
+  print(f"{len(grid) - len(todo)} of {len(grid)} cells done before with these settings, {len(todo)} to run" +
+        (f" ({stale} of them stored under other settings, kept but not used)" if stale else ""))
   upper = {}  # an all-pairs method sees the same data at every p: fitted once per seed
-  for method, p, seed in tqdm(todo, desc="cells", disable=not wd.is_primary(), dynamic_ncols=True):
+  for method, p, seed in wd.progress(todo, desc="cells", total=len(todo)):
     if aligners.get(method).all_pairs and (method, seed) in upper:
       record, per_query = upper[method, seed]
       record = {**record, "p": int(p)}
     else:
-      record, per_query = run_cell(method, p, seed, cache=cache, proto=proto, sets=sets, val=val, cfg=cfg,
-                                   workdir=workdir, writer=writer)
+      record, per_query = run_cell(method, p, seed, settings=keyed[method, p, seed], cache=cache, proto=proto,
+                                   sets=sets, val=val, cfg=cfg, workdir=workdir, writer=writer)
       if aligners.get(method).all_pairs:
         upper[method, seed] = record, per_query
     if wd.is_primary():
       store.save(record, per_query)
     if record["status"] == "ok":
       writer.write(p, record["metrics"], prefix=f"cell/{method}/seed{seed}/")
-    cells[method, p, seed] = record
+    cells[method, p, seed] = sweep.to_json(record)
+  if not any(cells[c]["status"] == "ok" for c in grid):
+    writer.close()
+    reasons = sorted({cells[c].get("reason", "") for c in grid})
+    raise cfg_lib.UserError(needs_pairs_message(cfg, methods, ps, proto.p_max) + f" ({'; '.join(reasons)})")
+
+  # --- the table's methods: config.methods, then every other method stored complete under the same settings ----
+  extra_methods, partial = [], {}
+  for m in aligners.ALIGNERS:
+    if m in methods:
+      continue
+    found = {(m, p, s): store.load(m, p, s, key=settings(m, p, s).key) for s in seeds for p in ps}
+    n_found = sum(r is not None for r in found.values())
+    if n_found == len(found):
+      extra_methods.append(m)
+      cells.update(found)
+    elif n_found:
+      partial[m] = n_found
+  shown = methods + extra_methods
+  if extra_methods:
+    print(f"also in the tables: {', '.join(extra_methods)} (stored earlier in {workdir} with the same settings)")
+  if partial:
+    print("not in the tables (stored with these settings for only some cells; add them to config.methods to "
+          "complete them): " + ", ".join(f"{m} ({k} of {len(ps) * len(seeds)})" for m, k in partial.items()))
+  grid = [(m, p, s) for s in seeds for p in ps for m in shown]
 
   # --- statistics ----------------------------------------------------------------------------------------------
-  summary = sweep.summarise(cells, methods=methods, ps=ps, seeds=seeds, confidence=cfg.eval.confidence)
+  summary = sweep.summarise(cells, methods=shown, ps=ps, seeds=seeds, confidence=cfg.eval.confidence)
   reference = cfg.reference or sweep.choose_reference(
-      summary, methods=methods, trained={m: aligners.get(m).trained for m in methods})
-  comparison = sweep.compare(store, cells, summary, reference=reference, methods=methods, ps=ps, seeds=seeds,
+      summary, methods=shown, trained={m: aligners.get(m).trained for m in shown})
+  comparison = sweep.compare(store, cells, summary, reference=reference, methods=shown, ps=ps, seeds=seeds,
                              metrics=cfg.eval.compare_metrics, n_boot=cfg.eval.n_boot,
                              confidence=cfg.eval.confidence,
-                             not_competing=[m for m in methods if aligners.get(m).all_pairs])
-  for m in methods:
+                             not_competing=[m for m in shown if aligners.get(m).all_pairs])
+  for m in shown:
     for p in ps:
       if summary[m][p]:
         writer.write(p, {k: v["mean"] for k, v in summary[m][p].items() if v}, prefix=f"summary/{m}/")
@@ -309,15 +415,16 @@ def run(cfg, workdir: str) -> dict:
             f"({len(sets['test']['y'])} captions), {len(held_val['image_rows'])} held-out validation images, "
             f"{n_train} training images; nested pairs per seed, unpaired pools from the rest ({cfg.data.unpaired_mode}"
             f"); {len(seeds)} seeds; reference: {reference}.\n\n{geometry_markdown(geometry)}")
-  md = sweep.markdown(summary, comparison, methods=methods, ps=ps, labels=labels, reference=reference,
+  md = sweep.markdown(summary, comparison, methods=shown, ps=ps, labels=labels, reference=reference,
                       table_metrics=cfg.eval.table_metrics, compare_metrics=cfg.eval.compare_metrics,
                       n_seeds=len(seeds), confidence=cfg.eval.confidence, header=header)
   fit_s = lambda c: c["fit_seconds"]["mean"] if c and c.get("fit_seconds") else None  # noqa: E731
-  timing = {m: {f"p={labels[p]}": fit_s(summary[m][p]) for p in ps} for m in methods}
+  timing = {m: {f"p={labels[p]}": fit_s(summary[m][p]) for p in ps} for m in shown}
   seconds = round(time.time() - t_start, 1)
   extra = {
       "cells": [sweep.to_json(cells[c]) for c in grid], "summary": sweep.to_json(summary),
       "comparison": sweep.to_json(comparison), "reference": reference, "methods_run": methods,
+      "methods_from_store": extra_methods,
       "p_values": list(ps), "p_labels": {str(p): labels[p] for p in ps}, "seeds": seeds,
       "protocol": {"cache": cfg.data.cache if not file_paths(cfg) else None, "files": file_paths(cfg) or None,
                    "split": cfg.data.split, "split_seed": cfg.data.split_seed,
@@ -328,14 +435,14 @@ def run(cfg, workdir: str) -> dict:
       "geometry": geometry, "cells_run_now": len(todo), "seconds": seconds,
   }
   methods_means = {m: {f"p{p}/{k}": v["mean"] for p in ps if summary[m][p] for k, v in summary[m][p].items() if v}
-                   for m in methods}
+                   for m in shown}
   wd.write_results(workdir, methods_means, **extra)  # results.json with provenance (results.md is replaced below)
   if not wd.is_primary():
     return extra
   full = md + "\n### fit seconds (wall clock, mean over seeds; not part of the resumable result)\n\n" + \
       wd.markdown_table(timing) + "\n"
   sio.write_text(os.path.join(workdir, "results.md"), full)
-  sweep.plot(summary, methods=methods, ps=ps, labels=labels, path=os.path.join(workdir, "sweep.png"))
+  sweep.plot(summary, methods=shown, ps=ps, labels=labels, path=os.path.join(workdir, "sweep.png"))
   print("\n" + md)
   print(f"{len(todo)} cells run in {seconds:.1f} s; results in {workdir}/results.{{json,md}}, plot sweep.png")
   return extra

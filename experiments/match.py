@@ -412,9 +412,7 @@ def zeroshot_set(cache, cfg):
 
 
 def plot_sweeps(by_base: dict, by_query: dict, methods: list[str], path: str, cfg):
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = wd.pyplot()
   panels = [(s, n, lab) for s, n, lab in ((by_base, "base pairs", f"{cfg.n_query} queries"),
                                           (by_query, "queries", f"{cfg.n_base} base pairs")) if len(s) > 1]
   fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)

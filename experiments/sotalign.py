@@ -29,14 +29,31 @@ Data-parallel over all devices: the pools are row-sharded over a 1-D mesh (:func
 batches too. On several hosts each reads from the memory-mapped cache only the pool rows its devices hold, and
 process 0 alone writes files (README, Multi-device and multi-host).
 
-A rerun with the same workdir resumes: finished methods are read back from ``done/``, an interrupted one
-restarts from its latest checkpoint (resume order: workdir checkpoint > scratch) and, because every step's
-randomness is ``fold_in(seed, step)``, reaches the same final metrics as an uninterrupted run.
+**Reruns: results are keyed by their settings.** Each (method, n_pairs) result is keyed by the hash of everything
+that determines it (:func:`cell_settings`): the method's resolved options (registry defaults with the shared keys of
+:data:`CONFIG_KEYS` and its own section ``config.<method>`` over them), the data (fingerprints of the cache and
+extra caches, or of the files: manifest, sizes and content hashes, never paths), ``data.max_unpaired``,
+``n_pairs``, ``config.seed``, and the evaluation split and caches. It is stored as
+``done/<method>/p<n_pairs>_s<seed>__<key12>.json`` (:class:`sotalign_jax.runtime.sweep.CellStore`, the benchmark's
+cell store). A rerun in the same workdir reuses a result only when nothing that determines it changed (it says
+"stored" beside the number) and computes it anew otherwise. A trained method checkpoints in
+``runs/<method>_n<n_pairs>__<key12>`` (keyed by its fit settings): an interrupted run rerun with the same settings
+resumes from its latest checkpoint (resume order: workdir checkpoint > scratch) and, because every step's
+randomness is ``fold_in(seed, step)``, reaches the same final metrics as an uninterrupted run; rerun with a changed
+setting (say ``--config.sotalign.alpha``) it starts at step 0 in a new directory and one line names the old one.
+
+**What the tables show.** ``results.json`` / ``results.md`` (and the n_pairs sweep's table and plot) show every
+method of ``config.methods`` computed under the current settings, followed by every other method of the config that
+is stored in the workdir for every n_pairs under the same settings: a rerun with fewer methods keeps the full table,
+a rerun with changed settings shows only results computed with them. ``results.json`` gives each result's ``key``
+and resolved ``settings`` (``cells``), ``methods_run`` and ``methods_from_store``.
+
+**User errors** (an unknown key, a bad value, a missing cache or file, too few pairs for a method) print one line
+``error: …`` and exit with code 2 before the workdir is created.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Callable, NamedTuple
@@ -51,7 +68,7 @@ from sotalign_jax.data.files import FILE_KEYS, open_embedding_files
 from sotalign_jax.data.splits import stable_uniform
 from sotalign_jax.nn.heads import linear_params, save_heads
 from sotalign_jax.runtime import config as cfg_lib
-from sotalign_jax.runtime import distributed, io as sio, train as train_lib, workdir as wd
+from sotalign_jax.runtime import distributed, io as sio, sweep, train as train_lib, workdir as wd
 
 CONFIG = cfg_lib.experiment_config(__file__)  # configs/sotalign.py: get_config, validate
 TRAIN_SPLITS = ("paired", "unpaired")
@@ -343,42 +360,107 @@ def write_heads(run_dir: str, alignment: aligners.Alignment):
 
 
 # ================================================================================================================
+# Keys: what determines a result (sotalign_jax.runtime.sweep.CellSettings)
+# ================================================================================================================
+def data_settings(cfg, sets: dict) -> tuple[dict, dict]:
+  """``(training data, evaluation)`` parts of every key: fingerprints of the cache and extra caches (or of the
+  files in file mode; never paths) with ``data.max_unpaired``; the evaluation split and optional eval caches."""
+  d = cfg.data
+  if file_mode(cfg):
+    fit = {"files": wd.files_fingerprint({k: d[k] for k in FILE_KEYS}), "max_unpaired": d.max_unpaired}
+  else:
+    fit = {"cache": wd.cache_fingerprint(d.cache), "max_unpaired": d.max_unpaired,
+           "extra_unpaired_text": [wd.cache_fingerprint(p) for p in d.extra_unpaired_text],
+           "extra_unpaired_images": [wd.cache_fingerprint(p) for p in d.extra_unpaired_images]}
+  fp = lambda name, path: wd.cache_fingerprint(path) if name in sets else None  # noqa: E731
+  evaluation = {"split": cfg.eval.split, "tuxpaint": fp("tuxpaint", cfg.eval.tuxpaint_cache),
+                "fashion_mnist": fp("fashion", cfg.eval.fashion_mnist_cache)}
+  return fit, evaluation
+
+
+def cell_settings(method: str, n_pairs: int, cfg, *, data: dict, evaluation: dict) -> sweep.CellSettings:
+  """Everything that determines one method's result at ``n_pairs``: its resolved options (registry defaults with
+  :func:`method_hparams` over them), the data, ``n_pairs`` and ``config.seed``."""
+  fit = {"method": method, "hparams": {**aligners.get(method).defaults, **method_hparams(method, cfg)},
+         "data": data, "n_pairs": int(n_pairs), "seed": cfg.seed}
+  return sweep.CellSettings(fit, evaluation)
+
+
+def check_pairs(methods, pools: dict[int, dict]):
+  """Raises naming ``config.data.n_pairs`` when a method gets fewer pairs than it needs."""
+  for n, pool in pools.items():
+    for m in methods:
+      spec = aligners.get(m)
+      have = len(pool["all_x"]) if spec.all_pairs else n
+      if have < spec.min_pairs:
+        raise ValueError(f"config.data.n_pairs={n}: {m} needs at least {spec.min_pairs} pairs, it would get {have}; "
+                         "raise config.data.n_pairs (and config.data.n_pairs_sweep), or give more pairs")
+
+
+# ================================================================================================================
 # Main
 # ================================================================================================================
 def run(cfg, workdir: str) -> dict:
-  CONFIG.validate(cfg)
-  methods = cfg.methods
+  # --- config and data, checked before anything is written (a user error leaves no workdir behind) -------------
+  with cfg_lib.user_errors():
+    CONFIG.validate(cfg)
+    sets, val, pools_at, main_size, data = read_data(cfg)
+    sizes = sorted(set(cfg.data.n_pairs_sweep) | {main_size})
+    pools = {n: pools_at(n) for n in sizes}
+    check_pairs(cfg.methods, pools)
+    fit_data, evaluation = data_settings(cfg, sets)
+  methods = list(cfg.methods)
+  settings = lambda m, n: cell_settings(m, n, cfg, data=fit_data, evaluation=evaluation)  # noqa: E731
   wd.save_config(workdir, cfg)
-  sets, val, pools_at, main_size, data = read_data(cfg)
   writer = wd.MetricWriter(workdir)
-  sizes = sorted(set(cfg.data.n_pairs_sweep) | {main_size})
+  store = sweep.CellStore(workdir)
   by_size: dict[int, dict] = {}
+  cells: dict[str, dict] = {}
   t_start = time.time()
   for n_pairs in sizes:
-    pools = pools_at(n_pairs)
-    print(f"n_pairs={n_pairs}: {len(pools['pair_x'])} pairs, {len(pools['unp_x'])} unpaired images, "
-          f"{len(pools['unp_y'])} unpaired texts, {len(sets['main']['x'])} {cfg.eval.split} images")
+    pool = pools[n_pairs]
+    print(f"n_pairs={n_pairs}: {len(pool['pair_x'])} pairs, {len(pool['unp_x'])} unpaired images, "
+          f"{len(pool['unp_y'])} unpaired texts, {len(sets['main']['x'])} {cfg.eval.split} images")
     by_size[n_pairs] = {}
     for method in methods:
-      done = os.path.join(workdir, "done", f"{method}_n{n_pairs}.json")
-      if os.path.exists(done):
-        with open(done) as fh:
-          by_size[n_pairs][method] = json.load(fh)
-        continue
-      run_dir = os.path.join(workdir, "runs", f"{method}_n{n_pairs}")
-      alignment = fit_method(method, pools, cfg, run_dir, writer, val)
-      write_heads(run_dir, alignment)
-      result = evaluate(alignment.embed_x, alignment.embed_y, sets)
-      writer.write(n_pairs, result, prefix=f"eval/{method}/")
-      if wd.is_primary():
-        sio.write_json(done, result)
-      wd.sync(f"done:{method}_n{n_pairs}")
-      by_size[n_pairs][method] = result
-      print(f"  {method:20s} i2t R@1 {result['i2t_r1']:.4f}  t2i R@1 {result['t2i_r1']:.4f}")
+      st = settings(method, n_pairs)
+      record = store.load(method, n_pairs, cfg.seed, key=st.key)
+      if record is None:
+        run_dir = wd.keyed_dir(os.path.join(workdir, "runs"), f"{method}_n{n_pairs}", st.fit_key)
+        alignment = fit_method(method, pool, cfg, run_dir, writer, val)
+        write_heads(run_dir, alignment)
+        result = evaluate(alignment.embed_x, alignment.embed_y, sets)
+        writer.write(n_pairs, result, prefix=f"eval/{method}/")
+        record = sweep.to_json({"method": method, "p": n_pairs, "seed": cfg.seed, "status": "ok", "metrics": result,
+                                "key": st.key, "settings": st.to_json(), "run_dir": run_dir})
+        if wd.is_primary():
+          store.save(record)
+        wd.sync(f"done:{method}_n{n_pairs}")
+        note = ""
+      else:
+        note = "  (stored: computed before with the same settings)"
+      by_size[n_pairs][method] = record["metrics"]
+      cells[f"{method}/n{n_pairs}"] = {k: record[k] for k in ("key", "settings")}
+      print(f"  {method:20s} i2t R@1 {record['metrics']['i2t_r1']:.4f}  t2i R@1 "
+            f"{record['metrics']['t2i_r1']:.4f}{note}")
   writer.close()
 
-  extra = {"n_pairs": main_size, "eval_split": cfg.eval.split, "data": data,
-           "seconds": round(time.time() - t_start, 1)}
+  # --- the table's methods: config.methods, then the others stored at every size under the same settings -------
+  extra_methods = []
+  for method in CONFIG.METHODS:
+    if method in methods:
+      continue
+    found = {n: store.load(method, n, cfg.seed, key=settings(method, n).key) for n in sizes}
+    if all(found.values()):
+      extra_methods.append(method)
+      for n, record in found.items():
+        by_size[n][method] = record["metrics"]
+        cells[f"{method}/n{n}"] = {k: record[k] for k in ("key", "settings")}
+  if extra_methods:
+    print(f"also in the tables: {', '.join(extra_methods)} (stored earlier in {workdir} with the same settings)")
+
+  extra = {"n_pairs": main_size, "eval_split": cfg.eval.split, "data": data, "methods_run": methods,
+           "methods_from_store": extra_methods, "cells": cells, "seconds": round(time.time() - t_start, 1)}
   if len(sizes) > 1:
     extra["by_n_pairs"] = {str(n): r for n, r in by_size.items()}
     plot_sweep(by_size, os.path.join(workdir, "r1_vs_n_pairs.png"))
@@ -389,17 +471,15 @@ def run(cfg, workdir: str) -> dict:
   print(f"\nSOTAlign results ({cfg.eval.split} split, {main_size} pairs, data {source}):\n")
   print(table)
   if len(sizes) > 1:  # methods × metrics × n_pairs
-    sweep = "\n\n".join(f"{n} pairs:\n\n{wd.markdown_table(by_size[n])}" for n in sizes)
+    tables = "\n\n".join(f"{n} pairs:\n\n{wd.markdown_table(by_size[n])}" for n in sizes)
     if wd.is_primary():
-      sio.write_text(os.path.join(workdir, "results_by_n_pairs.md"), sweep + "\n")
-    print("\n" + sweep)
+      sio.write_text(os.path.join(workdir, "results_by_n_pairs.md"), tables + "\n")
+    print("\n" + tables)
   return by_size[main_size]
 
 
 def plot_sweep(by_size: dict, path: str):
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = wd.pyplot()
   sizes = sorted(by_size)
   fig, axes = plt.subplots(1, 2, figsize=(10, 4))
   for ax, key in zip(axes, ("i2t_r1", "t2i_r1")):

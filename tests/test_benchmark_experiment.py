@@ -71,7 +71,8 @@ def test_smoke_end_to_end_then_resume_skips_every_cell(cache, tmp_path):
       assert c["status"] == "ok"
       assert {"i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "foscttm", "i2t_mean_rank",
               "t2i_median_rank", "matching_acc", "fit_seconds"} <= set(c["metrics"])
-      assert os.path.exists(tmp_path / "cells" / c["method"] / f"p{c['p']}_s{c['seed']}.npz")
+      assert os.path.exists(tmp_path / "cells" / c["method"] / f"p{c['p']}_s{c['seed']}__{c['key'][:12]}.npz")
+    assert len(c["key"]) == 64 and c["settings"]["fit"]["method"] == c["method"]  # each cell's key and settings
   p_max = ps[-1]
   s = res["summary"]["cca"][str(p_max)]["i2t_r1"]
   assert s["n"] == 2 and s["low"] <= s["mean"] <= s["high"] and s["mean"] > 10 / 150  # far above chance
@@ -84,6 +85,7 @@ def test_smoke_end_to_end_then_resume_skips_every_cell(cache, tmp_path):
   assert (tmp_path / "sweep.png").read_bytes()[:4] == b"\x89PNG"
   assert os.path.isdir(tmp_path / "tb") and (tmp_path / "metrics.jsonl").stat().st_size > 0
 
+  assert "Traceback" not in out.stderr
   # a rerun skips every cell and writes the same table
   first = main_tables(tmp_path)
   again = experiment().run(smoke_config(cache), str(tmp_path))
@@ -227,8 +229,9 @@ def test_a_trained_method_trains_on_the_checkpointed_loop_in_its_run_dir_and_may
   assert status == {("cca", 0): "needs_pairs", ("cca", 8): "ok", ("_test_trained", 0): "ok",
                     ("_test_trained", 8): "ok"}
   assert sorted(seen) == [(5, 0), (5, 8)]  # config.hparams reach the fit
-  for cell in ("p0_s0", "p8_s0"):  # each cell checkpoints in a run directory of its own
-    assert sorted(os.listdir(tmp_path / "runs" / "_test_trained" / cell / "ckpt")) == ["5"]
+  for cell in ("p0_s0", "p8_s0"):  # each cell checkpoints in a run directory of its own, keyed by its settings
+    (run_dir,) = glob.glob(str(tmp_path / "runs" / "_test_trained" / f"{cell}__*"))
+    assert sorted(os.listdir(os.path.join(run_dir, "ckpt"))) == ["5"]
   assert res["reference"] == "cca"  # the auto reference is a closed-form method when sotalign is not run
 
 

@@ -217,17 +217,39 @@ def test_tuple_overrides_reach_the_config_in_every_form():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("--config.nonexistent=1", "unknown config key --config.nonexistent\nKeys of config: batch_paired, "),
-    ("--config.sotalign.alpah=3", "unknown config key --config.sotalign.alpah; did you mean --config.sotalign.alpha?"
-                                  "\nKeys of config.sotalign: alpha, eps_student, "),
+    ("--config.nonexistent=1", "error: unknown config key --config.nonexistent (keys of config: batch_paired, "),
+    ("--config.sotalign.alpah=3", "error: unknown config key --config.sotalign.alpah; did you mean "
+                                  "--config.sotalign.alpha? (keys of config.sotalign: alpha, eps_student, "),
     ("--config.sotalgn.alpha=3", "did you mean --config.sotalign.alpha?"),
-    ("--config.head.hiden=3", "did you mean --config.head.hidden?\nKeys of config.head: hidden, kind"),
+    ("--config.head.hiden=3", "did you mean --config.head.hidden? (keys of config.head: hidden, kind)"),
 ])
 def test_unknown_override_key_is_a_usage_error_naming_the_nearest_keys(override, message):
   out = launch(override)
   assert out.returncode == 2, (out.returncode, out.stderr[-3000:])
   assert message in out.stderr and "Traceback" not in out.stderr, out.stderr[-3000:]
+  assert len(out.stderr.strip().splitlines()) == 1  # one line
   assert out.stdout == ""
+
+
+USER_ERROR = """
+import sys
+from sotalign_jax.runtime import config as cfg_lib
+def run(cfg, workdir):
+  with cfg_lib.user_errors():
+    open("/does/not/exist/x.npy")
+cfg_lib.launch(run, "configs/sotalign.py")
+"""
+
+
+def test_a_user_error_in_run_is_one_line_and_exit_code_2():
+  out = subprocess.run([sys.executable, "-c", USER_ERROR, "--config", os.path.join(REPO, "configs", "sotalign.py"),
+                        "--workdir", "w"], capture_output=True, text=True, timeout=300, cwd=REPO)
+  assert out.returncode == 2 and out.stderr.startswith("error: "), out.stderr[-3000:]
+  assert len(out.stderr.strip().splitlines()) == 1 and "/does/not/exist/x.npy" in out.stderr
+  with pytest.raises(cfg_lib.UserError, match="bad"), cfg_lib.user_errors():
+    raise ValueError("bad")  # a ValueError subclass, so callers of run() still catch ValueError
+  with pytest.raises(KeyError), cfg_lib.user_errors():
+    raise KeyError("a bug keeps its traceback")
 
 
 def test_unknown_preset_is_a_usage_error_listing_the_known_ones():

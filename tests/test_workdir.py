@@ -126,6 +126,16 @@ def test_checkpoint_of_a_different_state_is_an_error_naming_the_difference(tmp_p
   assert step == 20 and int(state.step) == 20
 
 
+def test_resume_of_an_intact_checkpoint_logs_no_warning(tmp_path, caplog):
+  import logging
+  _save_steps(tmp_path / "ckpt", _train_state())
+  with caplog.at_level(logging.INFO):
+    state, step = wd.restore_latest(wd.checkpoint_manager(tmp_path / "ckpt"), _train_state())
+  assert step == 20 and int(state.step) == 20
+  noisy = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+  assert not noisy, noisy  # e.g. Orbax's "Metadata file does not exist: .../default/_CHECKPOINT_METADATA"
+
+
 def test_truncated_step_of_the_same_state_still_falls_back(tmp_path, capsys):
   _save_steps(tmp_path / "ckpt", _train_state())
   # cut the array data of step 20 (OCDBT's d/ chunks) but keep its metadata: the tree agrees, the data is damaged

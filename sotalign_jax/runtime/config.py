@@ -14,24 +14,29 @@ Every experiment is launched the same way (a rerun with the same workdir resumes
   that tuple here (:func:`check_overrides`), and ``--config.n_pairs_sweep=`` into the empty tuple.
 * ``check_ints`` … ``check_subset`` are the small checks of each config file's ``validate(config)``; each
   raises ``ValueError`` naming the dotted key.
+* User errors are one line, ``error: …`` on stderr, and exit code 2, with nothing written: an experiment's ``run``
+  validates the config and reads its data inside :func:`user_errors` before it creates the workdir, and
+  :func:`launch` prints the :class:`UserError` that comes out (a failure after that point is a bug or a crash and
+  keeps its traceback).
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
 import difflib
 import functools
 import importlib.util
 import os
 import re
 import sys
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import ml_collections
 
 __all__ = ["parse_arg", "get", "check_ints", "check_positive", "check_nonnegative", "check_one_of", "check_subset",
            "config_module", "experiment_config", "get_path", "load_config", "check_overrides", "start_experiment",
-           "launch"]
+           "launch", "UserError", "user_errors", "one_line"]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -205,7 +210,7 @@ def _unknown_key(cfg, key: str, section: str, flag: str) -> str:
   if near:
     msg += "; did you mean " + " or ".join(f"--{flag}.{k}" for k in near) + "?"
   if isinstance(known, ml_collections.ConfigDict):
-    msg += f"\nKeys of {flag}{'.' + section if section else ''}: {', '.join(known)}"
+    msg += f" (keys of {flag}{'.' + section if section else ''}: {', '.join(known)})"
   return msg
 
 
@@ -219,9 +224,29 @@ def _as_tuple_literal(text: str) -> str:
   return repr(tuple(literal(s.strip()) for s in text.split(",") if s.strip()))
 
 
+class UserError(ValueError):
+  """A mistake in the config or in the data it names, found before anything was written (exit code 2)."""
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+  """Inside, a ``ValueError`` or ``OSError`` (a bad value, a missing or unreadable file) becomes a
+  :class:`UserError` with the same message: wrap the checks and data reads an experiment does before it writes."""
+  try:
+    yield
+  except UserError:
+    raise
+  except (ValueError, OSError) as e:
+    raise UserError(str(e) or type(e).__name__) from e
+
+
+def one_line(message: str) -> str:
+  """``message`` on one line (its lines joined by a space)."""
+  return " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+
+
 def _usage_error(message: str):
-  print(f"FATAL Flags parsing error: {message}\nPass --helpshort or --helpfull to see help on flags.",
-        file=sys.stderr)
+  print(f"error: {one_line(message)}", file=sys.stderr)
   sys.exit(2)
 
 
@@ -282,7 +307,8 @@ def start_experiment(argv, config, workdir, *, config_file: str):
 def launch(run: Callable[[ml_collections.ConfigDict, str], Any], config_file: str):
   """The ``__main__`` of every experiment: ``--config`` (locked) and ``--workdir``, then ``run(config, workdir)``.
 
-  Overrides are checked by :func:`check_overrides` before absl parses them.
+  Overrides are checked by :func:`check_overrides` before absl parses them; a :class:`UserError` out of ``run``
+  prints ``error: <message>`` (one line) on stderr and exits with code 2.
   """
   from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
@@ -292,7 +318,10 @@ def launch(run: Callable[[ml_collections.ConfigDict, str], Any], config_file: st
   def main(argv):
     start_experiment(argv, config.value, workdir.value, config_file=config_file)
     logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save INFO lines out of the progress output
-    run(config.value, workdir.value)
+    try:
+      run(config.value, workdir.value)
+    except UserError as e:
+      _usage_error(str(e))
 
   def parse(argv):
     return app.parse_flags_with_usage(check_overrides(flags.FLAGS.read_flags_from_files(argv, force_gnu=False)))

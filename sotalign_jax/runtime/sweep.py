@@ -1,10 +1,17 @@
 r"""A resumable (method, p, seed) sweep and its statistics: the cell store, intervals, paired differences, tables.
 
-Used by ``experiments/benchmark.py``; nothing here knows about aligners or caches.
+Used by ``experiments/benchmark.py`` and ``experiments/sotalign.py``; nothing here knows about aligners or caches.
 
-* :class:`CellStore` — one cell is ``done/<method>/p<p>_s<seed>.json`` (its scalar metrics, or the status
-  ``"needs_pairs"``) and, for a computed cell, ``cells/<method>/p<p>_s<seed>.npz`` with its per-query values. Both
-  are written atomically, the ``.npz`` first, so a ``done`` file means the cell is complete; a rerun skips it.
+* :class:`CellSettings` — everything that determines a cell's numbers, in two parts: ``fit`` (the method, its
+  resolved hyper-parameters, the training data's fingerprint, the protocol, seed and p) and ``evaluation`` (the
+  evaluation data). ``key`` hashes both (:func:`sotalign_jax.runtime.workdir.settings_key`) and names the cell;
+  ``fit_key`` hashes ``fit`` alone and names a trained cell's run (checkpoint) directory, so changing only an
+  evaluation set re-evaluates without discarding a finished training run.
+* :class:`CellStore` — one cell is ``done/<method>/p<p>_s<seed>__<key12>.json`` (its record: scalar metrics or the
+  status ``"needs_pairs"``, its full ``key`` and ``settings``) and, for a computed cell with per-query values,
+  ``cells/<method>/p<p>_s<seed>__<key12>.npz``. Both are written atomically, the ``.npz`` first, so a ``done`` file
+  means the cell is complete. A rerun with the same settings skips it; a rerun with any changed setting looks for
+  another key, computes the cell anew and leaves the old one where it is (a rerun of the old settings finds it).
 * :func:`summarise` — per (method, p, metric): the mean over seeds with a Student-t interval
   (:func:`sotalign_jax.stats.seed_interval`).
 * :func:`compare` — per p and metric: each method minus the reference, and the reference minus the best other
@@ -15,18 +22,19 @@ Used by ``experiments/benchmark.py``; nothing here knows about aligners or cache
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import math
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
 from sotalign_jax import stats
-from sotalign_jax.runtime import io as sio
+from sotalign_jax.runtime import io as sio, workdir as wd
 
-__all__ = ["METRICS", "PER_QUERY_METRICS", "LOWER_IS_BETTER", "CellStore", "summarise", "compare",
+__all__ = ["METRICS", "PER_QUERY_METRICS", "LOWER_IS_BETTER", "CellSettings", "CellStore", "summarise", "compare",
            "choose_reference", "markdown", "plot", "to_json"]
 
 # Every scalar a cell reports; the per-query ones are stored per test query for the paired bootstrap.
@@ -43,34 +51,67 @@ NEEDS_PAIRS = "needs_pairs"
 # ----------------------------------------------------------------------------------------------------------------
 # Cells on disk.
 # ----------------------------------------------------------------------------------------------------------------
+class CellSettings(NamedTuple):
+  """What determines one cell's numbers (plain JSON values; see the module docstring).
+
+  Attributes:
+    fit: what determines the fitted alignment: the method, its resolved hyper-parameters (registry defaults with
+      the config's values over them), the training data's fingerprint, the protocol, the seeds and p.
+    evaluation: what else determines the metrics: the evaluation data.
+  """
+  fit: Mapping[str, Any]
+  evaluation: Mapping[str, Any]
+
+  @property
+  def key(self) -> str:
+    """The cell's key: the hash of both parts."""
+    return wd.settings_key({"fit": self.fit, "evaluation": self.evaluation})
+
+  @property
+  def fit_key(self) -> str:
+    """The key of the fit alone: a trained cell's run directory."""
+    return wd.settings_key(self.fit)
+
+  def to_json(self) -> dict:
+    return {"fit": wd.canonical(self.fit), "evaluation": wd.canonical(self.evaluation)}
+
+
 class CellStore:
-  """The ``done/`` and ``cells/`` files of a sweep under ``workdir``."""
+  """The ``done/`` and ``cells/`` files of a sweep under ``workdir``, keyed by :attr:`CellSettings.key`."""
 
   def __init__(self, workdir: str):
     self.workdir = workdir
 
-  def _path(self, kind: str, method: str, p: int, seed: int, ext: str) -> str:
-    return os.path.join(self.workdir, kind, method, f"p{int(p)}_s{int(seed)}.{ext}")
+  def _path(self, kind: str, method: str, p: int, seed: int, key: str, ext: str) -> str:
+    return os.path.join(self.workdir, kind, method, f"p{int(p)}_s{int(seed)}__{key[:12]}.{ext}")
 
-  def load(self, method: str, p: int, seed: int) -> dict | None:
-    """The record of a finished cell, or ``None``."""
-    path = self._path("done", method, p, seed, "json")
+  def load(self, method: str, p: int, seed: int, key: str) -> dict | None:
+    """The record of the cell finished under the settings of ``key``, or ``None``."""
+    path = self._path("done", method, p, seed, key, "json")
     if not os.path.exists(path):
       return None
     with open(path, encoding="utf-8") as fh:
-      return json.load(fh)
+      record = json.load(fh)
+    return record if record.get("key") == key else None  # a 12-character prefix collision is not a match
+
+  def others(self, method: str, p: int, seed: int, key: str) -> list[str]:
+    """``done`` files of the same (method, p, seed) under other settings (or from before cells were keyed)."""
+    stem = os.path.join(glob.escape(os.path.join(self.workdir, "done", method)), f"p{int(p)}_s{int(seed)}")
+    mine = self._path("done", method, p, seed, key, "json")
+    return [f for f in sorted(glob.glob(stem + ".json") + glob.glob(stem + "__*.json")) if f != mine]
 
   def save(self, record: Mapping[str, Any], per_query: Mapping[str, np.ndarray] | None = None):
-    """Writes a cell (its per-query values first, then the ``done`` record that marks it finished)."""
-    method, p, seed = record["method"], record["p"], record["seed"]
+    """Writes a cell (its per-query values first, then the ``done`` record that marks it finished); the record
+    holds its ``key``."""
+    method, p, seed, key = record["method"], record["p"], record["seed"], record["key"]
     if per_query is not None:
-      sio.save_npz(self._path("cells", method, p, seed, "npz"),
+      sio.save_npz(self._path("cells", method, p, seed, key, "npz"),
                    **{k: np.asarray(v, np.float32) for k, v in per_query.items()})
-    sio.write_json(self._path("done", method, p, seed, "json"), to_json(record))
+    sio.write_json(self._path("done", method, p, seed, key, "json"), to_json(record))
 
-  def per_query(self, method: str, p: int, seed: int) -> dict[str, np.ndarray]:
-    """The per-query arrays of a computed cell."""
-    with np.load(self._path("cells", method, p, seed, "npz")) as z:
+  def per_query(self, record: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The per-query arrays of a computed cell (its record)."""
+    with np.load(self._path("cells", record["method"], record["p"], record["seed"], record["key"], "npz")) as z:
       return {k: np.asarray(z[k], np.float64) for k in z.files}
 
 
@@ -143,10 +184,10 @@ def _boot_seed(*parts) -> int:
   return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:4], "big")
 
 
-def _difference(store: CellStore, a: str, b: str, p: int, seeds: Sequence[int], metric: str, *, n_boot: int,
-                confidence: float) -> dict:
-  pa = np.stack([store.per_query(a, p, s)[metric] for s in seeds])
-  pb = np.stack([store.per_query(b, p, s)[metric] for s in seeds])
+def _difference(store: CellStore, cells: Mapping, a: str, b: str, p: int, seeds: Sequence[int], metric: str, *,
+                n_boot: int, confidence: float) -> dict:
+  pa = np.stack([store.per_query(cells[a, p, s])[metric] for s in seeds])
+  pb = np.stack([store.per_query(cells[b, p, s])[metric] for s in seeds])
   d = stats.paired_difference(pa, pb, n_boot=n_boot, confidence=confidence, seed=_boot_seed(a, b, p, metric))
   better = d.per_seed < 0 if metric in LOWER_IS_BETTER else d.per_seed > 0
   return {"a": a, "b": b, "diff": d.diff, "low": d.low, "high": d.high, "excludes_zero": d.excludes_zero,
@@ -179,7 +220,7 @@ def compare(store: CellStore, cells: Mapping, summary: Mapping, *, reference: st
       for m in methods:
         common = [s for s in _ok(cells, m, p, seeds) if s in ref_seeds]
         if m != reference and common:
-          vs_ref[p][metric][m] = _difference(store, m, reference, p, common, metric, n_boot=n_boot,
+          vs_ref[p][metric][m] = _difference(store, cells, m, reference, p, common, metric, n_boot=n_boot,
                                              confidence=confidence)
       others = [m for m in vs_ref[p][metric]
                 if m not in not_competing and summary[m][p] and summary[m][p].get(metric)]
@@ -187,7 +228,7 @@ def compare(store: CellStore, cells: Mapping, summary: Mapping, *, reference: st
         sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
         best = max(others, key=lambda m: sign * summary[m][p][metric]["mean"])
         common = vs_ref[p][metric][best]["seeds"]
-        vs_best[p][metric] = _difference(store, reference, best, p, common, metric, n_boot=n_boot,
+        vs_best[p][metric] = _difference(store, cells, reference, best, p, common, metric, n_boot=n_boot,
                                          confidence=confidence)
   return {"vs_reference": vs_ref, "vs_best_other": vs_best}
 
@@ -254,10 +295,7 @@ def markdown(summary: Mapping, comparison: Mapping, *, methods: Sequence[str], p
 def plot(summary: Mapping, *, methods: Sequence[str], ps: Sequence[int], labels: Mapping[int, str], path: str,
          metrics: Sequence[str] = ("i2t_r1", "t2i_r1", "foscttm")):
   """Each metric vs p with its seed-interval band per method; log-x, p = 0 drawn left of the smallest p > 0."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  from sotalign_jax.runtime import workdir as wd  # pylint: disable=g-import-not-at-top
+  plt = wd.pyplot()
   positive = [p for p in ps if p > 0] or [1]
   x_of = {p: (p if p > 0 else min(positive) / 3.0) for p in ps}
   fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)

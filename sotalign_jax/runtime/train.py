@@ -3,9 +3,13 @@ r"""The training loop every trained method of the experiments runs: resume, step
 :func:`train_loop` is big_vision's loop in one function: the state is replicated over a 1-D ``("data",)`` mesh
 (:func:`data_mesh`), the step is jitted with the state donated, step ``i`` draws its randomness from
 ``fold_in(key, i)`` (inside the jitted step, from ``state.step``), one :func:`~sotalign_jax.runtime.workdir.itstime`
-check gates logging (with :func:`~sotalign_jax.runtime.workdir.check_finite`) and another the Orbax checkpoints.
+check gates logging (with :func:`~sotalign_jax.runtime.workdir.check_finite`) and another the Orbax checkpoints;
+progress is a tqdm bar on a terminal and a line every 10 % or 30 s otherwise (:func:`~sotalign_jax.runtime.workdir.
+progress`).
 Resume order: the run directory's latest readable checkpoint > scratch; the step is read back from the state, so a
-resumed run takes the same steps with the same randomness as an uninterrupted one.
+resumed run takes the same steps with the same randomness as an uninterrupted one. The experiments key the run
+directory by their settings (:func:`~sotalign_jax.runtime.workdir.keyed_dir`), so only a run with the same settings
+ever resumes it.
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ import os
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
-from tqdm import tqdm
 
 from sotalign_jax.nn.optim import StepFn, make_optimizer, step_with_rng
 from sotalign_jax.runtime import workdir as wd
@@ -53,7 +56,7 @@ def train_loop(state, step_fn: StepFn, data, *, key: jax.Array, steps: int, run_
     print(f"[{name}] resuming from step {start}")
   step = jax.jit(functools.partial(step_with_rng, step_fn), donate_argnums=0)
   state = jax.device_put(state, NamedSharding(mesh, P()))
-  for i in tqdm(range(start + 1, steps + 1), desc=name, initial=start, total=steps, disable=None, leave=False):
+  for i in wd.progress(range(start + 1, steps + 1), desc=name, initial=start, total=steps):
     state, m = step(state, data, key)
     if wd.itstime(i, log_every, steps, first=True):
       wd.check_finite(i, loss=m["loss"], grad_norm=m["grad_norm"])

@@ -10,6 +10,16 @@ Kept apart from the math modules, which never touch files; atomic writes come fr
 * :func:`write_results` — atomic ``results.json`` (``{"methods": {method: {metric: value}}}`` plus
   :func:`provenance`: git commit, package versions, devices, host, seconds) and the same as a markdown table.
 * :func:`check_finite` — a NaN/Inf loss or input raises with the step and the quantity's name.
+* :func:`progress` — tqdm on a terminal, else a plain line every 10 % or 30 s (logs of batch jobs see progress).
+
+Keyed runs (what makes a rerun with changed settings compute new numbers instead of reusing old ones):
+
+* :func:`settings_key` — the sha256 of a settings dict (canonical JSON), the key of a cell or of a run directory.
+* :func:`cache_fingerprint` / :func:`files_fingerprint` — what stands for the data in such a dict: an embedding
+  cache's ``manifest.json`` and a content hash of its files, or the sizes and content hashes of embedding files
+  (never their paths, so a moved cache keeps its cells).
+* :func:`keyed_dir` — ``parent/<name>__<key12>``, the run (checkpoint) directory of one setting: a run with other
+  settings never resumes it, and says so in one line when it starts fresh beside an older one.
 
 On several hosts every process runs the same program; only process 0 writes files (:func:`is_primary`), Orbax
 checkpoints are written by all processes together, and :func:`sync` is the barrier before others read what
@@ -18,6 +28,9 @@ process 0 wrote. The workdir must be on a filesystem all hosts share (as Orbax r
 
 from __future__ import annotations
 
+import functools
+import glob
+import hashlib
 import json
 import logging
 import math
@@ -26,16 +39,18 @@ import shutil
 import subprocess
 import sys
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
 
+from sotalign_jax import _extras
 from sotalign_jax.runtime import io as sio
 
 __all__ = ["save_config", "is_primary", "sync", "itstime", "MetricWriter", "checkpoint_manager", "restore_latest",
            "CheckpointMismatchError", "write_results", "provenance", "git_state", "markdown_table",
-           "check_finite", "NonFiniteError"]
+           "check_finite", "NonFiniteError", "pyplot", "progress", "settings_key", "canonical", "file_fingerprint",
+           "cache_fingerprint", "files_fingerprint", "keyed_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +81,40 @@ def itstime(step: int, every: int, total: int, *, first: bool = False) -> bool:
   return step % every == 0 or step == total or (first and step == 1)
 
 
+def progress(iterable: Iterable, *, desc: str, total: int, initial: int = 0, every_fraction: float = 0.1,
+             every_seconds: float = 30.0, min_seconds: float = 1.0) -> Iterator:
+  """``iterable`` with progress: a tqdm bar when stdout and stderr are terminals, else a line on stdout such as
+  ``[sotalign] step 120/600 (20%), 35.1/s, ~14 s left`` whenever another ``every_fraction`` of ``total`` is done or
+  ``every_seconds`` have passed — lines closer than ``min_seconds`` to the previous one are skipped, except the
+  last — so a batch job's log shows that a long fit is alive. Only process 0 reports.
+
+  Args:
+    iterable: yields the remaining ``total - initial`` items.
+    desc: the name in the bar or at the start of each line.
+    total: the number of items when complete; ``initial``: those already done (a resumed run).
+  """
+  if not is_primary():
+    yield from iterable
+    return
+  if sys.stdout.isatty() and sys.stderr.isatty():
+    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+    yield from tqdm(iterable, desc=desc, total=total, initial=initial, leave=False, dynamic_ncols=True)
+    return
+  start = last = time.monotonic()
+  step = mark = initial
+  every = max(1, math.ceil(every_fraction * total))
+  for item in iterable:
+    yield item
+    step += 1
+    now = time.monotonic()
+    if (step == total or step >= mark + every or now - last >= every_seconds) and (
+        step == total or now - last >= min_seconds):
+      rate = (step - initial) / max(now - start, 1e-9)
+      left = f", ~{(total - step) / rate:.0f} s left" if step < total and rate > 0 else ""
+      print(f"[{desc}] {step}/{total} ({100 * step / max(total, 1):.0f}%), {rate:.3g}/s{left}", flush=True)
+      last, mark = now, step
+
+
 class NonFiniteError(FloatingPointError):
   """A loss, gradient or input became NaN/Inf."""
 
@@ -83,15 +132,20 @@ def check_finite(step: int, **quantities):
 class MetricWriter:
   """Appends scalar metrics to ``workdir/metrics.jsonl`` and TensorBoard (``workdir/tb``)."""
 
-  def __init__(self, workdir: str, *, tensorboard: bool = True):
+  def __init__(self, workdir: str, *, tensorboard: bool | None = None):
+    """``tensorboard``: write TensorBoard events too (``None``: when the ``tb`` extra is installed)."""
     self._jsonl = self._tb = None
     if not is_primary():
       return
     os.makedirs(workdir, exist_ok=True)
     self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    if tensorboard is None:
+      tensorboard = _extras.available("tensorboardX")
+      if not tensorboard:
+        log.info("TensorBoard events off (metrics.jsonl only): %s", _extras.install_hint("tensorboardX"))
     if tensorboard:
-      from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+      summary = _extras.require("tensorboardX", what="MetricWriter(tensorboard=True)").SummaryWriter
+      self._tb = summary(os.path.join(workdir, "tb"))
 
   def write(self, step: int, metrics: Mapping[str, Any], *, prefix: str = ""):
     scalars = {f"{prefix}{k}": float(np.asarray(jax.device_get(v))) for k, v in metrics.items()}
@@ -128,9 +182,12 @@ class CheckpointMismatchError(ValueError):
 def _saved_leaves(manager, step: int) -> dict[str, tuple]:
   """``{dotted path: (shape, dtype)}`` of the arrays saved at ``step``, from its metadata (raises if unreadable)."""
   import orbax.checkpoint as ocp
+  from etils import epath  # pylint: disable=g-import-not-at-top  (Orbax's path type)
   step_dir = os.path.join(str(manager.directory), str(step))
   item_dir = os.path.join(step_dir, "default")
-  meta = ocp.StandardCheckpointer().metadata(item_dir if os.path.isdir(item_dir) else step_dir)
+  # The handler reads the item's tree metadata only; a Checkpointer would also look for a step-level
+  # _CHECKPOINT_METADATA inside the item directory and log "Metadata file does not exist" for an intact checkpoint.
+  meta = ocp.StandardCheckpointHandler().metadata(epath.Path(item_dir if os.path.isdir(item_dir) else step_dir))
   tree = getattr(meta, "item_metadata", meta)
   tree = getattr(tree, "tree", tree)
   if not isinstance(tree, Mapping) or not tree:
@@ -221,11 +278,109 @@ def restore_latest(manager, target):
 
 
 # ------------------------------------------------------------------------------------------------------------
+# Keys: what determines a run's numbers, hashed.
+# ------------------------------------------------------------------------------------------------------------
+def canonical(v):
+  """``v`` as plain JSON values (tuples as lists, NumPy scalars as numbers, mappings with str keys), the form that
+  :func:`settings_key` hashes and that ``results.json`` records; anything else as its ``repr``."""
+  if isinstance(v, Mapping):
+    return {str(k): canonical(x) for k, x in v.items()}
+  if isinstance(v, (list, tuple)):
+    return [canonical(x) for x in v]
+  if isinstance(v, np.ndarray):
+    return canonical(v.tolist())
+  if isinstance(v, np.generic):
+    v = v.item()
+  if v is None or isinstance(v, (bool, int, str)):
+    return v
+  if isinstance(v, float):
+    return v if math.isfinite(v) else repr(v)
+  return repr(v)
+
+
+def settings_key(settings: Mapping[str, Any]) -> str:
+  """The sha256 (hex) of ``settings`` as canonical JSON (sorted keys): equal settings, equal key; any changed value,
+  another key. Paths use its first 12 characters."""
+  text = json.dumps(canonical(settings), sort_keys=True, separators=(",", ":"), allow_nan=False)
+  return hashlib.sha256(text.encode()).hexdigest()
+
+
+FULL_HASH_BYTES = 1 << 30  # files up to 1 GiB are hashed whole; larger ones by a sample (see file_fingerprint)
+_BLOCK = 1 << 20
+
+
+@functools.lru_cache(maxsize=256)
+def _file_fingerprint(path: str, size: int, mtime_ns: int) -> dict:
+  del mtime_ns  # part of the memo key only: a rewritten file is read again
+  h = hashlib.sha256()
+  with open(path, "rb") as fh:
+    if size <= FULL_HASH_BYTES:
+      for block in iter(lambda: fh.read(_BLOCK), b""):
+        h.update(block)
+      return {"bytes": size, "sha256": h.hexdigest()}
+    spans = [(0, 64 * _BLOCK), (size - 64 * _BLOCK, 64 * _BLOCK)] + [(i * size // 64, _BLOCK) for i in range(1, 64)]
+    for offset, length in spans:
+      fh.seek(offset)
+      h.update(fh.read(length))
+  return {"bytes": size, "sha256_sampled": h.hexdigest()}
+
+
+def file_fingerprint(path: str) -> dict:
+  """``{"bytes", "sha256"}`` of a file: its size and a hash of its content (whole up to :data:`FULL_HASH_BYTES`;
+  above, ``sha256_sampled`` of its first and last 64 MiB and 63 evenly spaced 1 MiB blocks). Memoised per process
+  by path, size and modification time."""
+  st = os.stat(path)
+  return _file_fingerprint(os.path.abspath(path), st.st_size, st.st_mtime_ns)
+
+
+def cache_fingerprint(path: str) -> dict:
+  """What identifies an embedding cache's content: its ``manifest.json`` and :func:`file_fingerprint` of every
+  other file in it (embeddings, index), not its path."""
+  with open(os.path.join(path, "manifest.json"), encoding="utf-8") as fh:
+    manifest = json.load(fh)
+  names = sorted(n for n in os.listdir(path) if n != "manifest.json" and os.path.isfile(os.path.join(path, n)))
+  return {"manifest": manifest, "files": {n: file_fingerprint(os.path.join(path, n)) for n in names}}
+
+
+def files_fingerprint(paths: Mapping[str, str]) -> dict:
+  """``{key: file_fingerprint(path)}`` of embedding files (keys whose path is empty are left out)."""
+  return {k: file_fingerprint(p) for k, p in sorted(paths.items()) if p}
+
+
+def _has_checkpoint(directory: str) -> bool:
+  return bool(glob.glob(os.path.join(glob.escape(directory), "**", "ckpt", "[0-9]*"), recursive=True))
+
+
+def keyed_dir(parent: str, name: str, key: str) -> str:
+  """``parent/<name>__<key[:12]>``: the run directory of ``name`` (e.g. one cell) under the settings of ``key``.
+
+  A rerun with the same settings resumes its checkpoints; one with other settings gets another directory, so it
+  never resumes a checkpoint of a different run. When this one has no checkpoint yet but the same ``name`` has one
+  under other settings (or in the unkeyed layout ``parent/<name>``), one line says so; nothing is deleted.
+  """
+  path = os.path.join(parent, f"{name}__{key[:12]}")
+  if is_primary() and not _has_checkpoint(path):
+    pattern = os.path.join(glob.escape(parent), glob.escape(name))
+    for other in sorted(glob.glob(pattern) + glob.glob(pattern + "__*")):
+      if other != path and _has_checkpoint(other):
+        print(f"settings changed since the checkpoint in {other}: starting fresh under {path}; delete {other} to "
+              "reclaim space")
+  return path
+
+
+# ------------------------------------------------------------------------------------------------------------
 # Results.
 # ------------------------------------------------------------------------------------------------------------
+def pyplot():
+  """``matplotlib.pyplot`` on the non-interactive Agg backend (the ``plots`` extra)."""
+  matplotlib = _extras.require("matplotlib", what="a result plot")
+  matplotlib.use("Agg")
+  return _extras.require("matplotlib.pyplot", what="a result plot")
+
+
 def save_figure(fig, path: str, *, dpi: int = 120):
   """Saves a matplotlib figure as PNG atomically (never a half-written image; process 0 only) and closes it."""
-  import matplotlib.pyplot as plt
+  plt = pyplot()
   if is_primary():
     with sio.atomic_open(path, "wb") as fh:
       fig.savefig(fh, format="png", dpi=dpi)
