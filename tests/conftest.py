@@ -35,6 +35,18 @@ def run_on_devices(argv: list[str], n_devices: int, *, timeout: int = 600) -> st
   return out.stdout
 
 
+def scipy_starts(key, n_init: int, q: int) -> np.ndarray:
+  """The starts ``qap.faq`` draws for ``key`` (``[n_init, q, q]``), polished to float64 double stochasticity for
+  scipy's ``quadratic_assignment`` P0 check (shared by test_qap.py and test_unpaired_aligners.py)."""
+  import jax
+  from sotalign_jax import qap
+  p0 = np.asarray(qap._random_starts(jax.random.split(key, n_init), q), np.float64)
+  for _ in range(50):
+    p0 = p0 / p0.sum(2, keepdims=True)
+    p0 = p0 / p0.sum(1, keepdims=True)
+  return p0
+
+
 def free_port() -> int:
   with socket.socket() as sock:
     sock.bind(("localhost", 0))
@@ -145,3 +157,12 @@ def require_asset(what: str, get):
     return get()
   except (RuntimeError, OSError) as e:  # the installers' errors: RuntimeError (pip), MissingDataError (apt)
     skip_or_fail(f"{what} unavailable: {e}")
+
+
+def keyed_run_dir(workdir, cell: str):
+  """The one run directory ``workdir/runs/<cell>__<settings key>`` of a trained cell (runs are keyed by their
+  settings: ``sotalign_jax.runtime.workdir.keyed_dir``)."""
+  import pathlib  # pylint: disable=g-import-not-at-top
+  found = sorted(pathlib.Path(workdir, "runs").glob(f"{cell}__*"))
+  assert len(found) == 1, f"expected one run directory {cell}__<key> in {workdir}/runs, found {found}"
+  return found[0]

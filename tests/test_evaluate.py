@@ -1,6 +1,8 @@
 """`python -m sotalign_jax.cli.evaluate` on a folder, with fake encoders: it embeds the folder once with the run's
 encoders and reports the same recalls as the run's heads applied by hand."""
 
+import glob
+import importlib.util
 import json
 import os
 import subprocess
@@ -11,8 +13,6 @@ from PIL import Image
 
 from conftest import REPO
 from test_embed import FAKE_SRC
-from sotalign_jax import metrics
-from sotalign_jax.data.cache import load_cache
 from sotalign_jax.nn.heads import load_heads
 
 
@@ -45,14 +45,26 @@ def test_evaluate_folder_cli(tmp_path):
   got = json.loads(out.stdout.strip().splitlines()[-1])
   assert set(got) == {"i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"}
 
-  # the same numbers by hand: the run's sail heads on the folder's embeddings (same fake encoders)
-  c = load_cache(cache)
-  embed_x, embed_y = load_heads(str(wd / "runs" / "sail_n20"))
-  imgs, owner = np.unique(c.caption_image_rows(), return_inverse=True)
-  zx, zy = np.asarray(embed_x(c.image_emb[imgs])), np.asarray(embed_y(c.text_emb))
-  ref = metrics.retrieval_recall(zy, zx, positives=owner)
-  for k in ("r1", "r5", "r10"):
-    np.testing.assert_allclose(got[f"t2i_{k}"], ref[k])
+  # the same numbers by hand, from the folder itself: the fake encoders on every image and caption, the run's sail
+  # heads, cosine scores, and for each query the rank of its best positive among the negatives (image k's
+  # positives are its two captions, rows 2k and 2k + 1; caption l's positive is image l // 2)
+  spec = importlib.util.spec_from_file_location("fake_enc_by_hand", tmp_path / "mods" / "fake_enc.py")
+  fake_enc = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(fake_enc)
+  raw_x = np.asarray(fake_enc.apply(np.stack([fake_enc.preprocess(Image.open(folder / f"{k}.png"))
+                                              for k in range(120)])))
+  raw_y = fake_enc.encode([line["caption"] for line in lines])
+  (run_dir,) = [d for d in glob.glob(str(wd / "runs" / "sail_n20*")) if os.path.exists(os.path.join(d, "heads.json"))]
+  embed_x, embed_y = load_heads(run_dir)
+  zx, zy = np.asarray(embed_x(raw_x), np.float64), np.asarray(embed_y(raw_y), np.float64)
+  s = (zx / np.linalg.norm(zx, axis=1, keepdims=True)) @ (zy / np.linalg.norm(zy, axis=1, keepdims=True)).T
+  positive = np.arange(240)[None, :] // 2 == np.arange(120)[:, None]  # [image, caption]
+  i2t = [np.sum(s[k][~positive[k]] > s[k][positive[k]].max()) for k in range(120)]
+  t2i = [np.sum(s[:, j][~positive[:, j]] > s[j // 2, j]) for j in range(240)]
+  for k in (1, 5, 10):
+    np.testing.assert_allclose(got[f"i2t_r{k}"], np.mean(np.array(i2t) < k), atol=1e-12)
+    np.testing.assert_allclose(got[f"t2i_r{k}"], np.mean(np.array(t2i) < k), atol=1e-12)
+  assert 0 < got["i2t_r10"] < 1 and got["i2t_r1"] != got["t2i_r1"]  # informative numbers, not all 0 or 1
   assert len(os.listdir(wd / "eval_cache")) == 1
 
   bad = run("-m", "sotalign_jax.cli.evaluate", "--workdir", str(wd), "--folder", str(folder), "--method", "structure")

@@ -477,6 +477,33 @@ def test_klot_sharded_over_eight_devices_equals_the_dense_klot_and_its_gradient(
   np.testing.assert_allclose(got["g"], np.asarray(g), atol=1e-5)
 
 
+def test_klot_sharded_on_two_fake_devices_combines_their_rows_like_numpy():
+  """Two devices, four rows each: the column update and the value must combine both devices' rows (``pmax`` /
+  ``psum``); each device alone would see a 4 x 5 problem, whose plans and KL differ from the 8 x 5 one's."""
+  import json
+  from conftest import run_with_fake_devices
+  r = np.random.default_rng(3)
+  ks = r.uniform(-1, 1, size=(8, 5)).astype(np.float32)
+  kt = r.uniform(-1, 1, size=(8, 5)).astype(np.float32)
+  out = run_with_fake_devices(f"""
+    import json, numpy as np, jax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from sotalign_jax import ot
+    ks, kt = np.array({ks.tolist()}, np.float32), np.array({kt.tolist()}, np.float32)
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    rows = NamedSharding(mesh, P("data", None))
+    loss = lambda k: ot.klot_sharded(k, jax.device_put(kt, rows), mesh=mesh, eps_student=0.3, eps_teacher=0.1,
+                                     num_iters=300)
+    v, g = jax.value_and_grad(loss)(jax.device_put(ks, rows))
+    assert len(g.sharding.device_set) == 2
+    print(json.dumps({{"v": float(v), "g": np.asarray(g).tolist()}}))
+  """, n_devices=2)
+  got = json.loads(out.strip().splitlines()[-1])
+  ps, pt = (np.exp(np_sinkhorn(k, eps, 2000)[0]) for k, eps in ((ks, 0.3), (kt, 0.1)))
+  np.testing.assert_allclose(got["v"], np.sum(pt * np.log(pt / ps)), rtol=1e-4)
+  np.testing.assert_allclose(got["g"], (ps - pt) / 0.3, atol=1e-5)
+
+
 def test_klot_sharded_on_one_device_matches_plain_numpy_sinkhorn(rng):
   """One device: the value against the KL of two plans computed with a plain float64 log-domain Sinkhorn."""
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))

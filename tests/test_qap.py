@@ -8,16 +8,7 @@ import pytest
 import scipy.optimize
 
 from sotalign_jax import qap
-from tests.conftest import run_with_fake_devices
-
-
-def _scipy_starts(key, n_init, q):
-  """The starts faq draws for ``key``, polished to float64 double stochasticity for scipy's P0 check."""
-  p0 = np.asarray(qap._random_starts(jax.random.split(key, n_init), q), np.float64)
-  for _ in range(50):
-    p0 = p0 / p0.sum(2, keepdims=True)
-    p0 = p0 / p0.sum(1, keepdims=True)
-  return p0
+from conftest import run_with_fake_devices, scipy_starts as _scipy_starts
 
 
 def _objective(a, b, col):

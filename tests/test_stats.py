@@ -85,6 +85,39 @@ def test_paired_difference_pairs_the_resample():
   assert abs(r.low - 0.01) < 1e-9 and abs(r.high - 0.01) < 1e-9 and r.excludes_zero
 
 
+@pytest.mark.parametrize("resample_seeds", [False, True])
+def test_paired_difference_is_the_plain_paired_bootstrap_query_by_query(resample_seeds):
+  """The replicates, written out: for each replicate (and seed) draw query indices once and average a[s, q] - b[s, q]
+  over those *same* indices of both methods; the same draws as the library's generator (one block: the seed draws,
+  then the query draws), so every number agrees. b is a smooth shift of a per query: pairing a with anything but
+  its own query (a reversed b, b resampled on other indices) widens the interval many times."""
+  rng = np.random.default_rng(1)
+  n_seeds, n_q, n_boot, seed = 3, 40, 300, 7
+  a = rng.normal(size=(n_seeds, n_q)) * 10                                 # large spread between queries
+  b = a - np.linspace(0.0, 0.2, n_q) - rng.normal(size=(n_seeds, n_q)) * 0.01  # per-query shift of a
+  r = stats.paired_difference(a, b, n_boot=n_boot, seed=seed, resample_seeds=resample_seeds)
+
+  draw = np.random.default_rng(seed)
+  seeds = draw.integers(0, n_seeds, size=(n_boot, n_seeds)) if resample_seeds else None
+  queries = draw.integers(0, n_q, size=(n_boot, n_seeds, n_q))
+  reps = np.empty(n_boot)
+  for i in range(n_boot):
+    per_seed = []
+    for j in range(n_seeds):
+      s, q = (seeds[i, j] if resample_seeds else j), queries[i, j]
+      per_seed.append(np.mean([a[s, k] - b[s, k] for k in q]))            # a and b on the same seed and queries
+    reps[i] = np.mean(per_seed)
+  low, high = np.quantile(reps, [0.025, 0.975])
+  np.testing.assert_allclose([r.low, r.high], [low, high], rtol=1e-12, atol=1e-12)
+  want_per_seed = [np.mean([a[s, k] - b[s, k] for k in range(n_q)]) for s in range(n_seeds)]
+  np.testing.assert_allclose(r.per_seed, want_per_seed, rtol=1e-12)
+  assert math.isclose(r.diff, float(np.mean(want_per_seed)), rel_tol=1e-12)
+  assert r.wins == sum(v > 0 for v in want_per_seed) == n_seeds
+  if not resample_seeds:
+    assert r.high - r.low < 0.1 and r.excludes_zero  # paired: the shift only (a's own spread cancels)
+    assert stats.paired_difference(a, b[:, ::-1], n_boot=n_boot, seed=seed).high - r.low > 1.0  # unpaired: wide
+
+
 def test_paired_difference_options_and_checks():
   rng = np.random.default_rng(0)
   shift = rng.normal(0, 0.05, size=(5, 1))  # a seed-level effect: only resampling seeds sees its spread

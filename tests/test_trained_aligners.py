@@ -2,6 +2,9 @@
 plainly written NumPy version of its definition, the heads' start at the teacher, the O(batch) draws, the paper
 recipe's α selection, and the checkpointed loop giving exactly the in-memory loop's parameters."""
 
+import dataclasses
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +13,7 @@ import pytest
 from sotalign_jax import aligners, losses, objectives
 from sotalign_jax.aligners import trained
 from sotalign_jax.nn.heads import AlignmentHead
+from sotalign_jax.nn.optim import plain_loop
 from sotalign_jax.runtime import train as train_lib, workdir as wd
 
 TRAINED = sorted(m for m, spec in aligners.ALIGNERS.items() if spec.trained)
@@ -170,6 +174,75 @@ def test_every_trained_method_fits_and_checks_its_input(planted, name):
     empty = data._replace(x=data.x[:0], y=data.y[:0])
     with pytest.raises(ValueError, match="needs unpaired images and texts"):
       aligners.fit(name, jax.random.key(0), empty, **hp)
+
+
+def _recording_loop(seen: dict):
+  """:func:`plain_loop`, keeping the parameters it starts from and ends at, and the full-batch objective (the step
+  function's loss, a function of the parameters only when every batch is the whole pool)."""
+  def loop(state, step_fn, data, *, key, steps, name=""):
+    start = jax.tree.map(np.array, state)  # copied before plain_loop donates the state
+    seen["start"] = start.params
+    seen["objective"] = jax.jit(lambda params: step_fn(start.replace(params=params), data, key)[1]["loss"])
+    end = plain_loop(state, step_fn, data, key=key, steps=steps, name=name)
+    seen["end"] = jax.tree.map(np.array, end.params)
+    return end
+  return loop
+
+
+@pytest.mark.parametrize("name", TRAINED)
+def test_every_trained_method_moves_off_the_teacher_and_lowers_its_objective(planted, name):
+  """Full batches (all 40 pairs, the whole unpaired pools) make each step a descent step on one fixed objective,
+  SigLIP + α · term: a few small steps from the teacher must change the heads' similarities and lower it (a fit
+  that did not train, or climbed, fails)."""
+  data, tx, ty = planted
+  hp = dict(steps=6, lr=1e-3, batch_paired=40, batch_unpaired=160, teacher_dim=4, sinkhorn_iters=50,
+            alpha_grid=(1e-3,))
+  hp = {k: v for k, v in hp.items() if k in aligners.get(name).defaults}
+  seen = {}
+  a = aligners.fit(name, jax.random.key(0), data, loop=_recording_loop(seen), **hp)
+  start = dataclasses.replace(a, params={"f": seen["start"]["f"], "g": seen["start"]["g"]})
+  moved = np.abs(np.asarray(a.similarity(tx, ty)) - np.asarray(start.similarity(tx, ty))).max()
+  assert moved > 5e-3, moved
+  before, after = float(seen["objective"](seen["start"])), float(seen["objective"](seen["end"]))
+  assert after < before - 1e-3 * abs(before), (before, after)
+
+
+class _TermCalled(Exception):
+  pass
+
+
+# method -> (its unpaired term, options given to the fit, the options the term must receive)
+_TERM_WIRING = {
+    "sail_semi": ("extra_negatives", {}, {}),
+    "structure": ("structure", {"temperature": 0.3}, {"temperature": 0.3}),
+    "pseudo_label": ("pseudo_label", {"eps": 0.02}, {"eps": 0.02}),
+    "nnclr": ("nn_positives", {}, {}),
+    "sotalign": ("klot", {"eps_student": 0.3, "eps_teacher": 0.007, "sinkhorn_iters": 7},
+                 {"eps_student": 0.3, "eps_teacher": 0.007, "sinkhorn_iters": 7, "shard_klot": False, "mesh": None}),
+    "sotalign_paper": ("klot", {"eps_student": 0.3, "eps_teacher": 0.007, "sinkhorn_iters": 7, "alpha_grid": (1.0,)},
+                       {"eps_student": 0.3, "eps_teacher": 0.007, "sinkhorn_iters": 7, "shard_klot": False,
+                        "mesh": None}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_TERM_WIRING))
+def test_each_method_hands_its_own_term_the_options_it_was_given(planted, monkeypatch, name):
+  """The fit calls the method's term by name with its options (ε = 0.3 and ε* = 0.007 by keyword: a swap shows);
+  the recording term stops the fit while the first step is traced, so nothing compiles."""
+  term, given, want = _TERM_WIRING[name]
+  assert aligners.get(name).uses_unpaired and set(TRAINED) - {"sail", "upper_bound"} == set(_TERM_WIRING)
+  calls = []
+  original = objectives.UNPAIRED_TERMS[term]
+
+  @functools.wraps(original)  # keeps the signature (fit_heads hands a mesh to terms that take one)
+  def recorder(batch, **kwargs):
+    calls.append(kwargs)
+    raise _TermCalled
+
+  monkeypatch.setitem(objectives.UNPAIRED_TERMS, term, recorder)
+  with pytest.raises(_TermCalled):
+    aligners.fit(name, jax.random.key(0), planted[0], steps=2, teacher_dim=4, **given)
+  assert calls == [want]
 
 
 def test_mesh_placement_reads_blocks_and_pads_with_zeros():

@@ -17,7 +17,7 @@ import scipy.optimize
 
 from sotalign_jax import aligners, cka, metrics
 from sotalign_jax.aligners import unpaired
-from tests.test_qap import _scipy_starts
+from conftest import scipy_starts as _scipy_starts
 
 _D, _K = 16, 20
 _WP = dict(n_clusters=_K, n_restarts=6, batch_size=1500, n_iterations=10, refine_batch_size=500, kmeans_iters=30)
