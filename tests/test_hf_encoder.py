@@ -17,7 +17,7 @@ from safetensors.numpy import save_file
 from scipy.special import erf
 from tokenizers import models, normalizers, pre_tokenizers, processors
 
-from sotalign_jax.encoders import bert, hf, load_text_encoder, mpnet, text
+from sotalign_jax.encoders import bert, checkpoint, hf, load_text_encoder, mpnet, text
 
 WORDS = ["a", "dog", "cat", "runs", "in", "the", "park", "red", "ball", "!", ",", "."]
 SENTENCES = ["A dog runs in the park.", "the cats", "", "red ball , red ball ! " * 6, "  unknownword dog "]
@@ -308,7 +308,7 @@ def test_mpnet_checkpoint_loads_through_hf(tmp_path):
   rng = np.random.default_rng(2)
   shapes = mpnet.param_shapes(cfg)
   flat = {}
-  for name, leaf in text._flatten(shapes).items():  # PyTorch names and layouts of the Flax tree
+  for name, leaf in checkpoint.flatten_tree(shapes).items():  # PyTorch names and layouts of the Flax tree
     *mods, kind = name.split("/")
     shape = leaf.shape[::-1] if kind == "kernel" else leaf.shape
     flat["mpnet." + ".".join(mods + ["bias" if kind == "bias" else "weight"])] = rng.normal(size=shape).astype(

@@ -35,7 +35,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sotalign_jax.encoders.mpnet import position_ids_from_input_ids
+from sotalign_jax.encoders.mpnet import DenseLayerNorm, LayerStack, position_ids_from_input_ids
 
 # ``model_type`` values whose position ids start at ``padding_idx + 1`` (HF ``create_position_ids_from_input_ids``).
 ROBERTA_TYPES = ("roberta", "xlm-roberta", "camembert")
@@ -130,22 +130,12 @@ class BertSelfAttention(nn.Module):
     return jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, l, d)
 
 
-class _DenseLayerNorm(nn.Module):
-  """``LayerNorm(dense(x) + residual)``: HF's ``BertSelfOutput`` and ``BertOutput``."""
-  config: BertConfig
-
-  @nn.compact
-  def __call__(self, x: jnp.ndarray, residual: jnp.ndarray) -> jnp.ndarray:
-    y = nn.Dense(self.config.hidden_size, name="dense")(x)
-    return nn.LayerNorm(epsilon=self.config.layer_norm_eps, name="LayerNorm")(y + residual)
-
-
 class _Attention(nn.Module):
   config: BertConfig
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, bias: jnp.ndarray) -> jnp.ndarray:
-    return _DenseLayerNorm(self.config, name="output")(BertSelfAttention(self.config, name="self")(x, bias), x)
+    return DenseLayerNorm(self.config, name="output")(BertSelfAttention(self.config, name="self")(x, bias), x)
 
 
 class _Intermediate(nn.Module):
@@ -162,19 +152,7 @@ class BertLayer(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray, bias: jnp.ndarray) -> jnp.ndarray:
     attn = _Attention(self.config, name="attention")(x, bias)
-    return _DenseLayerNorm(self.config, name="output")(_Intermediate(self.config, name="intermediate")(attn), attn)
-
-
-class _LayerStack(nn.Module):
-  config: BertConfig
-
-  @nn.compact
-  def __call__(self, x: jnp.ndarray, bias: jnp.ndarray) -> list[jnp.ndarray]:
-    states = [x]
-    for i in range(self.config.num_hidden_layers):
-      x = BertLayer(self.config, name=str(i))(x, bias)
-      states.append(x)
-    return states
+    return DenseLayerNorm(self.config, name="output")(_Intermediate(self.config, name="intermediate")(attn), attn)
 
 
 class BertEncoder(nn.Module):
@@ -183,7 +161,7 @@ class BertEncoder(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray, attention_mask: jnp.ndarray) -> list[jnp.ndarray]:
     bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0, jnp.finfo(x.dtype).min).astype(x.dtype)
-    return _LayerStack(self.config, name="layer")(x, bias)
+    return LayerStack(self.config, BertLayer, name="layer")(x, bias)
 
 
 class BertModel(nn.Module):

@@ -13,10 +13,13 @@ import json
 import pathlib
 import struct
 
+from typing import Any
+
+import jax
 import ml_dtypes
 import numpy as np
 
-__all__ = ["read_safetensors", "read_safetensors_dir"]
+__all__ = ["read_safetensors", "read_safetensors_dir", "flatten_tree", "nest_tree"]
 
 _DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
            "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
@@ -71,3 +74,29 @@ def read_safetensors_dir(directory: str | pathlib.Path) -> dict[str, np.ndarray]
   for f in files:
     state.update(read_safetensors(f))
   return state
+
+
+def flatten_tree(tree: Any) -> dict[str, Any]:
+  """``{"a/b/kernel": leaf}`` for a nested dict (or any pytree of dicts)."""
+  return {"/".join(str(getattr(k, "key", k)) for k in path): leaf
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def nest_tree(flat: dict[str, np.ndarray], want: dict[str, Any], *, model: str = "") -> dict:
+  """Nests ``{"a/b/kernel": array}`` into a dict tree, once it covers every key of ``want`` (a flat tree).
+
+  Raises:
+    ValueError: ``flat`` lacks keys of ``want`` (the message names a few and asks whether it is the right model).
+  """
+  missing = sorted(set(want) - set(flat))
+  if missing:
+    raise ValueError(f"checkpoint lacks {model + ' ' if model else ''}parameters {missing[:5]} (of {len(missing)}); "
+                     "is it the right model?")
+  tree: dict = {}
+  for target, arr in flat.items():
+    *dirs, leaf = target.split("/")
+    node = tree
+    for d in dirs:
+      node = node.setdefault(d, {})
+    node[leaf] = arr
+  return tree

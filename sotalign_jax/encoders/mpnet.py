@@ -134,7 +134,7 @@ class MPNetLayer(nn.Module):
     c = self.config
     attn = _Attention(c, name="attention")(x, bias)
     hidden = jax.nn.gelu(_Dense(c.intermediate_size, name="intermediate")(attn), approximate=False)
-    return _Output(c, name="output")(hidden, attn)
+    return DenseLayerNorm(c, name="output")(hidden, attn)
 
 
 class _Attention(nn.Module):
@@ -154,8 +154,9 @@ class _Dense(nn.Module):
     return nn.Dense(self.features, name="dense")(x)
 
 
-class _Output(nn.Module):
-  config: MPNetConfig
+class DenseLayerNorm(nn.Module):
+  """``LayerNorm(dense(x) + residual)``: HF's ``*SelfOutput`` / ``*Output`` (MPNet and BERT)."""
+  config: Any
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, residual: jnp.ndarray) -> jnp.ndarray:
@@ -163,14 +164,17 @@ class _Output(nn.Module):
     return nn.LayerNorm(epsilon=self.config.layer_norm_eps, name="LayerNorm")(y + residual)
 
 
-class _LayerStack(nn.Module):
-  config: MPNetConfig
+class LayerStack(nn.Module):
+  """``config.num_hidden_layers`` layers ``layer(config, name="0"), ...``; returns the input and every layer's output
+  (``L + 1`` states). Shared by MPNet and BERT (:mod:`sotalign_jax.encoders.bert`)."""
+  config: Any
+  layer: Any  # the layer's module class, called as layer(config, name=str(i))(x, bias)
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, bias: jnp.ndarray) -> list[jnp.ndarray]:
     states = [x]
     for i in range(self.config.num_hidden_layers):
-      x = MPNetLayer(self.config, name=str(i))(x, bias)
+      x = self.layer(self.config, name=str(i))(x, bias)
       states.append(x)
     return states
 
@@ -187,7 +191,7 @@ class MPNetEncoder(nn.Module):
     table = nn.Embed(c.relative_attention_num_buckets, c.num_attention_heads, name="relative_attention_bias")
     position_bias = jnp.transpose(table(jnp.asarray(buckets)), (2, 0, 1))[None]  # [1, h, l, l]
     mask_bias = (1.0 - attention_mask[:, None, None, :].astype(x.dtype)) * jnp.finfo(x.dtype).min
-    return _LayerStack(c, name="layer")(x, position_bias + mask_bias)
+    return LayerStack(c, MPNetLayer, name="layer")(x, position_bias + mask_bias)
 
 
 class MPNetModel(nn.Module):

@@ -121,7 +121,7 @@ def torch_to_flax(state: dict[str, np.ndarray], shapes: Any) -> dict:
   Raises:
     ValueError: when a parameter of ``shapes`` has no counterpart of the right shape in ``state``.
   """
-  flat_shapes = _flatten(shapes)
+  flat_shapes = checkpoint.flatten_tree(shapes)
   out: dict[str, np.ndarray] = {}
   for key, value in state.items():
     parts = key.split(".")
@@ -133,28 +133,7 @@ def torch_to_flax(state: dict[str, np.ndarray], shapes: Any) -> dict:
       if target in flat_shapes and tuple(flat_shapes[target].shape) == arr.shape:
         out[target] = np.ascontiguousarray(arr, dtype=np.float32)
         break
-  return _nest(out, flat_shapes)
-
-
-def _flatten(tree: Any) -> dict[str, Any]:
-  """``{"a/b/kernel": leaf}`` for a nested dict (or any pytree of dicts)."""
-  return {"/".join(str(getattr(k, "key", k)) for k in path): leaf
-          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def _nest(flat: dict[str, np.ndarray], flat_shapes: dict[str, Any]) -> dict:
-  """Nests ``{"a/b/kernel": array}`` into a dict tree after checking that it covers every key of ``flat_shapes``."""
-  missing = sorted(set(flat_shapes) - set(flat))
-  if missing:
-    raise ValueError(f"checkpoint lacks parameters {missing[:5]} (of {len(missing)}); is it the right model?")
-  tree: dict = {}
-  for target, arr in flat.items():
-    node = tree
-    *dirs, leaf = target.split("/")
-    for d in dirs:
-      node = node.setdefault(d, {})
-    node[leaf] = arr
-  return tree
+  return checkpoint.nest_tree(out, flat_shapes)
 
 
 def _base_name(key: str) -> str:
@@ -193,13 +172,13 @@ def load_params(directory: pathlib.Path, shapes: Any) -> dict:
   elif (directory / "flax_model.msgpack").is_file():
     import flax.serialization  # pylint: disable=g-import-not-at-top
     tree = flax.serialization.msgpack_restore((directory / "flax_model.msgpack").read_bytes())
-    flat = {_base_name(k.replace("/", ".")).replace(".", "/"): v for k, v in _flatten(tree).items()}
+    flat = {_base_name(k.replace("/", ".")).replace(".", "/"): v for k, v in checkpoint.flatten_tree(tree).items()}
   else:
     raise FileNotFoundError(f"{directory} holds neither model.safetensors nor flax_model.msgpack")
-  want = _flatten(shapes)
+  want = checkpoint.flatten_tree(shapes)
   out = {k: np.asarray(v, np.float32) for k, v in flat.items()
          if k in want and tuple(want[k].shape) == np.shape(v)}
-  return _nest(out, want)
+  return checkpoint.nest_tree(out, want)
 
 
 # ----------------------------------------------------------------------------------------------

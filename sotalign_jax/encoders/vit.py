@@ -436,8 +436,7 @@ def convert_state(state: dict[str, np.ndarray], config: ViTConfig) -> dict:
   Raises:
     ValueError: when a parameter is missing or has the wrong shape.
   """
-  shapes = {"/".join(str(k.key) for k in path): tuple(leaf.shape)
-            for path, leaf in jax.tree_util.tree_flatten_with_path(param_shapes(config))[0]}
+  shapes = {k: tuple(v.shape) for k, v in checkpoint.flatten_tree(param_shapes(config)).items()}
   flat: dict[str, np.ndarray] = {}
   for key, value in _canonical_names(state, config.family).items():
     hit = _leaf(key, np.asarray(value), shapes)
@@ -450,18 +449,7 @@ def convert_state(state: dict[str, np.ndarray], config: ViTConfig) -> dict:
       raise ValueError(f"checkpoint tensor {key!r} has shape {arr.shape}; the {config.family} config "
                        f"(image_size={config.image_size}, patch_size={config.patch_size}) expects {want}")
     flat[target] = np.ascontiguousarray(arr.reshape(want), dtype=np.float32)
-  missing = sorted(set(shapes) - set(flat))
-  if missing:
-    raise ValueError(f"checkpoint lacks {config.family} parameters {missing[:5]} (of {len(missing)}); "
-                     "is it the right model?")
-  tree: dict = {}
-  for target, arr in flat.items():
-    *dirs, name = target.split("/")
-    node = tree
-    for d in dirs:
-      node = node.setdefault(d, {})
-    node[name] = arr
-  return tree
+  return checkpoint.nest_tree(flat, shapes, model=config.family)
 
 
 def load_checkpoint(path: str | pathlib.Path) -> tuple[ViTConfig, dict]:
