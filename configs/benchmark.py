@@ -126,9 +126,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.confidence = 0.95
 
   # --- per-method options (registry defaults) ------------------------------------------------------------------
-  c.hparams = ml_collections.ConfigDict({m: _hparams(aligners.ALIGNERS[m]) for m in ALL_METHODS})
+  registered = tuple(aligners.ALIGNERS)  # now, not at import: methods may be registered (and removed) since
+  c.hparams = ml_collections.ConfigDict({m: _hparams(aligners.ALIGNERS[m]) for m in registered})
   if arg.cpu_budget:
-    for m in ALL_METHODS:
+    for m in registered:
       if aligners.ALIGNERS[m].trained and m not in GPU_METHODS:
         c.hparams[m].update({k: v for k, v in CPU_BUDGET.items() if k in c.hparams[m]})
     for m, opts in ZERO_PAIR_CPU.items():
@@ -151,7 +152,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.geometry_pairs = 100
     c.eval.geometry_perms = 20
     c.eval.fashion_mnist_cache = c.eval.tuxpaint_cache = ""
-    for m in ALL_METHODS:
+    for m in registered:
       if aligners.ALIGNERS[m].trained:
         tiny = dict(steps=20, batch_paired=32, batch_unpaired=64, teacher_dim=16, sinkhorn_iters=20)
         c.hparams[m].update({k: v for k, v in tiny.items() if k in c.hparams[m]})

@@ -269,3 +269,12 @@ def test_file_mode_reads_the_files_and_draws_nested_pairs_from_the_pair_files(ca
   bad.data.test_x = cfg.data.test_x
   with pytest.raises(ValueError, match="test_y is not"):
     cfg_lib.config_module(CONFIG_FILE).validate(bad)
+
+
+def test_every_method_of_a_full_sweep_gets_its_own_colour_and_marker():
+  from sotalign_jax.runtime import sweep as sweep_lib  # pylint: disable=g-import-not-at-top
+  methods = [f"m{i}" for i in range(20)]
+  styles = sweep_lib.method_styles(methods)
+  pairs = [(tuple(styles[m]["color"]), styles[m]["marker"]) for m in methods]
+  assert len(set(pairs)) == 20 and len({c for c, _ in pairs[:14]}) == 14  # 14 methods: 14 colours (tab20)
+  assert sweep_lib.method_styles(methods[:3]) == {m: styles[m] for m in methods[:3]}  # fixed by position

@@ -31,7 +31,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from sotalign_jax import stats
+from sotalign_jax import _extras, stats
 from sotalign_jax.runtime import io as sio, workdir as wd
 
 __all__ = ["METRICS", "PER_QUERY_METRICS", "LOWER_IS_BETTER", "CellSettings", "CellStore", "summarise", "compare",
@@ -292,31 +292,50 @@ def markdown(summary: Mapping, comparison: Mapping, *, methods: Sequence[str], p
   return "\n".join(out).rstrip() + "\n"
 
 
+METRIC_TITLES = {"i2t_r1": "image → text R@1", "t2i_r1": "text → image R@1", "foscttm": "FOSCTTM"}
+_MARKERS = "osD^v<>pPX*hH8d"
+
+
+def method_styles(methods: Sequence[str]) -> dict[str, dict]:
+  """One colour and marker per method (``tab20`` colours, 15 markers: distinct pairs for up to 20 methods), fixed
+  by the method's position in ``methods``."""
+  colours = _extras.require("matplotlib", what="a result plot").colormaps["tab20"].colors
+  return {m: dict(color=colours[i % len(colours)], marker=_MARKERS[i % len(_MARKERS)]) for i, m in enumerate(methods)}
+
+
 def plot(summary: Mapping, *, methods: Sequence[str], ps: Sequence[int], labels: Mapping[int, str], path: str,
          metrics: Sequence[str] = ("i2t_r1", "t2i_r1", "foscttm")):
-  """Each metric vs p with its seed-interval band per method; log-x, p = 0 drawn left of the smallest p > 0."""
+  """Each metric vs p, one titled panel per metric: per method its mean with the seed interval as error bars (and a
+  band when there are several p); log-x, p = 0 drawn left of the smallest p > 0; each method its own colour and
+  marker (:func:`method_styles`)."""
   plt = wd.pyplot()
   positive = [p for p in ps if p > 0] or [1]
   x_of = {p: (p if p > 0 else min(positive) / 3.0) for p in ps}
+  styles = method_styles(methods)
   fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
   for ax, metric in zip(axes[0], metrics):
-    for m in methods:
+    for i, m in enumerate(methods):
       pts = [(x_of[p], summary[m][p][metric]) for p in ps if summary[m][p] and summary[m][p].get(metric)]
       if not pts:
         continue
-      x = np.array([a for a, _ in pts])
+      # Methods at one p sit side by side (a small multiplicative offset on the log axis) so their bars don't hide.
+      x = np.array([a for a, _ in pts]) * 1.04 ** (i - (len(methods) - 1) / 2)
       mean = np.array([c["mean"] for _, c in pts])
       lo = np.array([c["low"] if _finite(c["low"]) else c["mean"] for _, c in pts])
       hi = np.array([c["high"] if _finite(c["high"]) else c["mean"] for _, c in pts])
-      (line,) = ax.plot(x, mean, marker="o", ms=3, label=m)
-      ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
+      ax.errorbar(x, mean, yerr=[mean - lo, hi - mean], ms=4, capsize=2, lw=1, label=m, **styles[m])
+      if len(pts) > 1:
+        ax.fill_between(x, lo, hi, color=styles[m]["color"], alpha=0.12, lw=0)
     ax.set_xscale("log")
     ax.set_xticks([x_of[p] for p in ps])
     ax.set_xticklabels([labels[p] if labels[p] != "max" else f"max\n{p}" for p in ps], fontsize=7)
     ax.minorticks_off()
     ax.set_xlabel("paired examples p")
     ax.set_ylabel(metric + (" (lower is better)" if metric in LOWER_IS_BETTER else ""))
+    ax.set_title(f"{METRIC_TITLES.get(metric, metric)}: mean and 95% interval over seeds", fontsize=9)
     ax.grid(alpha=0.3)
-  axes[0][0].legend(fontsize=7)
+  handles, names = axes[0][0].get_legend_handles_labels()
+  if handles:
+    axes[0][0].legend(handles, names, fontsize=7)
   fig.tight_layout()
   wd.save_figure(fig, path)
