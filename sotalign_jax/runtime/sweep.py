@@ -116,18 +116,9 @@ class CellStore:
 
 
 def to_json(v):
-  """``v`` with NumPy scalars and arrays as Python numbers and lists, NaN as ``None`` (strict JSON)."""
-  if isinstance(v, Mapping):
-    return {str(k): to_json(x) for k, x in v.items()}
-  if isinstance(v, (list, tuple)):
-    return [to_json(x) for x in v]
-  if isinstance(v, np.ndarray):
-    return to_json(v.tolist())
-  if isinstance(v, np.generic):
-    v = v.item()
-  if isinstance(v, float) and not math.isfinite(v):
-    return None
-  return v
+  """``v`` with NumPy scalars and arrays as Python numbers and lists, NaN as ``None`` (strict JSON); other objects
+  are left to the JSON writer (:func:`sotalign_jax.runtime.workdir.canonical` with those two choices)."""
+  return wd.canonical(v, nonfinite=lambda _: None, other=lambda x: x)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ import shutil
 import subprocess
 import sys
 import time
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -280,22 +280,24 @@ def restore_latest(manager, target):
 # ------------------------------------------------------------------------------------------------------------
 # Keys: what determines a run's numbers, hashed.
 # ------------------------------------------------------------------------------------------------------------
-def canonical(v):
-  """``v`` as plain JSON values (tuples as lists, NumPy scalars as numbers, mappings with str keys), the form that
-  :func:`settings_key` hashes and that ``results.json`` records; anything else as its ``repr``."""
+def canonical(v, *, nonfinite: Callable[[float], Any] = repr, other: Callable[[Any], Any] = repr):
+  """``v`` as plain JSON values (tuples as lists, NumPy scalars and arrays as numbers and lists, mappings with str
+  keys), the form that :func:`settings_key` hashes and that ``results.json`` records; a NaN/Inf float as
+  ``nonfinite(v)`` and anything else as ``other(v)`` (both ``repr`` here; :func:`sweep.to_json` passes ``None``
+  for NaN and leaves other objects to the JSON writer)."""
   if isinstance(v, Mapping):
-    return {str(k): canonical(x) for k, x in v.items()}
+    return {str(k): canonical(x, nonfinite=nonfinite, other=other) for k, x in v.items()}
   if isinstance(v, (list, tuple)):
-    return [canonical(x) for x in v]
+    return [canonical(x, nonfinite=nonfinite, other=other) for x in v]
   if isinstance(v, np.ndarray):
-    return canonical(v.tolist())
+    return canonical(v.tolist(), nonfinite=nonfinite, other=other)
   if isinstance(v, np.generic):
     v = v.item()
   if v is None or isinstance(v, (bool, int, str)):
     return v
   if isinstance(v, float):
-    return v if math.isfinite(v) else repr(v)
-  return repr(v)
+    return v if math.isfinite(v) else nonfinite(v)
+  return other(v)
 
 
 def settings_key(settings: Mapping[str, Any]) -> str:
