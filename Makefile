@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 WEIGHTS := $(VENV)/.weights
 WORKDIR ?= workdirs
 
-.PHONY: demo caches example-files wordnet-cache glosses-cache assets match scores cmcr bench-align bench-wordnet \
+.PHONY: demo caches example-files wordnet-cache glosses-cache assets sotalign match scores cmcr bench-align bench-wordnet \
         bench-zero-pair test test-locked test-newest newest-venv newest-tests test-all bench device-wheels \
         device-setup device-setup-check device-check clean-venv
 
@@ -46,7 +46,8 @@ DEMO_CACHES := $(CACHE)/openclipart__$(SUFFIX)/manifest.json $(CACHE)/tuxpaint__
 caches: $(DEMO_CACHES)
 
 # An example set of embedding files (float32 .npy, sotalign_jax.data.files) from the openclipart cache, split by the
-# benchmark's protocol at 1,000 pairs (seed 0): what experiments/sotalign.py reads with --config.data.pairs_x=... .
+# benchmark's protocol at 1,000 pairs (seed 0): what experiments/sotalign.py and experiments/benchmark.py read with
+# --config.data.pairs_x=... (file mode of the engine, sotalign_jax/runtime/engine.py).
 EXAMPLE_FILES := $(CACHE)/openclipart_files
 example-files: $(EXAMPLE_FILES)/manifest.json
 $(EXAMPLE_FILES)/manifest.json: $(CACHE)/openclipart__$(SUFFIX)/manifest.json | $(STAMP)
@@ -75,28 +76,33 @@ assets: $(WEIGHTS)
 
 # SOTAlign vs its teachers, SAIL and the upper bound at 1,000 pairs: 3 seeds, 1,000 test images, intervals.
 demo: $(STAMP) $(DEMO_CACHES)
-	$(PY) experiments/benchmark.py --config configs/benchmark.py:demo --workdir $(WORKDIR)/demo
+	$(PY) experiments/benchmark.py --config configs/proj/benchmark/config.py:demo --workdir $(WORKDIR)/demo
 
 # Alignment benchmark, quick variant: closed-form and training-free aligners × p ∈ {0,10,100,1000} × 3 seeds with
-# intervals (README, Alignment benchmark); `configs/benchmark.py:full` is the whole sweep.
+# intervals (README, Alignment benchmark); `configs/proj/benchmark/config.py:full` is the whole sweep.
 bench-align: $(STAMP) $(DEMO_CACHES)
-	$(PY) experiments/benchmark.py --config configs/benchmark.py:quick --workdir $(WORKDIR)/bench_align_quick
+	$(PY) experiments/benchmark.py --config configs/proj/benchmark/config.py:quick --workdir $(WORKDIR)/bench_align_quick
 
 # The benchmark on the WordNet two-view testbed at three unpaired pool sizes (README, Alignment benchmark).
 bench-wordnet: $(STAMP) $(WORDNET_CACHE)/manifest.json
 	for pool in 1000 3000 -1; do \
-	  $(PY) experiments/benchmark.py --config configs/benchmark.py:wordnet,pool=$$pool \
+	  $(PY) experiments/benchmark.py --config configs/proj/benchmark/config.py:wordnet,pool=$$pool \
 	    --workdir $(WORKDIR)/bench_wordnet_pool$$pool || exit 1; done
 
 # Alignment with zero pairs (Wasserstein–Procrustes, mini-vec2vec) against few-pair methods at p ∈ {0, 10, 100}: on
 # openclipart (image vs text) and on the same glosses seen by MiniLM and MPNet (README, Alignment with zero pairs).
 bench-zero-pair: $(STAMP) $(DEMO_CACHES) $(GLOSSES_CACHE)/manifest.json
-	$(PY) experiments/benchmark.py --config configs/benchmark.py:zero_pair --workdir $(WORKDIR)/bench_zero_pair
-	$(PY) experiments/benchmark.py --config configs/benchmark.py:text_pair --workdir $(WORKDIR)/bench_text_pair
+	$(PY) experiments/benchmark.py --config configs/proj/benchmark/config.py:zero_pair --workdir $(WORKDIR)/bench_zero_pair
+	$(PY) experiments/benchmark.py --config configs/proj/benchmark/config.py:text_pair --workdir $(WORKDIR)/bench_text_pair
+
+# SOTAlign and its baselines with this project's recipe at 500 pairs, one seed (configs/proj/sotalign/README.md):
+# ≈ 4–5 min of CPU on 2 cores.
+sotalign: $(STAMP) $(DEMO_CACHES)
+	$(PY) experiments/sotalign.py --config configs/proj/sotalign/config.py:demo --workdir $(WORKDIR)/sotalign_demo
 
 # Training-free matching (Maniparambil et al.), quick variant: a few minutes on 2 CPU cores.
 match: $(STAMP) $(CACHE)/openclipart__$(SUFFIX)/manifest.json
-	$(PY) experiments/match.py --config configs/match.py:quick --workdir $(WORKDIR)/match_quick
+	$(PY) experiments/match.py --config configs/proj/match/config.py:quick --workdir $(WORKDIR)/match_quick
 
 # C-MCR offline demo: connects (Lite0, MiniLM) and (MPNet, Lite2) spaces through openclipart captions.
 $(CACHE)/openclipart__efficientnet-lite2__all-mpnet-base-v2/manifest.json: | $(WEIGHTS)

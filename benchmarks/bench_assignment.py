@@ -2,7 +2,7 @@
 
 Wasserstein–Procrustes (``sotalign_jax.aligners.unpaired``, Schnaus et al., arXiv 2610.09411) solves one ``b × b``
 maximum-score assignment per read-out block and per refinement step (``b = 10,000`` by default). Three solvers are
-wired in as ``assignment=``:
+wired in as ``lap=`` (:func:`sotalign_jax.qap.linear_assignment`):
 
 * ``scipy``: ``scipy.optimize.linear_sum_assignment`` (exact, Jonker–Volgenant) on the host through
   ``jax.pure_callback``: the scores leave the device, float64 on the host.
@@ -10,7 +10,7 @@ wired in as ``assignment=``:
   ``q · 1e-6 · Δ`` of the optimum).
 * ``hungarian``: ``optax.assignment.hungarian_algorithm`` (exact, pure XLA; ``q`` sequential augmentations).
 
-Each is timed as the fit calls it (``jax.jit(lambda s: unpaired._assignment(s, solver))`` on a device array of
+Each is timed as the fit calls it (``jax.jit(lambda s: unpaired._assignment(s, lap))`` on a device array of
 scores, best of ``--repeats`` after one warm-up) on three kinds of ``[q, q]`` score matrices ``X W Yᵀ`` of unit
 rows in ``--dim`` dimensions, where ``Y`` holds the rows of ``X Q`` (+ noise) in a random order:
 
@@ -20,7 +20,7 @@ rows in ``--dim`` dimensions, where ``Y`` holds the rows of ``X Q`` (+ noise) in
 
 Printed per point: each solver's time, **ratio** = scipy time / solver time (> 1: the device solver is faster),
 the auction's rounds, and each solver's optimality gap (scipy's total − its total; ≤ 0 up to rounding for the exact
-solvers). ``assignment="auto"`` in the fit is ``scipy`` on a CPU backend and ``auction`` on an accelerator: on this
+solvers). ``lap="auto"`` in the fit is ``scipy`` on a CPU backend and ``auction`` on an accelerator: on this
 CPU scipy wins (numbers in the README); the same command on a GPU prints the device side of the choice.
 
 Usage::
@@ -94,7 +94,7 @@ def main(argv=None):
       raise SystemExit(f"unknown kind {k!r}: choose from {list(KINDS)}")
   backend = jax.default_backend()
   print(f"jax {jax.__version__}, backend {backend}, devices {jax.devices()}, {os.cpu_count()} CPUs, "
-        f"BLAS (numpy): {blas_info()}; assignment='auto' is {unpaired.assignment_solver('auto')!r} here", flush=True)
+        f"BLAS (numpy): {blas_info()}; lap='auto' is {qap.resolve_lap('auto')!r} here", flush=True)
   rng = np.random.default_rng(args.seed)
   rows = []
   for q in sizes:

@@ -42,7 +42,7 @@ numpy's threaded BLAS on small products (Lloyd's ``b × C``) slows down 10-50x w
 another process, and several-fold right after XLA's threads have worked: the reference therefore runs before any
 JAX work, and ``--blas-threads 1`` pins it (threadpoolctl) on a busy machine.
 
-``--assignment`` picks ours' solver (:func:`sotalign_jax.aligners.unpaired.assignment_solver`; default ``auto``:
+``--lap`` (alias ``--assignment``) picks ours' solver (:func:`sotalign_jax.qap.resolve_lap`; default ``auto``:
 scipy on a CPU backend, the on-device auction on an accelerator, so on a GPU the refinement never leaves the
 device; ``benchmarks/bench_assignment.py`` times the solvers alone).
 
@@ -51,7 +51,7 @@ R = 20, a quick check)::
 
   env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE .venv/bin/python benchmarks/bench_zero_pair.py [--small]
       [--json PATH] [--skip-reference] [--blas-threads 1] [--self-test] [--disjoint]
-      [--assignment auto|scipy|auction|hungarian]
+      [--lap auto|scipy|auction|hungarian]
 
 Measured here (2 cores shared with another job, ``--blas-threads 1``): ``--small`` takes ≈ 80 s; at the full size
 one 10,000 × 10,000 assignment took 45 s for the read-out (scores from ``M``) and 2–5 s per refinement step, so one
@@ -299,9 +299,9 @@ def _lap_since(start: dict) -> tuple[float, int]:
   return _LAP["s"] - start["s"], _LAP["n"] - start["n"]
 
 
-def ours(x_raw, y_raw, key, hp: dict, assignment: str = "auto") -> dict:
+def ours(x_raw, y_raw, key, hp: dict, lap: str = "auto") -> dict:
   """The public fit (first call, compiles), then the same fit stage by stage (steady state, same key)."""
-  solver = unpaired.assignment_solver(assignment)
+  solver = qap.resolve_lap(lap)
   data = AlignData.create(x=x_raw, y=y_raw)
   lap0 = dict(s=_LAP["s"], n=_LAP["n"])
   t = time.perf_counter()
@@ -309,7 +309,7 @@ def ours(x_raw, y_raw, key, hp: dict, assignment: str = "auto") -> dict:
                                               batch_size=hp["batch"], n_iterations=hp["n_iterations"],
                                               refine_batch_size=hp["refine_batch"],
                                               kmeans_iters=hp["kmeans_iters"], qap_inits=hp["qap_inits"],
-                                              assignment=solver)
+                                              lap=solver)
   w_first = np.asarray(jax.block_until_ready(first.wx))
   first_s = time.perf_counter() - t
   first_lsa_s, _ = _lap_since(lap0)
@@ -331,7 +331,7 @@ def ours(x_raw, y_raw, key, hp: dict, assignment: str = "auto") -> dict:
   lap1 = dict(s=_LAP["s"], n=_LAP["n"])
   w = jax.block_until_ready(unpaired._wp_refine(k_rest, x, y, m, pairs, batch_size=hp["batch"],
                                                 n_iterations=hp["n_iterations"],
-                                                refine_batch_size=hp["refine_batch"], assignment=solver))
+                                                refine_batch_size=hp["refine_batch"], lap=solver))
   t3 = time.perf_counter()
   lsa_s, n_lsa = _lap_since(lap1)
   w = np.asarray(w)
@@ -373,7 +373,7 @@ def parse(argv):
                  "instead of the rotated x-rows, shuffled")
   p.add_argument("--blas-threads", type=int, default=None,
                  help="cap numpy/scipy's BLAS threads (threadpoolctl; default: the library's own)")
-  p.add_argument("--assignment", default="auto", choices=unpaired.ASSIGNMENT_SOLVERS,
+  p.add_argument("--lap", "--assignment", dest="lap", default="auto", choices=qap.LAPS + ("auto",),
                  help="ours' assignment solver (auto: scipy on a CPU backend, the auction on an accelerator)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--skip-reference", action="store_true", help="time ours only")
@@ -436,7 +436,7 @@ def run(args):
     print("reference (numpy/scipy, sequential) ...", flush=True)
     ref = reference_fit(x, y, np.random.default_rng(args.seed + 1), **hp)
   print("ours: first call (compiles), then steady state by stage ...", flush=True)
-  mine = ours(x, y, jax.random.key(args.seed), hp, args.assignment)
+  mine = ours(x, y, jax.random.key(args.seed), hp, args.lap)
 
   dev = f"ours ({backend})"
   ratio = lambda a, b: a / b if b > 0 else float("nan")  # noqa: E731
@@ -444,7 +444,7 @@ def run(args):
       dict(key="preprocess", stage="preprocess", **{dev: mine["prep_s"]}),
       dict(key="init", stage=f"init: S = {args.restarts} restarts", **{dev: mine["init_s"]}),
       dict(key="readout_refine", stage=f"read-out + R = {args.iterations} refinement steps", **{dev: mine["refine_s"]}),
-      dict(key="lsa", stage=f"  of which exact LSA, scipy on host ({mine['n_lsa']} calls; ours: assignment="
+      dict(key="lsa", stage=f"  of which exact LSA, scipy on host ({mine['n_lsa']} calls; ours: lap="
                             f"{mine['assignment']!r})", **{dev: mine["lsa_s"]}),
       dict(key="rest", stage="  the rest (scores, gathers, polar)", **{dev: mine["refine_s"] - mine["lsa_s"]}),
       dict(key="total_steady", stage="total, steady state", **{dev: mine["total_s"]}),

@@ -24,7 +24,7 @@ Sections (``--only`` picks some, in this order):
    the dense ``ot.klot`` (``shard_klot=False``; ``ot.klot_sharded`` splits the ``[n, m]`` matrices over a mesh of
    several devices).
 3. ``zero_pair``: ``fit_wasserstein_procrustes`` at 10k × 10k (C = S = 30, b = 10k, R = 100) with
-   ``assignment="auction"`` on the device (``bench_zero_pair.ours``: the public fit, then the steady state by
+   ``lap="auction"`` on the device (``bench_zero_pair.ours``: the public fit, then the steady state by
    stage) against the same fit with scipy's assignments on the host: that fit runs only its read-out and
    ``scipy_iterations`` refinement steps, and its time is *estimated*, conservatively, as the auction run's
    preprocessing + initialization (the same computations) + the measured host assignments of the read-out + R ×
@@ -345,11 +345,11 @@ def zero_pair_flops(c: dict) -> tuple[float, float]:
   return init, steps * (2.0 * b * d * d + 2.0 * b * b * d)
 
 
-def _wp_fit(x, y, key, c: dict, iterations: int, assignment: str):
+def _wp_fit(x, y, key, c: dict, iterations: int, lap: str):
   return unpaired.fit_wasserstein_procrustes(
       key, AlignData.create(x=x, y=y), n_clusters=c["clusters"], n_restarts=c["restarts"], batch_size=c["batch"],
       n_iterations=iterations, refine_batch_size=c["batch"], kmeans_iters=c["kmeans_iters"],
-      qap_inits=c["qap_inits"], assignment=assignment)
+      qap_inits=c["qap_inits"], lap=lap)
 
 
 def section_zero_pair(cfg: dict, peaks: Peaks, small: bool) -> tuple[dict, dict]:

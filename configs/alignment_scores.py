@@ -1,6 +1,7 @@
 r"""Calibrated layer × layer alignment grids of image and text encoders (experiments/alignment_scores.py).
 
-Launch (a rerun with the same workdir resumes: cached features and finished encoder pairs are reused)::
+Launch (a rerun with the same workdir reuses the features and encoder pairs computed with the same settings, and
+computes those whose settings changed)::
 
   python experiments/alignment_scores.py --config configs/alignment_scores.py --workdir workdirs/scores
   python experiments/alignment_scores.py --config configs/alignment_scores.py:quick --workdir workdirs/scores_quick
@@ -72,6 +73,7 @@ def validate(c: ml_collections.ConfigDict):
     raise ValueError(f"config.primary={c.primary!r} must be one of config.metrics {metrics}")
   cfg_lib.check_ints(c, ("n_images", "n_perm", "k", "batch_size", "block_size"))
   cfg_lib.check_ints(c, ("n_perm_grid", "n_boot"), minimum=0)
+  cfg_lib.check_one_of(c, "text_pooling", ("mean", "cls", "last-token"))  # sotalign_jax.encoders.text.POOLINGS
   for key in ("image_encoders", "text_encoders"):
     if not c[key] or not all(isinstance(s, str) and s for s in c[key]):
       raise ValueError(f"config.{key} must be a non-empty tuple of encoder names, got {c[key]!r}")

@@ -1,6 +1,7 @@
 r"""C-MCR: connect two contrastive spaces through shared texts, with no A–C pair (experiments/cmcr.py).
 
-Launch (one convention for every experiment; a rerun with the same workdir resumes)::
+Launch (one convention for every experiment; a rerun with the same workdir reuses the (method, seed) cells computed
+with the same settings and computes the others)::
 
   python experiments/cmcr.py --config configs/cmcr.py:demo --workdir workdirs/cmcr_demo
   python experiments/cmcr.py --config configs/cmcr.py:byo --workdir workdirs/clip_clap \
@@ -8,7 +9,7 @@ Launch (one convention for every experiment; a rerun with the same workdir resum
       --config.data.b_prime=clap_texts.npy --config.data.c_memory=clap_audio.npy \
       --config.data.a_eval=clip_eval_images.npy --config.data.c_eval=clap_eval_audio.npy
   python experiments/cmcr.py --config configs/cmcr.py:demo,steps=600 --workdir workdirs/cmcr_tau \
-      --config.temperature=0.02 --config.methods="('cmcr','no_connection')"
+      --config.temperature=0.02 --config.methods="('cmcr','no_connection')" --config.seeds=3
 
 The argument after ``:`` is a comma list of presets and ``key=value`` fields, applied left to right
 (:func:`sotalign_jax.runtime.config.parse_arg`). Presets:
@@ -23,8 +24,9 @@ The argument after ``:`` is a comma list of presets and ``key=value`` fields, ap
 Fields: ``source`` (``demo`` | ``npy``), ``steps`` (int), ``tiny`` (bool). Methods: ``cmcr`` (the paper),
 ``cmcr_no_noise`` / ``cmcr_no_pseudo`` / ``cmcr_no_intra`` (ablations: σ² = 0, no pseudo-pair term, λ = 0),
 ``supervised`` (the same projectors trained with A–C pairs: needs ``a_train`` and ``c_train``), ``no_connection``
-(cosine between the raw spaces when their dimensions match, else chance). Unknown names, and unknown
-``--config.KEY`` overrides, are rejected naming the known ones.
+(cosine between the raw spaces when their dimensions match, else chance). ``seeds``: each method runs with
+seeds ``0 .. seeds-1`` (projector initialisation, batches, noise) and the table shows the mean with a 95% interval.
+Unknown names, and unknown ``--config.KEY`` overrides, are rejected naming the known ones.
 """
 
 import ml_collections
@@ -45,7 +47,8 @@ PRESETS = {
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = cfg_lib.parse_arg(arg, presets=PRESETS, methods=METHODS, source="demo", steps=1200, tiny=False)
   c = ml_collections.ConfigDict()
-  c.seed = 0
+  c.seed = 0                     # base of every PRNG key: seed s trains with fold_in(key(seed), s)
+  c.seeds = 1                    # seeds 0 .. seeds-1 per method: several give intervals in the table
   c.methods = arg.methods        # subset of METHODS, in the order they run
 
   # --- data --------------------------------------------------------------------------------------------------
@@ -117,7 +120,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 def validate(c: ml_collections.ConfigDict):
   """Raises ``ValueError`` naming the first bad key (the checks that need no data)."""
   methods = cfg_lib.check_subset(c, "methods", METHODS)
-  cfg_lib.check_ints(c, ("steps", "batch_size", "head.hidden", "head.dim", "teacher.cca_dim"))
+  cfg_lib.check_ints(c, ("seeds", "steps", "batch_size", "head.hidden", "head.dim", "teacher.cca_dim", "log_every",
+                        "ckpt_every"))
+  cfg_lib.check_ints(c, ("warmup_steps",), minimum=0)
   cfg_lib.check_positive(c, ("lr", "temperature", "retrieval_temperature", "teacher.cca_reg", "teacher.ridge_lam"))
   cfg_lib.check_nonnegative(c, ("noise_variance", "intra_weight", "pseudo_weight", "weight_decay"))
   cfg_lib.check_one_of(c, "head.kind", ("linear", "mlp"))

@@ -9,15 +9,25 @@ score_grid`), then the best pair calibrated with more permutations and a bootstr
 (:func:`sotalign_jax.scores.calibrated`) → ``results.json`` (``{"methods": {"lite0_x_minilm": {...}}}``), the
 markdown table, ``grids.json`` (every grid, z and p) and one heatmap png per encoder pair.
 
+The config and the data are checked before anything is written: a user error (a bad key or value, an unknown
+dataset) prints one line ``error: …``, exits with code 2 and leaves no workdir behind.
+
 Every device of the host is used: each batch of permutations and bootstrap resamples is split over them (the
 numbers do not depend on the device count; ``results.json`` records ``n_devices``). Launched on several hosts,
-each host computes everything (the work is small) and process 0 alone writes files. Finished encoder pairs are
-read back from ``done/`` on a rerun. The k-NN metrics use L2-normalised features
-(cosine neighbourhoods, as in Huh et al., 2024); the CKA metrics use the raw features.
+each host computes everything (the work is small) and process 0 alone writes files. The k-NN metrics use
+L2-normalised features (cosine neighbourhoods, as in Huh et al., 2024); the CKA metrics use the raw features.
+
+**Reruns are keyed by their settings.** An encoder's features are ``features/<encoder>__<key12>.npz``, keyed by
+:func:`feature_settings` (the encoder, the data's fingerprint — dataset, the selected images' ids, captions and
+image content — and the pooling and batch size; synthetic: ``n_images`` and ``seed``). An encoder pair's result is
+``done/<pair>__<key12>.json``, keyed by :func:`pair_settings` (both encoders' feature settings, the metrics,
+``primary``, ``k``, ``block_size``, ``n_perm_grid``, ``n_perm``, ``n_boot`` and ``seed``). A rerun reuses exactly
+what was computed with the same settings and computes the rest; files of other settings stay on disk, unused.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -93,9 +103,10 @@ def synthetic_layers(name: str, cfg) -> tuple[list[np.ndarray], list[str]]:
   return [a.astype(np.float32) for a in layers], [f"L{i}" for i in range(len(layers))]
 
 
-def features(name: str, kind: str, records, cfg, workdir: str) -> dict:
-  """``{"layers": [n, d_l] list, "names": [...], "rows": images kept}``, cached atomically."""
-  path = os.path.join(workdir, "features", f"{name}.npz")
+def features(name: str, kind: str, records, cfg, workdir: str, *, key: str) -> dict:
+  """``{"layers": [n, d_l] list, "names": [...], "rows": images kept}``, cached atomically in
+  ``features/<name>__<key12>.npz`` (``key``: of :func:`feature_settings`)."""
+  path = os.path.join(workdir, "features", f"{name}__{key[:12]}.npz")
   if os.path.exists(path):
     with np.load(path, allow_pickle=False) as z:
       n_layers = int(z["n_layers"])
@@ -178,42 +189,109 @@ def plot_grids(method: str, grids: dict, path: str):
 
 
 # ================================================================================================================
+# Keys: what determines the features and an encoder pair's scores
+# ================================================================================================================
+def records_fingerprint(records: list) -> dict:
+  """What identifies the selected data: each record's image id, caption and image content (the file's size and
+  hash, or the hash of the in-memory array)."""
+  h = hashlib.sha256()
+  for r in records:
+    if r.image_path is not None:
+      image = wd.file_fingerprint(r.image_path)
+    elif r.image is not None:
+      a = np.ascontiguousarray(r.image)
+      image = {"shape": list(a.shape), "sha256": hashlib.sha256(a.tobytes()).hexdigest()}
+    else:
+      image = None
+    h.update(json.dumps([r.image_id, r.caption, image], sort_keys=True).encode())
+  return {"n": len(records), "sha256": h.hexdigest()}
+
+
+def data_settings(cfg, records) -> dict:
+  """The data part of every key: the dataset and the selected records' fingerprint; synthetic features are drawn
+  from ``n_images`` and ``seed``."""
+  if cfg.synthetic:
+    return {"synthetic": True, "n_images": int(cfg.n_images), "seed": int(cfg.seed)}
+  return {"dataset": cfg.dataset, "records": records_fingerprint(records)}
+
+
+def feature_settings(name: str, kind: str, cfg, data: dict) -> dict:
+  """What determines an encoder's layer features: the encoder, the data, and the forward options."""
+  out = {"encoder": name, "kind": kind, "data": data}
+  if not cfg.synthetic:
+    out["batch_size"] = int(cfg.batch_size)
+    if kind == "text":
+      out["pooling"] = cfg.text_pooling
+  return out
+
+
+def pair_settings(image: dict, text: dict, cfg) -> dict:
+  """What determines an encoder pair's row and grids: both encoders' feature settings and the score options."""
+  return {"image": image, "text": text, "metrics": list(cfg.metrics), "primary": cfg.primary, "k": int(cfg.k),
+          "block_size": int(cfg.block_size), "n_perm_grid": int(cfg.n_perm_grid), "n_perm": int(cfg.n_perm),
+          "n_boot": int(cfg.n_boot), "seed": int(cfg.seed)}
+
+
+def load_done(path: str, key: str) -> dict | None:
+  """The finished pair at ``path`` if it was computed under the settings of ``key``."""
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as fh:
+    saved = json.load(fh)
+  return saved if saved.get("key") == key else None
+
+
+# ================================================================================================================
 # Main
 # ================================================================================================================
 def run(cfg, workdir: str) -> dict:
-  CONFIG.validate(cfg)
+  # --- config and data, checked before anything is written (a user error leaves no workdir behind) -------------
+  with cfg_lib.user_errors():
+    CONFIG.validate(cfg)
+    records = None if cfg.synthetic else select_records(cfg)
+    if records is not None and len(records) < 4:
+      raise ValueError(f"config.dataset={cfg.dataset!r} gives {len(records)} images with a caption (at least 4 are "
+                       "needed)")
+    data = data_settings(cfg, records)
   metrics, image_names, text_names = cfg.metrics, cfg.image_encoders, cfg.text_encoders
+  feats = {(n, k): feature_settings(n, k, cfg, data)
+           for names, k in ((image_names, "image"), (text_names, "text")) for n in names}
+  pairs = {}
+  for iname in image_names:
+    for tname in text_names:
+      method = f"{SHORT.get(iname, iname)}_x_{SHORT.get(tname, tname)}"
+      settings = pair_settings(feats[iname, "image"], feats[tname, "text"], cfg)
+      pairs[method] = (iname, tname, settings, wd.settings_key(settings))
   wd.save_config(workdir, cfg)
-  records = None if cfg.synthetic else select_records(cfg)
   t_start = time.time()
   devices = jax.local_devices()  # every host computes everything (small); its devices split the permutations
   mesh = Mesh(np.array(devices), ("data",)) if len(devices) > 1 else None
   print(f"devices: {len(devices)} x {devices[0].platform}" + (", permutations split over them" if mesh else ""))
+  done_path = lambda method, key: os.path.join(workdir, "done", f"{method}__{key[:12]}.json")  # noqa: E731
+  saved = {m: load_done(done_path(m, key), key) for m, (_, _, _, key) in pairs.items()}
+  n_todo = sum(v is None for v in saved.values())
+  print(f"{len(pairs) - n_todo} of {len(pairs)} encoder pairs done before with these settings, {n_todo} to run")
   results, all_grids = {}, {}
-  for iname in image_names:
-    for tname in text_names:
-      method = f"{SHORT.get(iname, iname)}_x_{SHORT.get(tname, tname)}"
-      done = os.path.join(workdir, "done", f"{method}.json")
-      if os.path.exists(done):
-        with open(done) as fh:
-          saved = json.load(fh)
-      else:
-        print(f"{method}:")
-        fx = features(iname, "image", records, cfg, workdir)
-        fy = features(tname, "text", records, cfg, workdir)
-        row, grids = score_pair(fx, fy, metrics, cfg, mesh)
-        plot_grids(method, grids, os.path.join(workdir, f"{method}.png"))
-        saved = {"row": row, "grids": grids}
-        if wd.is_primary():
-          sio.write_json(done, saved)
-      results[method], all_grids[method] = saved["row"], saved["grids"]
-      r = saved["row"]
-      print(f"  {method:16s} best {cfg.primary} {r['best_cka']:.4f} at {r['best_layer_pair']}  z {r['best_z']:.1f}"
-            f"  p {r['best_p']:.4f}  CI [{r['best_ci_low']:.3f}, {r['best_ci_high']:.3f}]")
+  for method, (iname, tname, settings, key) in pairs.items():
+    if saved[method] is None:
+      print(f"{method}:")
+      fx = features(iname, "image", records, cfg, workdir, key=wd.settings_key(feats[iname, "image"]))
+      fy = features(tname, "text", records, cfg, workdir, key=wd.settings_key(feats[tname, "text"]))
+      row, grids = score_pair(fx, fy, metrics, cfg, mesh)
+      plot_grids(method, grids, os.path.join(workdir, f"{method}.png"))
+      saved[method] = {"key": key, "settings": settings, "row": row, "grids": grids}
+      if wd.is_primary():
+        sio.write_json(done_path(method, key), saved[method])
+    results[method], all_grids[method] = saved[method]["row"], saved[method]["grids"]
+    r = saved[method]["row"]
+    print(f"  {method:16s} best {cfg.primary} {r['best_cka']:.4f} at {r['best_layer_pair']}  z {r['best_z']:.1f}"
+          f"  p {r['best_p']:.4f}  CI [{r['best_ci_low']:.3f}, {r['best_ci_high']:.3f}]")
   if wd.is_primary():
     sio.write_json(os.path.join(workdir, "grids.json"), all_grids)
   table = wd.write_results(workdir, results, dataset=cfg.dataset, primary=cfg.primary, n_perm=cfg.n_perm,
-                           n_devices=len(devices), seconds=round(time.time() - t_start, 1))
+                           n_devices=len(devices), pairs_run_now=n_todo,
+                           keys={m: key for m, (_, _, _, key) in pairs.items()},
+                           seconds=round(time.time() - t_start, 1))
   print(f"\nBest layer pairs ({cfg.dataset}, primary metric {cfg.primary}):\n\n{table}")
   return results
 

@@ -2,26 +2,41 @@ r"""C-MCR: connect two contrastive spaces (A, B) and (B', C) through shared text
 
   python experiments/cmcr.py --config configs/cmcr.py:demo --workdir workdirs/cmcr_demo
 
-Reads top to bottom: config (``configs/cmcr.py``: ``get_config``, ``validate``) → the two spaces (``.npy`` files,
-or the openclipart demo built from two embedding caches) → pseudo embeddings (soft retrieval from the memories,
-once) → per method: projectors, train step, :func:`sotalign_jax.runtime.train.train_loop` (Orbax checkpoints) → A↔C
-retrieval on held-out pairs → ``results.json`` + markdown table + plot.
+Reads top to bottom: config (``configs/cmcr.py``: ``get_config``, ``validate``) and the two spaces (``.npy`` files,
+or the openclipart demo built from two embedding caches), checked before anything is written (a user error prints
+one line ``error: …``, exit 2, and leaves no workdir) → pseudo embeddings (soft retrieval from the memories, once,
+only when a C-MCR cell is to be trained) → per (method, seed) cell: projectors, train step, the shared checkpointed
+loop (:func:`sotalign_jax.runtime.train.checkpointed_loop`, Orbax checkpoints) → A↔C retrieval on the held-out
+pairs (:mod:`sotalign_jax.evaluators.retrieval`) → one record in the
+:class:`~sotalign_jax.runtime.sweep.CellStore` → mean and interval over seeds (:func:`sotalign_jax.runtime.sweep.
+summarise`) → ``results.json`` + markdown table + plot.
 Method keys: ``cmcr``, ``supervised``, ``no_connection``, ``cmcr_no_noise``, ``cmcr_no_pseudo``,
-``cmcr_no_intra``; metrics ``a2c_r1``, ``a2c_r5``, ``c2a_r1``, ``c2a_r5``.
+``cmcr_no_intra``; metrics ``a2c_r1``, ``a2c_r5``, ``c2a_r1``, ``c2a_r5`` (A→C and C→A recall at 1 and 5).
 
 Data-parallel over all devices: texts, pseudo embeddings (and A–C pairs) are row-sharded over a 1-D mesh
 (:func:`distributed.shard_rows`), the batches too. On several hosts each computes the pseudo embeddings of its own
 block of texts only, and process 0 alone writes files.
 
-A rerun with the same workdir resumes: finished methods are read back from ``done/``, an interrupted one
-restarts from its latest checkpoint (resume order: workdir checkpoint > scratch) and, because every step's
-randomness is ``fold_in(seed, step)``, reaches the same final metrics as an uninterrupted run.
+**Reruns: cells are keyed by their settings** (:func:`cell_settings`): the method and its resolved options (the
+config's values as the method uses them, e.g. ``pseudo_weight`` 0 for ``cmcr_no_pseudo``), the data (npy mode: the
+content hashes of the files the method reads, never paths; demo: the two caches' fingerprints and the teacher that
+builds the spaces), ``data.normalize``, ``config.seed`` and the seed. A cell is ``done/<method>/p0_s<seed>__<key12>
+.json`` (``p0``: no A–C pair; the store's grid has one column). A rerun reuses exactly the cells whose settings did
+not change and computes the others; a trained cell checkpoints in ``runs/<method>/s<seed>__<fit key12>``, so an
+interrupted one resumes from its latest checkpoint only under the same settings, and, because every step's
+randomness is ``fold_in(key, step)``, reaches the same final metrics as an uninterrupted run. Seed ``s`` draws its
+projector initialisation, batches and noise from ``fold_in(key(config.seed), s)``.
+
+**What the table shows**: every method of ``config.methods`` for seeds ``0 .. config.seeds-1``, then every other
+method whose cells for all those seeds are stored in the workdir under the same settings (a rerun with fewer
+methods keeps the full table; delete ``done/<method>`` to drop one). ``results.json`` holds the means
+(``methods``), the intervals (``summary``), every cell with its ``key`` and ``settings``, ``methods_run`` and
+``methods_from_store``.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import os
 import time
 from typing import Any
@@ -36,15 +51,20 @@ from flax.training import train_state
 from sotalign_jax import cmcr, losses, metrics, teachers
 from sotalign_jax.data.cache import open_cache
 from sotalign_jax.data.splits import stable_uniform
+from sotalign_jax.evaluators import EvalSet, retrieval
 from sotalign_jax.nn import projectors
 from sotalign_jax.runtime import config as cfg_lib
-from sotalign_jax.runtime import distributed, io as sio, train as train_lib, workdir as wd
+from sotalign_jax.runtime import distributed, io as sio, sweep, train as train_lib, workdir as wd
 
 CONFIG = cfg_lib.experiment_config(__file__)  # configs/cmcr.py: get_config, validate
 NPY_KEYS = CONFIG.NPY_KEYS
 # method -> (noise on?, pseudo-pair weight factor, intra weight factor); `supervised` trains on A–C pairs.
 ABLATIONS = {"cmcr": (True, 1.0, 1.0), "cmcr_no_noise": (False, 1.0, 1.0), "cmcr_no_pseudo": (True, 0.0, 1.0),
              "cmcr_no_intra": (True, 1.0, 0.0)}
+METRICS = ("a2c_r1", "a2c_r5", "c2a_r1", "c2a_r5")
+KS = (1, 5)
+CONFIDENCE = 0.95  # of the intervals over seeds
+NO_PAIRS = 0  # the cell store's p: C-MCR sees no A–C pair (its grid has one column)
 
 
 # ================================================================================================================
@@ -208,34 +228,29 @@ def train_step(state, data, rng, *, f1, f2, method, n, cfg_static, sharding):
                      "update_norm": optax.tree.norm(updates)}
 
 
-def train(method: str, spaces: dict, cfg, run_dir: str, writer: wd.MetricWriter):
-  """Trains ``method``'s projectors (resuming from ``run_dir``); returns embed functions for A and C."""
+def train(method: str, spaces: dict, cfg, *, seed: int, run_dir: str, writer: wd.MetricWriter):
+  """Trains ``method``'s projectors for ``seed`` with its resolved options (:func:`method_options`) on the shared
+  checkpointed loop (resuming from ``run_dir``); returns embed functions for A and C."""
   mesh = train_lib.data_mesh()
-  k1, k2, key = jax.random.split(jax.random.key(cfg.seed), 3)
-  hidden = cfg.head.hidden if cfg.head.kind == "mlp" else 0
-  f1, v1 = projectors.init_projector(k1, spaces["b"].shape[1], hidden=hidden, out=cfg.head.dim)
-  f2, v2 = projectors.init_projector(k2, spaces["b_prime"].shape[1], hidden=hidden, out=cfg.head.dim)
-  tx = train_lib.make_optimizer(cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                warmup_steps=cfg.warmup_steps, steps=cfg.steps)
+  o = method_options(method, cfg)
+  k1, k2, key = jax.random.split(jax.random.fold_in(jax.random.key(cfg.seed), seed), 3)
+  f1, v1 = projectors.init_projector(k1, spaces["b"].shape[1], hidden=o["head"]["hidden"], out=o["head"]["dim"])
+  f2, v2 = projectors.init_projector(k2, spaces["b_prime"].shape[1], hidden=o["head"]["hidden"], out=o["head"]["dim"])
+  tx = train_lib.make_optimizer(o["optimizer"], lr=o["lr"], weight_decay=o["weight_decay"],
+                                warmup_steps=o["warmup_steps"], steps=o["steps"])
   state = TrainState.create(apply_fn=None, params={"f1": v1["params"], "f2": v2["params"]},
                             batch_stats={"f1": v1["batch_stats"], "f2": v2["batch_stats"]}, tx=tx)
-
-  if method == "supervised":
-    names = ("a_train", "c_train")
-    variance, pseudo_weight, intra_weight = cfg.noise_variance, 0.0, 0.0
-  else:
-    noise, wp, wi = ABLATIONS[method]
-    names = ("b", "b_prime", "pseudo_a", "pseudo_c")
-    variance, pseudo_weight, intra_weight = cfg.noise_variance * noise, cfg.pseudo_weight * wp, cfg.intra_weight * wi
+  names = ("a_train", "c_train") if method == "supervised" else ("b", "b_prime", "pseudo_a", "pseudo_c")
   # row-sharded over the devices; a host's pseudo embeddings exist only for its own rows (see `run`)
   n = len(spaces[names[0]])
   data = {k: distributed.shard_rows(spaces[k], n, mesh=mesh) for k in names}
-  batch = cfg.batch_size - cfg.batch_size % len(jax.devices()) or len(jax.devices())
+  batch = o["batch_size"] - o["batch_size"] % len(jax.devices()) or len(jax.devices())
   step_fn = functools.partial(
       train_step, f1=f1, f2=f2, method=method, n=n, sharding=NamedSharding(mesh, P("data")),
-      cfg_static=(batch, float(variance), float(cfg.temperature), float(intra_weight), float(pseudo_weight)))
-  state = train_lib.train_loop(state, step_fn, data, key=key, steps=cfg.steps, run_dir=run_dir, writer=writer,
-                               name=method, log_every=cfg.log_every, ckpt_every=cfg.ckpt_every, mesh=mesh)
+      cfg_static=(batch, o["noise_variance"], o["temperature"], o["intra_weight"], o["pseudo_weight"]))
+  loop = train_lib.checkpointed_loop(run_dir, writer=writer, name=f"{method}/s{seed}", log_every=cfg.log_every,
+                                     ckpt_every=cfg.ckpt_every, mesh=mesh)
+  state = loop(state, step_fn, data, key=key, steps=o["steps"])
   local = jax.tree.map(lambda a: np.asarray(a.addressable_data(0)), (state.params, state.batch_stats))
   variables = lambda name: {"params": local[0][name], "batch_stats": local[1][name]}
   embed_a = jax.jit(lambda x: f1.apply(variables("f1"), x, train=False))
@@ -244,100 +259,238 @@ def train(method: str, spaces: dict, cfg, run_dir: str, writer: wd.MetricWriter)
 
 
 # ================================================================================================================
-# Evaluation: A ↔ C retrieval on the row-aligned evaluation pairs
+# Keys: what determines a cell's numbers
 # ================================================================================================================
-def evaluate(za: np.ndarray, zc: np.ndarray) -> dict[str, float]:
-  a2c = metrics.retrieval_recall(za, zc, ks=(1, 5))
-  c2a = metrics.retrieval_recall(zc, za, ks=(1, 5))
-  return {"a2c_r1": a2c["r1"], "a2c_r5": a2c["r5"], "c2a_r1": c2a["r1"], "c2a_r5": c2a["r5"]}
+def method_options(method: str, cfg) -> dict:
+  """The options ``method`` trains with, resolved from the config (``{}`` for ``no_connection``): what
+  :func:`train` reads and what its cells are keyed by. An ablation's switched-off term is 0 whatever the config
+  says, so changing that term's weight recomputes ``cmcr`` but not the ablation."""
+  if method == "no_connection":
+    return {}
+  o = {"head": {"kind": cfg.head.kind, "hidden": int(cfg.head.hidden) if cfg.head.kind == "mlp" else 0,
+                "dim": int(cfg.head.dim)},
+       "temperature": float(cfg.temperature), "optimizer": cfg.optimizer, "lr": float(cfg.lr),
+       "weight_decay": float(cfg.weight_decay), "warmup_steps": int(cfg.warmup_steps), "steps": int(cfg.steps),
+       "batch_size": int(cfg.batch_size)}
+  if method == "supervised":
+    return {**o, "noise_variance": float(cfg.noise_variance), "pseudo_weight": 0.0, "intra_weight": 0.0}
+  noise, wp, wi = ABLATIONS[method]
+  return {**o, "noise_variance": float(cfg.noise_variance) * float(noise),
+          "pseudo_weight": float(cfg.pseudo_weight) * wp, "intra_weight": float(cfg.intra_weight) * wi,
+          "retrieval_temperature": float(cfg.retrieval_temperature)}
 
 
-def no_connection(spaces: dict) -> dict[str, float]:
+def _demo_settings(cfg) -> dict:
+  """What builds the demo spaces: the two caches' content (never their paths) and the teacher."""
+  return {"source": "demo", "cache_1": wd.cache_fingerprint(cfg.demo.cache_1),
+          "cache_2": wd.cache_fingerprint(cfg.demo.cache_2), "teacher": dict(cfg.teacher.items())}
+
+
+def data_settings(method: str, cfg) -> dict | None:
+  """The training data of ``method``'s cells: npy mode, the content hashes of the files it reads (the two spaces,
+  or the A–C pairs for ``supervised``); demo, the settings that build the spaces. ``None`` for ``no_connection``."""
+  if method == "no_connection":
+    return None
+  if cfg.data.source == "demo":
+    return _demo_settings(cfg)
+  keys = ("a_train", "c_train") if method == "supervised" else ("a_memory", "b", "b_prime", "c_memory")
+  return {"source": "npy", "files": wd.files_fingerprint({k: cfg.data[k] for k in keys})}
+
+
+def eval_settings(cfg) -> dict:
+  """The evaluation part of every key: the A–C evaluation pairs (their files, or the demo's settings and split)
+  and the retrieval evaluator's options."""
+  if cfg.data.source == "demo":
+    data = {**_demo_settings(cfg), "eval_split": cfg.demo.eval_split}
+  else:
+    data = {"source": "npy", "files": wd.files_fingerprint({k: cfg.data[k] for k in ("a_eval", "c_eval")})}
+  return {"data": data, "normalize": bool(cfg.data.normalize), "retrieval": {"ks": list(KS), "ranks": False}}
+
+
+def cell_settings(method: str, seed: int, cfg) -> sweep.CellSettings:
+  """Everything that determines a (method, seed) cell: the method, its resolved options, its training data,
+  ``data.normalize``, ``config.seed`` and the seed; then the evaluation pairs."""
+  fit = {"method": method, "options": method_options(method, cfg), "data": data_settings(method, cfg),
+         "normalize": bool(cfg.data.normalize), "base_seed": int(cfg.seed), "seed": int(seed)}
+  return sweep.CellSettings(fit, eval_settings(cfg))
+
+
+# ================================================================================================================
+# Evaluation: A ↔ C retrieval on the row-aligned evaluation pairs (the retrieval evaluator)
+# ================================================================================================================
+class Projected:
+  """Embeddings already in one space (projected A and C, or raw spaces of equal dimension) as an alignment for the
+  evaluators: ``similarity`` is the cosine."""
+
+  @staticmethod
+  def similarity(x, y) -> np.ndarray:
+    unit_rows = lambda a: a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+    return unit_rows(np.asarray(x, np.float32)) @ unit_rows(np.asarray(y, np.float32)).T
+
+
+def _renamed(d: dict) -> dict:
+  """The evaluator's ``i2t_`` / ``t2i_`` names as ``a2c_`` / ``c2a_`` (A is the query side)."""
+  return {k.replace("i2t_", "a2c_", 1).replace("t2i_", "c2a_", 1): v for k, v in d.items()}
+
+
+def evaluate(za: np.ndarray, zc: np.ndarray) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+  """``(metrics, per_query)``: A→C and C→A recall at 1 and 5 of row ``i`` retrieving row ``i``."""
+  n = len(za)
+  pairs = EvalSet(x=za, y=zc, i2t=[[i] for i in range(n)], t2i=np.arange(n), first=np.arange(n))
+  out, per_query = retrieval.Evaluator(pairs, name="a2c", ks=KS, ranks=False).run(Projected(), seed=0)
+  return _renamed(out), _renamed(per_query)
+
+
+def no_connection(spaces: dict) -> tuple[dict[str, float], dict[str, np.ndarray] | None]:
   """Direct cosine between the two raw spaces when their dimensions match; else the chance level k / n."""
   a, c = spaces["a_eval"], spaces["c_eval"]
   if a.shape[1] == c.shape[1]:
     return evaluate(a, c)
   n = len(a)
-  return {"a2c_r1": 1 / n, "a2c_r5": min(5, n) / n, "c2a_r1": 1 / n, "c2a_r5": min(5, n) / n}
+  return {"a2c_r1": 1 / n, "a2c_r5": min(5, n) / n, "c2a_r1": 1 / n, "c2a_r5": min(5, n) / n}, None
+
+
+def run_cell(method: str, seed: int, *, settings: sweep.CellSettings, spaces: dict, cfg, workdir: str,
+             writer: wd.MetricWriter) -> tuple[dict, dict | None]:
+  """``(record, per_query)`` of one (method, seed) cell; a trained one runs in ``runs/<method>/s<seed>__<fit
+  key>``."""
+  record = {"method": method, "p": NO_PAIRS, "seed": int(seed), "status": "ok", "key": settings.key,
+            "settings": settings.to_json()}
+  start = time.perf_counter()
+  if method == "no_connection":
+    out, per_query = no_connection(spaces)
+  else:
+    run_dir = wd.keyed_dir(os.path.join(workdir, "runs", method), f"s{seed}", settings.fit_key)
+    embed_a, embed_c = train(method, spaces, cfg, seed=seed, run_dir=run_dir, writer=writer)
+    out, per_query = evaluate(np.asarray(embed_a(spaces["a_eval"])), np.asarray(embed_c(spaces["c_eval"])))
+    record["run_dir"] = os.path.relpath(run_dir, workdir)
+  record["metrics"] = out
+  record["seconds"] = round(time.perf_counter() - start, 2)
+  return record, per_query
 
 
 # ================================================================================================================
 # Main
 # ================================================================================================================
-def run(cfg, workdir: str) -> dict:
-  CONFIG.validate(cfg)
-  methods = cfg.methods
-  wd.save_config(workdir, cfg)
-  spaces, info = load_spaces(cfg)
+def check_data(cfg, spaces: dict):
+  """Raises ``ValueError`` where the spaces cannot serve the config (the checks that need the data)."""
   if cfg.batch_size > len(spaces["b"]):
     raise ValueError(f"config.batch_size={cfg.batch_size} exceeds the {len(spaces['b'])} shared texts: lower it "
                      "(a batch drawn with replacement repeats texts, which InfoNCE counts as false negatives)")
-  if "supervised" in methods and "a_train" not in spaces:
+  if "supervised" in cfg.methods and "a_train" not in spaces:
     raise ValueError("config.methods includes 'supervised' but there are no A–C training pairs")
-  n_texts = len(spaces["b"])
-  lo, hi = distributed.local_row_range(n_texts, mesh=train_lib.data_mesh())
-  if jax.process_count() > 1:
-    print(f"process {jax.process_index()}/{jax.process_count()} holds texts [{lo}, {hi}) of {n_texts}")
-  pseudo = pseudo_embeddings(spaces, cfg, slice(lo, hi))
-  spaces.update({k: host_block(lo, v) for k, v in pseudo.items()})  # readers of this host's rows
+
+
+def _interval(c) -> str:
+  if not c:
+    return "–"
+  if c["n"] < 2 or c["low"] is None or not np.isfinite(c["low"]):
+    return f"{c['mean']:.4f}"
+  return f"{c['mean']:.4f} ± {0.5 * (c['high'] - c['low']):.4f}"
+
+
+def markdown(summary: dict, methods: list[str]) -> str:
+  """Methods × metrics: the mean over seeds, ± the half-width of its interval when there are several seeds."""
+  lines = ["| method | " + " | ".join(METRICS) + " |", "|---|" + "---:|" * len(METRICS)]
+  for m in methods:
+    c = summary[m][NO_PAIRS] or {}
+    lines.append(f"| {m} | " + " | ".join(_interval(c.get(k)) for k in METRICS) + " |")
+  return "\n".join(lines)
+
+
+def run(cfg, workdir: str) -> dict:
+  """Runs the C-MCR experiment ``cfg`` in ``workdir`` (see the module docstring); returns ``{method: {metric:
+  mean over seeds}}``."""
+  # --- config and data, checked before anything is written (a user error leaves no workdir behind) -------------
+  with cfg_lib.user_errors():
+    CONFIG.validate(cfg)
+    spaces, info = load_spaces(cfg)
+    check_data(cfg, spaces)
+    seeds, methods = list(range(cfg.seeds)), list(cfg.methods)
+    keyed = {(m, s): cell_settings(m, s, cfg) for s in seeds for m in cmcr.METHODS}  # reads the data's hashes
+  t_start = time.time()
+  wd.save_config(workdir, cfg)
   print(f"space 1: {len(spaces['a_memory'])} A-memory rows, dim {spaces['b'].shape[1]}; space 2: "
         f"{len(spaces['c_memory'])} C-memory rows, dim {spaces['b_prime'].shape[1]}; {len(spaces['b'])} shared "
-        f"texts; {len(spaces['a_eval'])} A–C evaluation pairs")
+        f"texts; {len(spaces['a_eval'])} A–C evaluation pairs; {len(seeds)} seed(s)")
+  store = sweep.CellStore(workdir)
+  cells = {(m, NO_PAIRS, s): store.load(m, NO_PAIRS, s, key=keyed[m, s].key) for s in seeds for m in methods}
+  todo = [(m, s) for s in seeds for m in methods if cells[m, NO_PAIRS, s] is None]
+  stale = sum(bool(store.others(m, NO_PAIRS, s, key=keyed[m, s].key)) for m, s in todo)
+  print(f"{len(cells) - len(todo)} of {len(cells)} cells done before with these settings, {len(todo)} to run" +
+        (f" ({stale} of them stored under other settings, kept but not used)" if stale else ""))
+  if any(m not in ("supervised", "no_connection") for m, _ in todo):
+    n_texts = len(spaces["b"])
+    lo, hi = distributed.local_row_range(n_texts, mesh=train_lib.data_mesh())
+    if jax.process_count() > 1:
+      print(f"process {jax.process_index()}/{jax.process_count()} holds texts [{lo}, {hi}) of {n_texts}")
+    pseudo = pseudo_embeddings(spaces, cfg, slice(lo, hi))
+    spaces.update({k: host_block(lo, v) for k, v in pseudo.items()})  # readers of this host's rows
   writer = wd.MetricWriter(workdir)
-  results: dict[str, dict] = {}
-  t_start = time.time()
-  for method in methods:
-    done = os.path.join(workdir, "done", f"{method}.json")
-    if os.path.exists(done):
-      with open(done) as fh:
-        results[method] = json.load(fh)
-      continue
-    if method == "no_connection":
-      result = no_connection(spaces)
-    else:
-      embed_a, embed_c = train(method, spaces, cfg, os.path.join(workdir, "runs", method), writer)
-      result = evaluate(np.asarray(embed_a(spaces["a_eval"])), np.asarray(embed_c(spaces["c_eval"])))
-    writer.write(cfg.steps, result, prefix=f"eval/{method}/")
+  for method, seed in wd.progress(todo, desc="cells", total=len(todo)):
+    record, per_query = run_cell(method, seed, settings=keyed[method, seed], spaces=spaces, cfg=cfg,
+                                 workdir=workdir, writer=writer)
+    writer.write(cfg.steps, record["metrics"], prefix=f"eval/{method}/s{seed}/")
     if wd.is_primary():
-      sio.write_json(done, result)
-    wd.sync(f"done:{method}")
-    results[method] = result
-    print(f"  {method:16s} A→C R@1 {result['a2c_r1']:.4f}  C→A R@1 {result['c2a_r1']:.4f}")
+      store.save(record, per_query)
+    wd.sync(f"done:{method}:{seed}")
+    cells[method, NO_PAIRS, seed] = sweep.to_json(record)
+    r = record["metrics"]
+    print(f"  {method:16s} seed {seed}  A→C R@1 {r['a2c_r1']:.4f}  C→A R@1 {r['c2a_r1']:.4f}")
   writer.close()
 
-  extra = {"n_texts": len(spaces["b"]), "n_eval": len(spaces["a_eval"]), **info,
+  # --- the table's methods: config.methods, then every other method stored complete under the same settings ----
+  extra_methods = []
+  for m in cmcr.METHODS:
+    found = {(m, NO_PAIRS, s): store.load(m, NO_PAIRS, s, key=keyed[m, s].key) for s in seeds}
+    if m not in methods and all(found.values()):
+      extra_methods.append(m)
+      cells.update(found)
+  shown = methods + extra_methods
+  if extra_methods:
+    print(f"also in the table: {', '.join(extra_methods)} (stored earlier in {workdir} with the same settings)")
+  summary = sweep.summarise(cells, methods=shown, ps=[NO_PAIRS], seeds=seeds, confidence=CONFIDENCE,
+                            metrics=METRICS)
+  means = {m: {k: v["mean"] for k, v in (summary[m][NO_PAIRS] or {}).items() if v} for m in shown}
+  extra = {"summary": {m: summary[m][NO_PAIRS] for m in shown}, "confidence": CONFIDENCE, "seeds": seeds,
+           "methods_run": methods, "methods_from_store": extra_methods, "cells_run_now": len(todo),
+           "cells": [cells[m, NO_PAIRS, s] for s in seeds for m in shown],
+           "n_texts": len(spaces["b"]), "n_eval": len(spaces["a_eval"]), **info,
            "seconds": round(time.time() - t_start, 1)}
-  if "cmcr" in results and "supervised" in results and results["supervised"]["a2c_r1"] > 0:
-    extra["cmcr_over_supervised_r1"] = round(
-        (results["cmcr"]["a2c_r1"] + results["cmcr"]["c2a_r1"])
-        / (results["supervised"]["a2c_r1"] + results["supervised"]["c2a_r1"]), 4)
-  table = wd.write_results(workdir, results, **extra)
+  sup, cm = means.get("supervised"), means.get("cmcr")
+  if sup and cm and sup["a2c_r1"] + sup["c2a_r1"] > 0:
+    extra["cmcr_over_supervised_r1"] = round((cm["a2c_r1"] + cm["c2a_r1"]) / (sup["a2c_r1"] + sup["c2a_r1"]), 4)
+  wd.write_results(workdir, means, **sweep.to_json(extra))
   if not wd.is_primary():
-    return results
-  plot_curves(os.path.join(workdir, "metrics.jsonl"), [m for m in methods if m != "no_connection"],
+    return means
+  interval = f"; mean ± {100 * CONFIDENCE:g}% interval over {len(seeds)} seeds" if len(seeds) > 1 else ""
+  header = f"C-MCR results (A↔C retrieval over {len(spaces['a_eval'])} held-out pairs{interval}):"
+  table = markdown(summary, shown)
+  sio.write_text(os.path.join(workdir, "results.md"), f"{header}\n\n{table}\n")
+  plot_curves(os.path.join(workdir, "metrics.jsonl"), [m for m in shown if m != "no_connection"], seeds,
               os.path.join(workdir, "training_curves.png"))
-  print(f"\nC-MCR results (A↔C retrieval over {len(spaces['a_eval'])} held-out pairs):\n")
-  print(table)
-  return results
+  print(f"\n{header}\n\n{table}")
+  print(f"\n{len(todo)} cells run in {time.time() - t_start:.1f} s; results in {workdir}/results.{{json,md}}")
+  return means
 
 
-def plot_curves(metrics_path: str, methods: list[str], path: str):
-  """Training loss of every trained method against the step, from ``metrics.jsonl`` (resumed runs included)."""
+def plot_curves(metrics_path: str, methods: list[str], seeds: list[int], path: str):
+  """Training loss of every trained (method, seed) against the step, from ``metrics.jsonl`` (resumed runs
+  included; a step logged again, by a resumed or a re-keyed run, shows its latest value)."""
   if not methods or not os.path.exists(metrics_path):
     return
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  curves: dict[str, dict[int, float]] = {m: {} for m in methods}
+  plt = wd.pyplot()
+  curves: dict[tuple, dict[int, float]] = {(m, s): {} for m in methods for s in seeds}
   for rec in sio.read_jsonl(metrics_path):
-    for m in methods:
-      if f"train/{m}/loss" in rec:
-        curves[m][rec["step"]] = rec[f"train/{m}/loss"]
+    for m, s in curves:
+      if f"train/{m}/s{s}/loss" in rec:
+        curves[m, s][rec["step"]] = rec[f"train/{m}/s{s}/loss"]
   fig, ax = plt.subplots(figsize=(6, 4))
-  for m, c in curves.items():
+  styles = sweep.method_styles(methods)
+  for (m, s), c in curves.items():
     if c:
       steps = sorted(c)
-      ax.plot(steps, [c[s] for s in steps], label=m)
+      ax.plot(steps, [c[i] for i in steps], label=m if s == seeds[0] else None, color=styles[m]["color"], lw=1)
   ax.set_xlabel("step")
   ax.set_ylabel("training loss")
   ax.legend(fontsize=7)

@@ -1,4 +1,8 @@
-r"""Private helpers every math module shares: unit rows, the tracer test, the ``[n, d]`` validator, the precision.
+r"""Helpers every math module shares: unit rows and cosines, the tracer test, the ``[n, d]`` validator, the precision.
+
+:func:`unit` and :func:`cosine` are the library's one row normalisation and one cosine matrix; the public names
+``metrics.normalize``, ``cmcr.normalize`` (both :func:`unit` itself) and ``ot.cosine_similarity`` (:func:`cosine` with
+its shapes checked, compiled) are them.
 
 **Value checks (NaN/Inf, positivity): one rule for every array type.** A check runs when the values are *known*
 at the call, wherever they live:
@@ -38,8 +42,32 @@ DEFAULT_PRECISION = jax.lax.Precision.HIGHEST
 
 
 def unit(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
-  """``x`` divided by its L2 norm along ``axis`` (norms clipped at ``eps``, so a zero row stays zero)."""
+  r"""``x`` divided by its L2 norm along ``axis``, :math:`x / \max(\|x\|_2, \epsilon)` (a zero row stays zero).
+
+  Args:
+    x: e.g. ``[n, d]`` rows (any shape; host arrays are converted).
+    axis: the axis normalised.
+    eps: floor of the norms.
+
+  Returns:
+    ``x`` with unit L2 norm along ``axis``, same shape.
+  """
   return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), eps)
+
+
+def cosine(u: jax.Array, v: jax.Array, precision=DEFAULT_PRECISION) -> jax.Array:
+  r"""``[n, m]`` cosine similarities :math:`\langle u_i, v_j\rangle / (\|u_i\| \|v_j\|)` of the rows (zero rows give
+  zeros).
+
+  Args:
+    u: ``[n, d]``.
+    v: ``[m, d]``.
+    precision: of the matrix product (default ``HIGHEST``: float32 on every backend).
+
+  Returns:
+    ``[n, m]`` matrix in :math:`[-1, 1]`.
+  """
+  return jnp.matmul(unit(u), unit(v).T, precision=precision)
 
 
 def is_tracer(x) -> bool:

@@ -56,9 +56,7 @@ METHODS = ("cmcr", "supervised", "no_connection", "cmcr_no_noise", "cmcr_no_pseu
 _HI = DEFAULT_PRECISION
 
 
-def normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-  """L2-normalises the rows of ``x: [n, d]`` (norms clipped at ``eps``)."""
-  return unit(x, eps=eps)
+normalize = unit  # L2-normalises the rows of ``x: [n, d]`` (norms clipped at ``eps``): ``_arrays.unit`` itself
 
 
 # ------------------------------------------------------------------------------------------------------------

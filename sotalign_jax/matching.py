@@ -25,8 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sotalign_jax import clustering
 from sotalign_jax import qap as qap_lib
-from sotalign_jax._arrays import DEFAULT_PRECISION, check_features, device_scalar, on_host, unit
+from sotalign_jax._arrays import DEFAULT_PRECISION, check_features, cosine, device_scalar, on_host
 from sotalign_jax._hsic import sq_dists as _sq_dists
 
 __all__ = [
@@ -35,14 +36,6 @@ __all__ = [
     "relative_match", "relative_retrieve", "match_scores", "retrieve_scores",
 ]
 
-# The methods of the training-free matching experiment: a matcher family × how the base pairs are prepared
-# ("stretch": every feature divided by its std over base + queries; "cluster": base pairs nearest to k-means
-# centroids; "both"), with ``linreg`` / ``relrep`` short for ``linreg_none`` / ``relrep_none``.
-FAMILIES = ("qap", "localcka", "linreg", "relrep")
-BASE_VARIANTS = ("none", "stretch", "cluster", "both")
-METHODS = tuple(f if f in ("linreg", "relrep") and v == "none" else f"{f}_{v}" for f in FAMILIES for v in BASE_VARIANTS)
-
-_HI = DEFAULT_PRECISION
 _KERNELS = ("linear", "rbf")
 
 
@@ -174,39 +167,24 @@ def _stretch(x):
 
 @functools.partial(jax.jit, static_argnames=("k", "n_iter"))
 def _kmeans_select(x, key, k: int, n_iter: int):
-  n = x.shape[0]
-  init = jax.random.choice(key, n, (k,), replace=False)
-  xx = jnp.sum(x * x, 1)
-
-  def assign(c):
-    d = xx[:, None] + jnp.sum(c * c, 1)[None, :] - 2.0 * jnp.matmul(x, c.T, precision=_HI)
-    return jnp.argmin(d, axis=1)
-
-  def lloyd(_, c):
-    lab = assign(c)
-    onehot = jax.nn.one_hot(lab, k, dtype=x.dtype)
-    cnt = onehot.sum(0)
-    mean = jnp.matmul(onehot.T, x, precision=_HI) / jnp.maximum(cnt, 1.0)[:, None]
-    return jnp.where(cnt[:, None] > 0, mean, c)  # an emptied cluster keeps its centroid
-
-  cent = jax.lax.fori_loop(0, n_iter, lloyd, x[init])
+  cent = clustering.kmeans(x, key, k, n_iter=n_iter, init="random")
   d = _sq_dists(cent, x)  # [k, n]
 
   def pick(used, row):  # nearest still-unused point, so the k representatives are distinct
     i = jnp.argmin(jnp.where(used, jnp.inf, row))
     return used.at[i].set(True), i
 
-  _, idx = jax.lax.scan(pick, jnp.zeros((n,), bool), d)
-  return idx, cent
+  _, idx = jax.lax.scan(pick, jnp.zeros((x.shape[0],), bool), d)
+  return idx
 
 
 def kmeans_base_selection(x, k: int, *, key: jax.Array, n_iter: int = 50) -> jax.Array:
   r"""Indices of ``k`` base samples: the points nearest to the centroids of ``k``-means on ``x``.
 
-  Lloyd iterations from ``k`` random distinct points, :math:`c_j \leftarrow \operatorname{mean}\{x_i :
-  \arg\min_l \|x_i - c_l\| = j\}`; then each centroid picks its nearest point not already picked by a
-  previous centroid, so the ``k`` indices are distinct. The paper clusters one space (e.g. the images) and uses
-  the chosen indices for both members of each pair.
+  :func:`sotalign_jax.clustering.kmeans` with ``init="random"``: Lloyd iterations from ``k`` random distinct
+  points, :math:`c_j \leftarrow \operatorname{mean}\{x_i : \arg\min_l \|x_i - c_l\| = j\}`; then each centroid
+  picks its nearest point not already picked by a previous centroid, so the ``k`` indices are distinct. The paper
+  clusters one space (e.g. the images) and uses the chosen indices for both members of each pair.
 
   Args:
     x: ``[n, d]`` features.
@@ -223,26 +201,29 @@ def kmeans_base_selection(x, k: int, *, key: jax.Array, n_iter: int = 50) -> jax
     raise ValueError(f"k must be an integer in [1, n={n}], got {k!r}")
   if not isinstance(n_iter, (int, np.integer)) or n_iter < 0:
     raise ValueError(f"n_iter must be a non-negative integer, got {n_iter!r}")
-  return _kmeans_select(x, key, int(k), int(n_iter))[0].astype(jnp.int32)
+  return _kmeans_select(x, key, int(k), int(n_iter)).astype(jnp.int32)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Generic assignment / retrieval from a score matrix.
 # ----------------------------------------------------------------------------------------------------------------
-def match_scores(scores) -> np.ndarray:
+def match_scores(scores, *, lap: str = "scipy") -> np.ndarray:
   """One-to-one matching maximising the total score: ``perm[i]`` is the column matched to row ``i``.
+
+  :func:`sotalign_jax.qap.linear_assignment` with ``maximize=True``, checked and returned on the host.
 
   Args:
     scores: ``[q, q]`` similarity of x-query ``i`` to y-query ``j``.
+    lap: the assignment solver (:data:`sotalign_jax.qap.LAPS` or ``"auto"``; default scipy's exact one).
 
   Returns:
-    ``[q]`` int permutation (exact linear assignment).
+    ``[q]`` int permutation.
   """
   if jnp.ndim(scores) != 2 or jnp.shape(scores)[0] != jnp.shape(scores)[1]:
     raise ValueError(f"scores must be a square [q, q] matrix, got shape {jnp.shape(scores)}")
   if on_host(scores) and not np.isfinite(np.asarray(scores, np.float32)).all():
     raise ValueError("scores contains NaN or Inf")
-  return np.asarray(qap_lib.linear_assignment(jnp.asarray(scores, jnp.float32), maximize=True))
+  return np.asarray(qap_lib.linear_assignment(jnp.asarray(scores, jnp.float32), maximize=True, lap=lap))
 
 
 def retrieve_scores(scores, k: int) -> jax.Array:
@@ -400,18 +381,14 @@ def local_cka_retrieve(x_base, y_base, x_query, y_query, *, k: int = 10, kernel:
 # ----------------------------------------------------------------------------------------------------------------
 # Baselines.
 # ----------------------------------------------------------------------------------------------------------------
-def _cosine(u: jax.Array, v: jax.Array, precision=DEFAULT_PRECISION) -> jax.Array:
-  return jnp.matmul(unit(u), unit(v).T, precision=precision)
-
-
 @functools.partial(jax.jit, static_argnames=("precision",))
 def _linreg_scores(xq, yq, w, precision):
-  return _cosine(jnp.matmul(xq, w, precision=precision), yq, precision)
+  return cosine(jnp.matmul(xq, w, precision=precision), yq, precision)
 
 
 @functools.partial(jax.jit, static_argnames=("precision",))
 def _relative_scores(xb, yb, xq, yq, precision):
-  return _cosine(_cosine(xq, xb, precision), _cosine(yq, yb, precision), precision)
+  return cosine(cosine(xq, xb, precision), cosine(yq, yb, precision), precision)
 
 
 def linreg_scores(x_base, y_base, x_query, y_query, *, lam: float = 1e-2,

@@ -50,14 +50,8 @@ __all__ = ["positive_ranks", "retrieval_recall", "median_rank", "zero_shot_accur
 _HI = DEFAULT_PRECISION
 
 
-def normalize(x, axis: int = -1, eps: float = 1e-12) -> jax.Array:
-  """L2-normalises ``x`` along ``axis`` (float32; norms clipped at ``eps``)."""
-  return _normalize(jnp.asarray(x, jnp.float32), axis, eps)
-
-
-@functools.partial(jax.jit, static_argnames=("axis", "eps"))
-def _normalize(x, axis, eps):
-  return unit(x, axis, eps)
+normalize = unit  # L2-normalise along ``axis`` (norms clipped at ``eps``): :func:`sotalign_jax._arrays.unit` itself
+_unit = jax.jit(unit)
 
 
 def _check_emb(a, name) -> jax.Array:
@@ -298,7 +292,7 @@ def _bench_scores(a, b, name_a: str, name_b: str):
   if q.shape[1] != g.shape[1]:
     raise ValueError(f"`{name_a}` and `{name_b}` must share the embedding dimension, got {q.shape[1]} and "
                      f"{g.shape[1]}")
-  return normalize(q), normalize(g), True
+  return _unit(q), _unit(g), True
 
 
 @functools.partial(jax.jit, static_argnames=("chunk", "cos"))
@@ -455,7 +449,7 @@ def matching_hits(sim, *, partner=None, seed: int = 0, lap: str = "scipy") -> np
     sim: ``[n, n]`` scores of x-query i against y-key j.
     partner: ``[n]`` int permutation, the key of each query (default: the identity).
     seed: seed of the key shuffle.
-    lap: ``"scipy"`` (host) or ``"hungarian"`` (XLA), see :func:`sotalign_jax.qap.linear_assignment`.
+    lap: the solver of :func:`sotalign_jax.qap.linear_assignment` (``"scipy"``, on the host, by default).
 
   Returns:
     ``[n]`` float64 in {0, 1}; its mean is the matching accuracy.

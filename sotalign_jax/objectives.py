@@ -2,7 +2,11 @@ r"""The unpaired terms that distinguish SOTAlign from its baselines, picked by n
 
 Each term takes the student's embeddings of an *unpaired* batch — images ``zx = f(X_u)`` and texts
 ``zy = g(Y_u)`` (independent draws, no pairing) — plus the raw features and the teacher's embeddings of the
-same batch, and returns a scalar to add to the paired SigLIP loss:
+same batch, and returns ``(value, diagnostics)``: the scalar to add to the paired SigLIP loss and a dict of scalar
+diagnostics (empty for most terms) that the training step logs with its metrics; the pair suits
+``jax.value_and_grad(..., has_aux=True)``. The terms that solve an OT problem report how converged it is (``klot``:
+both plans' marginal errors and whether both are below the threshold; ``pseudo_label``: the teacher plan's), so a
+run shows when the fixed number of Sinkhorn iterations did not converge:
 
 * ``klot`` — SOTAlign (Roschmann et al., 2026): :math:`\mathrm{KL}(P_{\varepsilon^*}(K^*)\,\|\,P_\varepsilon(K))`
   between the entropic OT plans of the teacher's and the student's cosine matrices (:func:`sotalign_jax.ot.klot`).
@@ -29,8 +33,13 @@ import jax.numpy as jnp
 from sotalign_jax import losses, ot
 from sotalign_jax._arrays import unit
 
-__all__ = ["UnpairedBatch", "UNPAIRED_TERMS", "klot_term_with_diagnostics", "extra_negatives_term",
-           "nn_positives_term"]
+__all__ = ["UnpairedBatch", "UNPAIRED_TERMS", "Term", "klot_term", "sinkhorn_divergence_term", "structure_term",
+           "pseudo_label_term", "extra_negatives_term", "nn_positives_term", "no_term"]
+
+Term = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
+"""``term(batch: UnpairedBatch, **options) -> (value, diagnostics)``: a scalar and a dict of scalars."""
+
+_NONE: dict[str, jax.Array] = {}
 
 
 class UnpairedBatch(NamedTuple):
@@ -50,64 +59,74 @@ class UnpairedBatch(NamedTuple):
 
 
 def klot_term(b: UnpairedBatch, *, eps_student: float, eps_teacher: float, sinkhorn_iters: int,
-              shard_klot: bool = False, mesh=None) -> jax.Array:
-  """SOTAlign: KLOT between the teacher's (fixed) and the student's entropic plans of the unpaired batch.
+              shard_klot: bool = False, mesh=None,
+              threshold: float = 1e-3) -> tuple[jax.Array, dict[str, jax.Array]]:
+  r"""SOTAlign: KLOT between the teacher's (fixed) and the student's entropic plans of the unpaired batch, and how
+  converged the two plans are.
+
+  .. math::
+
+    \mathrm{KLOT}(K, K^*) = \mathrm{KL}\big(P_{\varepsilon^*}(K^*) \,\|\, P_\varepsilon(K)\big),\qquad
+    K = \cos(z_x, z_y),\ K^* = \cos(t_x, t_y)
+
+  (:func:`sotalign_jax.ot.klot`, Roschmann et al. 2026). The closed-form gradient is exact only at converged plans,
+  so the diagnostics are ``klot/student_marginal_error`` and ``klot/teacher_marginal_error`` (:math:`\|P1 - a\|_1 +
+  \|P^\top 1 - b\|_1` of each plan after ``sinkhorn_iters`` iterations) and ``klot/converged`` (1.0 when both are
+  below ``threshold``, else 0.0), at no extra cost.
 
   With ``shard_klot`` and a ``mesh`` (whose ``"data"`` axis splits the batch), both ``[n, m]`` matrices stay
   split by rows over the devices (:func:`sotalign_jax.ot.klot_sharded`: ``≈ 6 · (n / p) · m · 4`` bytes per
-  device instead of ``6 · n · m · 4``); the same value and gradient up to float rounding."""
-  k_teacher = jax.lax.stop_gradient(ot.cosine_similarity(b.tx, b.ty))
-  k_student = ot.cosine_similarity(b.zx, b.zy)
-  if shard_klot and mesh is not None:
-    return ot.klot_sharded(k_student, k_teacher, mesh=mesh, axis_name="data", eps_student=eps_student,
-                           eps_teacher=eps_teacher, num_iters=sinkhorn_iters)
-  return ot.klot(k_student, k_teacher, eps_student=eps_student, eps_teacher=eps_teacher, num_iters=sinkhorn_iters)
+  device instead of ``6 · n · m · 4``); the same value, gradient and diagnostics up to float rounding.
 
-
-def klot_term_with_diagnostics(b: UnpairedBatch, *, eps_student: float, eps_teacher: float,
-                               sinkhorn_iters: int) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """:func:`klot_term` and the marginal errors of its two plans (:class:`sotalign_jax.ot.KlotDiagnostics`).
-
-  Same value and gradient as :func:`klot_term`; the ``(value, aux)`` pair suits ``jax.value_and_grad(...,
-  has_aux=True)``, so a training step can log ``klot/student_marginal_error`` and ``klot/teacher_marginal_error``
-  (how far the fixed ``sinkhorn_iters`` left each plan from convergence, on which the closed-form gradient
-  relies) at no extra cost.
+  Returns:
+    ``(value, diagnostics)``.
   """
   k_teacher = jax.lax.stop_gradient(ot.cosine_similarity(b.tx, b.ty))
-  value, diag = ot.klot(ot.cosine_similarity(b.zx, b.zy), k_teacher, eps_student=eps_student,
-                        eps_teacher=eps_teacher, num_iters=sinkhorn_iters, return_diagnostics=True)
+  k_student = ot.cosine_similarity(b.zx, b.zy)
+  opts = dict(eps_student=eps_student, eps_teacher=eps_teacher, num_iters=sinkhorn_iters, return_diagnostics=True,
+              threshold=threshold)
+  if shard_klot and mesh is not None:
+    value, diag = ot.klot_sharded(k_student, k_teacher, mesh=mesh, axis_name="data", **opts)
+  else:
+    value, diag = ot.klot(k_student, k_teacher, **opts)
   return value, {"klot/student_marginal_error": diag.student_marginal_error,
-                 "klot/teacher_marginal_error": diag.teacher_marginal_error}
+                 "klot/teacher_marginal_error": diag.teacher_marginal_error,
+                 "klot/converged": diag.converged.astype(jnp.float32)}
 
 
-def sinkhorn_divergence_term(b: UnpairedBatch, *, eps_student: float, **unused) -> jax.Array:
+
+
+def sinkhorn_divergence_term(b: UnpairedBatch, *, eps_student: float,
+                             **unused) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Ablation of SOTAlign: the debiased Sinkhorn divergence between the two embedded clouds (no teacher)."""
   del unused
-  return ot.sinkhorn_divergence(unit(b.zx), unit(b.zy), epsilon=eps_student)
+  return ot.sinkhorn_divergence(unit(b.zx), unit(b.zy), epsilon=eps_student), _NONE
 
 
-def structure_term(b: UnpairedBatch, *, temperature: float) -> jax.Array:
+def structure_term(b: UnpairedBatch, *, temperature: float) -> tuple[jax.Array, dict[str, jax.Array]]:
   """STRUCTURE: each modality keeps its frozen neighbourhood structure in the aligned space."""
   return (losses.structure_regularizer(b.x, b.zx, temperature=temperature)
-          + losses.structure_regularizer(b.y, b.zy, temperature=temperature))
+          + losses.structure_regularizer(b.y, b.zy, temperature=temperature)), _NONE
 
 
-def pseudo_label_term(b: UnpairedBatch, *, eps: float) -> jax.Array:
-  """S-CLIP-style soft pseudo-captions: the teacher's OT plan is the target of the student's softmax."""
-  plan = jax.lax.stop_gradient(ot.sinkhorn(ot.cosine_similarity(b.tx, b.ty), epsilon=eps, num_iters=100).plan)
+def pseudo_label_term(b: UnpairedBatch, *, eps: float) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """S-CLIP-style soft pseudo-captions: the teacher's OT plan is the target of the student's softmax; the diagnostic
+  ``pseudo_label/teacher_marginal_error`` is that plan's marginal error after its 100 Sinkhorn iterations."""
+  out = ot.sinkhorn(jax.lax.stop_gradient(ot.cosine_similarity(b.tx, b.ty)), epsilon=eps, num_iters=100)
+  plan = jax.lax.stop_gradient(out.plan)
   logits = b.logit_scale * ot.cosine_similarity(b.zx, b.zy)
   rows = plan / plan.sum(1, keepdims=True)
   cols = plan / plan.sum(0, keepdims=True)
   ce_i2t = -jnp.sum(rows * jax.nn.log_softmax(logits, axis=1), axis=1).mean()
   ce_t2i = -jnp.sum(cols * jax.nn.log_softmax(logits, axis=0), axis=0).mean()
-  return 0.5 * (ce_i2t + ce_t2i)
+  return 0.5 * (ce_i2t + ce_t2i), {"pseudo_label/teacher_marginal_error": out.marginal_error}
 
 
 def _sigmoid_terms(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return -jnp.sum(jax.nn.log_sigmoid(labels * logits))
 
 
-def extra_negatives_term(b: UnpairedBatch) -> jax.Array:
+def extra_negatives_term(b: UnpairedBatch) -> tuple[jax.Array, dict[str, jax.Array]]:
   r"""Semi-supervised SAIL: SigLIP on the paired batch enlarged by the unpaired rows, which are negatives only.
 
   With :math:`s = e^{t'}`, bias :math:`b` and the paired batch of size :math:`p`, the term adds every entry of the
@@ -124,10 +143,10 @@ def extra_negatives_term(b: UnpairedBatch) -> jax.Array:
   s, bias = b.logit_scale, b.logit_bias
   ux, uy, px, py = unit(b.zx), unit(b.zy), unit(b.pair_zx), unit(b.pair_zy)
   neg = lambda a, c: _sigmoid_terms(s * (a @ c.T) + bias, -1.0)  # noqa: E731
-  return (neg(px, uy) + neg(ux, py) + neg(ux, uy)) / px.shape[0]
+  return (neg(px, uy) + neg(ux, py) + neg(ux, uy)) / px.shape[0], _NONE
 
 
-def nn_positives_term(b: UnpairedBatch) -> jax.Array:
+def nn_positives_term(b: UnpairedBatch) -> tuple[jax.Array, dict[str, jax.Array]]:
   r"""NNCLR-style nearest-neighbour positives for unpaired rows (after Dwibedi et al., ICCV 2021, "With a Little
   Help from My Friends", whose positives are nearest neighbours in a support set; here the support set is the
   step's paired batch and the neighbours are found in the *frozen* unimodal space, so no positive depends on the
@@ -150,16 +169,16 @@ def nn_positives_term(b: UnpairedBatch) -> jax.Array:
     return _sigmoid_terms(logits, labels) / q.shape[0]
 
   return 0.5 * (pseudo_siglip(b.zx, b.x, b.pair_x, b.pair_zy, True)
-                + pseudo_siglip(b.zy, b.y, b.pair_y, b.pair_zx, False))
+                + pseudo_siglip(b.zy, b.y, b.pair_y, b.pair_zx, False)), _NONE
 
 
-def no_term(b: UnpairedBatch) -> jax.Array:
+def no_term(b: UnpairedBatch) -> tuple[jax.Array, dict[str, jax.Array]]:
   """No unpaired term (SAIL-style supervised training and the all-pairs upper bound)."""
   del b
-  return jnp.zeros((), jnp.float32)
+  return jnp.zeros((), jnp.float32), _NONE
 
 
-UNPAIRED_TERMS: dict[str, Callable[..., jax.Array]] = {
+UNPAIRED_TERMS: dict[str, Term] = {
     "klot": klot_term,
     "sinkhorn_divergence": sinkhorn_divergence_term,
     "structure": structure_term,

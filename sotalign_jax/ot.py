@@ -12,7 +12,10 @@ with :math:`U(a, b) = \{P \ge 0 : P 1 = a, P^\top 1 = b\}` and uniform :math:`a 
 Its dual potentials :math:`f \in \mathbb{R}^n, g \in \mathbb{R}^m` (ott-jax's convention with :math:`C = -K`) give
 :math:`P_{ij} = \exp((f_i + g_j + K_{ij}) / \varepsilon)`.
 
-* :func:`sinkhorn` — fixed-iteration Sinkhorn, returns the log-plan, potentials and convergence diagnostics.
+* :func:`sinkhorn` — fixed-iteration Sinkhorn, returns the log-plan, potentials and convergence diagnostics;
+  :func:`sinkhorn_sharded` the same iterations with the rows split over a mesh; :func:`sinkhorn_knopp` the
+  multiplicative-domain balancing of a positive matrix (FAQ's starts). Every Sinkhorn iteration of the library is
+  here.
 * :func:`klot` — :math:`\mathrm{KLOT}(K, K^*) = \mathrm{KL}(P_{\varepsilon^*}(K^*) \,\|\, P_\varepsilon(K))` with the
   closed-form gradient of Roschmann et al. (2026), Theorem 5.1 (no backpropagation through the iterations).
 * :func:`sinkhorn_divergence` — the debiased Sinkhorn divergence between two point clouds (ott-jax), an ablation.
@@ -36,11 +39,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sotalign_jax._arrays import (DEFAULT_PRECISION, check_all, check_features, check_positive, is_tracer,
-                                  jit_with_host_scalars, on_host, unit)
+from sotalign_jax._arrays import (DEFAULT_PRECISION, check_all, check_features, check_positive, cosine, is_tracer,
+                                  jit_with_host_scalars, on_host)
 
-__all__ = ["SinkhornOutput", "KlotDiagnostics", "sinkhorn", "sinkhorn_sharded", "klot", "klot_sharded",
-           "sinkhorn_divergence", "cosine_similarity"]
+__all__ = ["SinkhornOutput", "KlotDiagnostics", "sinkhorn", "sinkhorn_knopp", "sinkhorn_sharded", "klot",
+           "klot_sharded", "sinkhorn_divergence", "cosine_similarity"]
 
 # Guards of the kernel-scaling steps (see `_solve`). The absorbed kernel G has entries <= 1 and float32 flushes
 # entries below ~1e-38 to zero; a flushed entry would carry mass G_ij u_i v_j < 1e-38 * u_i * v_j. Keeping
@@ -267,12 +270,58 @@ def _sinkhorn_jit(k, a, b, *, epsilon, num_iters: int, threshold) -> SinkhornOut
   return _sinkhorn(k, epsilon, _uniform(a, n, k.dtype), _uniform(b, m, k.dtype), num_iters, threshold)
 
 
+def sinkhorn_knopp(k: jax.Array, *, tol: float = 1e-3, max_iter: int = 1000) -> jax.Array:
+  r"""Sinkhorn–Knopp matrix balancing: the doubly stochastic scaling :math:`\operatorname{diag}(r)\,K\,
+  \operatorname{diag}(c)` of a positive square matrix (Sinkhorn & Knopp, Pacific J. Math. 21, 1967).
+
+  The multiplicative-domain form of the same alternating scaling as :func:`sinkhorn` (there on the kernel
+  :math:`e^{K/\varepsilon}` with marginals ``a``, ``b`` of mass 1 and a fixed count, in the log domain), here on
+  ``K`` itself with every row and column sum 1 and scipy's stopping rule, as
+  ``scipy.optimize.quadratic_assignment``'s ``_doubly_stochastic``:
+
+  .. math::
+
+    c \leftarrow 1 / (K^\top r), \qquad r \leftarrow 1 / (K c),
+
+  from :math:`c = 1 / K^\top \mathbf 1`, until the largest row or column sum error of
+  :math:`\operatorname{diag}(r) K \operatorname{diag}(c)` is below ``tol`` or ``max_iter`` iterations have run.
+  FAQ's random starts (:mod:`sotalign_jax.qap`) balance uniform random matrices with it. Entries of order one (no
+  ``exp``, no absorption): for a kernel :math:`e^{K/\varepsilon}` with small ``ε`` use :func:`sinkhorn`.
+  ``jit``- and ``vmap``-able.
+
+  Args:
+    k: ``[q, q]`` positive matrix.
+    tol: stop once every row and column sum is within ``tol`` of 1.
+    max_iter: iterations at most.
+
+  Returns:
+    ``[q, q]`` the balanced matrix (rows and columns summing to 1 within ``tol``).
+  """
+
+  def cond(s):
+    c, r, i = s
+    p = r[:, None] * k * c[None, :]
+    err = jnp.maximum(jnp.max(jnp.abs(p.sum(0) - 1)), jnp.max(jnp.abs(p.sum(1) - 1)))
+    return (err >= tol) & (i < max_iter)
+
+  def body(s):
+    c, r, i = s
+    c = 1.0 / (r @ k)
+    r = 1.0 / (k @ c)
+    return c, r, i + 1
+
+  c = 1.0 / k.sum(0)
+  r = 1.0 / (k @ c)
+  c, r, _ = jax.lax.while_loop(cond, body, (c, r, 0))
+  return r[:, None] * k * c[None, :]
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # KLOT with the closed-form gradient of Theorem 5.1.
 
 
 class KlotDiagnostics(NamedTuple):
-  r"""Convergence of the two plans of :func:`klot` (``klot(..., return_diagnostics=True)``), float32 scalars.
+  r"""Convergence of the two plans of :func:`klot` and :func:`klot_sharded` (``return_diagnostics=True``), scalars.
 
   The closed-form gradient of :func:`klot` is exact only at converged plans; these say how far the fixed number
   of iterations left each plan from its marginals.
@@ -487,9 +536,7 @@ def cosine_similarity(u: jax.Array, v: jax.Array, *, precision=DEFAULT_PRECISION
   return _cosine(jnp.asarray(u), jnp.asarray(v), precision)
 
 
-@functools.partial(jax.jit, static_argnames=("precision",))
-def _cosine(u: jax.Array, v: jax.Array, precision) -> jax.Array:
-  return jnp.matmul(unit(u), unit(v).T, precision=precision)
+_cosine = jax.jit(cosine, static_argnames=("precision",))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -559,7 +606,7 @@ def _sharded_solver(mesh: jax.sharding.Mesh, axis_name: str, num_iters: int, pre
   p = mesh.shape[axis_name]
 
   def local(xs, ys, eps):
-    return _local_potentials(_cosine(xs, ys, precision), eps, axis_name=axis_name, n_devices=p, num_iters=num_iters)
+    return _local_potentials(cosine(xs, ys, precision), eps, axis_name=axis_name, n_devices=p, num_iters=num_iters)
 
   spec = jax.sharding.PartitionSpec
   fn = jax.shard_map(local, mesh=mesh, in_specs=(spec(axis_name, None), spec(), spec()),
@@ -572,7 +619,8 @@ def _sharded_solver(mesh: jax.sharding.Mesh, axis_name: str, num_iters: int, pre
 
 
 def klot_sharded(k_student: jax.Array, k_teacher: jax.Array, *, mesh: jax.sharding.Mesh, axis_name: str = "data",
-                 eps_student: float = 0.05, eps_teacher: float = 0.005, num_iters: int = 100) -> jax.Array:
+                 eps_student: float = 0.05, eps_teacher: float = 0.005, num_iters: int = 100,
+                 return_diagnostics: bool = False, threshold: float = 1e-3):
   r""":func:`klot` with both ``[n, m]`` similarity matrices split by rows over ``axis_name`` of ``mesh``.
 
   The same divergence and the same gradient (Roschmann et al. 2026, Theorem 5.1,
@@ -598,9 +646,13 @@ def klot_sharded(k_student: jax.Array, k_teacher: jax.Array, *, mesh: jax.shardi
     axis_name: the mesh axis that splits the rows.
     eps_student, eps_teacher: :math:`\varepsilon`, :math:`\varepsilon^*`.
     num_iters: Sinkhorn iterations of each plan (static).
+    return_diagnostics: also return the plans' :class:`KlotDiagnostics` (as :func:`klot`; the marginal sums are
+      combined over the devices with one ``psum`` of an ``[m]`` vector and two scalars per plan).
+    threshold: marginal error below which a plan counts as converged.
 
   Returns:
-    The replicated scalar KLOT value, differentiable in ``k_student`` (its gradient sharded like it).
+    The replicated scalar KLOT value, differentiable in ``k_student`` (its gradient sharded like it), or
+    ``(value, KlotDiagnostics)`` with ``return_diagnostics=True``.
   """
   check_positive("eps_student", eps_student)
   check_positive("eps_teacher", eps_teacher)
@@ -614,14 +666,19 @@ def klot_sharded(k_student: jax.Array, k_teacher: jax.Array, *, mesh: jax.shardi
   if jnp.shape(k_student)[0] % p:
     raise ValueError(f"the {jnp.shape(k_student)[0]} rows must split evenly over the {p} devices of mesh axis "
                      f"{axis_name!r}")
+  check_positive("threshold", threshold)
   eps = jnp.asarray([eps_student, eps_teacher], jnp.float32)
-  return _sharded_klot(mesh, axis_name, int(num_iters))(jnp.asarray(k_student, jnp.float32),
-                                                         jnp.asarray(k_teacher, jnp.float32), eps)
+  value, (err_s, err_t) = _sharded_klot(mesh, axis_name, int(num_iters))(
+      jnp.asarray(k_student, jnp.float32), jnp.asarray(k_teacher, jnp.float32), eps)
+  if not return_diagnostics:
+    return value
+  return value, KlotDiagnostics(err_s, err_t, (err_s < threshold) & (err_t < threshold))
 
 
 @functools.lru_cache(maxsize=32)
 def _sharded_klot(mesh: jax.sharding.Mesh, axis_name: str, num_iters: int):
-  """The custom-VJP KLOT of :func:`klot_sharded` for one mesh, axis and iteration count (built once)."""
+  """The custom-VJP KLOT of :func:`klot_sharded` for one mesh, axis and iteration count (built once): ``(value,
+  (student marginal error, teacher marginal error))``, differentiable in the value only."""
   p = mesh.shape[axis_name]
   spec = jax.sharding.PartitionSpec
 
@@ -629,26 +686,32 @@ def _sharded_klot(mesh: jax.sharding.Mesh, axis_name: str, num_iters: int):
     f, g = _local_potentials(k, eps, axis_name=axis_name, n_devices=p, num_iters=num_iters)
     return (k + f[:, None] + g[None, :]) / eps
 
+  def marginal_error(plan):  # ||P 1 - a||_1 + ||P^T 1 - b||_1, uniform a = 1/n, b = 1/m, rows split over devices
+    n, m = plan.shape[0] * p, plan.shape[1]
+    rows = jax.lax.psum(jnp.sum(jnp.abs(plan.sum(1) - 1.0 / n)), axis_name)
+    return rows + jnp.sum(jnp.abs(jax.lax.psum(plan.sum(0), axis_name) - 1.0 / m))
+
   def local(ks, kt, eps):
     ls, lt = log_plan(ks, eps[0]), log_plan(kt, eps[1])
-    pt = jnp.exp(lt)
+    ps, pt = jnp.exp(ls), jnp.exp(lt)
     value = jax.lax.psum(jnp.sum(pt * (lt - ls)), axis_name)
-    return value, (jnp.exp(ls) - pt) / eps[0]
+    return value, (ps - pt) / eps[0], (marginal_error(ps), marginal_error(pt))
 
   forward = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(spec(axis_name, None), spec(axis_name, None), spec()),
-                                  out_specs=(spec(), spec(axis_name, None)), check_vma=False))
+                                  out_specs=(spec(), spec(axis_name, None), (spec(), spec())), check_vma=False))
 
   @jax.custom_vjp
   def fn(ks, kt, eps):
-    return forward(ks, jax.lax.stop_gradient(kt), eps)[0]
+    value, _, errors = forward(ks, jax.lax.stop_gradient(kt), eps)
+    return value, errors
 
   def fwd(ks, kt, eps):
-    value, grad = forward(ks, jax.lax.stop_gradient(kt), eps)
-    return value, (grad, kt, eps)
+    value, grad, errors = forward(ks, jax.lax.stop_gradient(kt), eps)
+    return (value, errors), (grad, kt, eps)
 
   def bwd(res, ct):
     grad, kt, eps = res
-    return ct * grad, jnp.zeros_like(kt), jnp.zeros_like(eps)
+    return ct[0] * grad, jnp.zeros_like(kt), jnp.zeros_like(eps)  # the diagnostics are not differentiated
 
   fn.defvjp(fwd, bwd)
   return fn

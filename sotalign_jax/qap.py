@@ -43,8 +43,9 @@ search coefficients are elementwise reductions and the next gradient is free. Th
 with ``scipy.optimize.quadratic_assignment(method="faq")`` up to float32 rounding.
 
 **Restarts** start at :math:`P_0 = (J + K)/2` with :math:`J = \mathbf{1}\mathbf{1}^\top / q` the barycenter and
-``K`` a Sinkhorn-balanced uniform random matrix (scipy's ``P0="randomized"``); all restarts run as one batched
-computation (one ``[r·q, q] × [q, q]`` GEMM per step) and can be split over the devices of a mesh.
+``K`` a uniform random matrix balanced by :func:`sotalign_jax.ot.sinkhorn_knopp` (scipy's ``P0="randomized"``);
+all restarts run as one batched computation (one ``[r·q, q] × [q, q]`` GEMM per step) and can be split over the
+devices of a mesh.
 
 **Linear assignment.** ``lap="scipy"`` (default) runs ``scipy.optimize.linear_sum_assignment`` (exact, a
 Jonker–Volgenant variant) on the host through :func:`jax.pure_callback`, skipping restarts that have converged;
@@ -70,9 +71,10 @@ import numpy as np
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as PS
 
+from sotalign_jax import ot
 from sotalign_jax._arrays import DEFAULT_PRECISION, is_tracer
 
-__all__ = ["FAQResult", "auction", "faq", "linear_assignment"]
+__all__ = ["FAQResult", "LAPS", "auction", "faq", "linear_assignment", "resolve_lap"]
 
 _HI = DEFAULT_PRECISION
 
@@ -201,6 +203,8 @@ def auction(benefit, *, tol: float = 1e-6, start: float = 0.25, scale: float = 7
 
 
 LAPS = ("scipy", "hungarian", "auction")
+"""The linear assignment solvers of :func:`linear_assignment` and :func:`faq` (``lap=``); ``"auto"`` picks one by
+backend (:func:`resolve_lap`)."""
 
 
 def _batched_lap(cost: jax.Array, *, maximize: bool, method: str, skip: jax.Array | None = None,
@@ -234,55 +238,51 @@ def _batched_lap(cost: jax.Array, *, maximize: bool, method: str, skip: jax.Arra
   raise ValueError(f"lap must be one of {LAPS}, got {method!r}")
 
 
+def resolve_lap(lap: str) -> str:
+  """The solver ``lap`` stands for: one of :data:`LAPS` as it is, or ``"auto"``: ``"scipy"`` on a CPU backend (the
+  fastest there) and ``"auction"`` on an accelerator (pure XLA, no host round trip; ``benchmarks/bench_assignment.py``
+  measures the choice)."""
+  if lap == "auto":
+    return "scipy" if jax.default_backend() == "cpu" else "auction"
+  if lap not in LAPS:
+    raise ValueError(f"lap must be one of {LAPS + ('auto',)}, got {lap!r}")
+  return lap
+
+
 def linear_assignment(cost, *, maximize: bool = False, lap: str = "scipy") -> jax.Array:
-  r"""Optimal assignment of a square cost matrix, :math:`\min_\sigma \sum_i C_{i\sigma(i)}` (or ``max``).
+  r"""Optimal assignment of every row of a cost matrix, :math:`\min_\sigma \sum_i C_{i\sigma(i)}` (or ``max``) over
+  injective :math:`\sigma`: the one linear assignment entry point of the library.
+
+  Runs inside ``jax.jit`` whatever ``lap`` (``"scipy"`` through :func:`jax.pure_callback`).
 
   Args:
-    cost: ``[q, q]`` or batched ``[r, q, q]`` cost (benefit if ``maximize``) matrices.
+    cost: ``[q, m]`` or batched ``[r, q, m]`` cost (benefit if ``maximize``) matrices, square or wide (``q <= m``:
+      every row is assigned; transpose a tall matrix).
     maximize: maximise the total instead of minimising it.
-    lap: ``"scipy"`` (host callback) or ``"hungarian"`` (pure XLA, optax), both exact; or ``"auction"`` (pure
-      XLA, :func:`auction`: within ``q · 1e-6 ·`` (the range of ``cost``) of the optimal total).
+    lap: ``"scipy"`` (``scipy.optimize.linear_sum_assignment`` on the host) or ``"hungarian"`` (pure XLA, optax),
+      both exact; ``"auction"`` (pure XLA, :func:`auction`: within ``q · 1e-6 ·`` (the range of ``cost``) of the
+      optimal total); or ``"auto"`` (:func:`resolve_lap`).
 
   Returns:
     ``[q]`` (or ``[r, q]``) int32 column of each row, like scipy's ``col_ind``.
   """
   cost = jnp.asarray(cost, jnp.float32)
-  if cost.ndim not in (2, 3) or cost.shape[-1] != cost.shape[-2]:
-    raise ValueError(f"cost must be a square [q, q] or batched [r, q, q] matrix, got shape {cost.shape}")
+  if cost.ndim not in (2, 3) or cost.shape[-2] > cost.shape[-1] or cost.shape[-2] == 0:
+    raise ValueError(f"cost must be a non-empty square or wide [q, m] (q <= m) or batched [r, q, m] matrix, got "
+                     f"shape {cost.shape}")
   batched = cost.reshape((-1,) + cost.shape[-2:])
-  out = _batched_lap(batched, maximize=maximize, method=lap)
+  out = _batched_lap(batched, maximize=maximize, method=resolve_lap(lap))
   return out if cost.ndim == 3 else out[0]
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Random doubly-stochastic starts.
 # ----------------------------------------------------------------------------------------------------------------
-def _sinkhorn_balance(k: jax.Array, tol: float = 1e-3, max_iter: int = 1000) -> jax.Array:
-  """Sinkhorn–Knopp scaling of a positive ``[q, q]`` matrix to row/column sums 1 within ``tol`` (as scipy)."""
-
-  def cond(s):
-    c, r, i = s
-    p = r[:, None] * k * c[None, :]
-    err = jnp.maximum(jnp.max(jnp.abs(p.sum(0) - 1)), jnp.max(jnp.abs(p.sum(1) - 1)))
-    return (err >= tol) & (i < max_iter)
-
-  def body(s):
-    c, r, i = s
-    c = 1.0 / (r @ k)
-    r = 1.0 / (k @ c)
-    return c, r, i + 1
-
-  c = 1.0 / k.sum(0)
-  r = 1.0 / (k @ c)
-  c, r, _ = jax.lax.while_loop(cond, body, (c, r, 0))
-  return r[:, None] * k * c[None, :]
-
-
 def _random_starts(keys: jax.Array, q: int) -> jax.Array:
   """``[r, q, q]`` starts :math:`(J + K)/2` (scipy's ``P0="randomized"``)."""
 
   def one(key):
-    k = _sinkhorn_balance(jax.random.uniform(key, (q, q), jnp.float32))
+    k = ot.sinkhorn_knopp(jax.random.uniform(key, (q, q), jnp.float32))
     return 0.5 * (k + 1.0 / q)
 
   return jax.vmap(one)(keys)
@@ -449,7 +449,7 @@ def faq(a, b, *, seeds=None, n_init: int = 1, maxiter: int = 30, tol: float = 1e
     maximize: maximise (graph matching) rather than minimise (QAP) the objective.
     key: PRNG key of the random starts (default ``jax.random.key(0)``).
     lap: linear assignment solver, ``"scipy"`` (host callback, fast on CPU), ``"hungarian"`` or ``"auction"``
-      (pure XLA; :func:`linear_assignment`).
+      (pure XLA), or ``"auto"`` (:func:`resolve_lap`); see :func:`linear_assignment`.
     batch_size: restarts per batched call (default: all at once). Memory is ``≈ 8 · batch · q² · 4`` bytes.
     mesh: optional device mesh; restarts of each batch are split over its ``axis_name`` axis. ``batch_size``
       must then be a multiple of that axis' size, unless it covers all ``n_init`` restarts: that one batch is
@@ -480,8 +480,7 @@ def faq(a, b, *, seeds=None, n_init: int = 1, maxiter: int = 30, tol: float = 1e
       raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
   if not tol > 0:
     raise ValueError(f"tol must be positive, got {tol!r}")
-  if lap not in LAPS:
-    raise ValueError(f"lap must be one of {LAPS}, got {lap!r}")
+  lap = resolve_lap(lap)
   if batch_size is None:
     batch_size = n_init
   if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:

@@ -196,20 +196,37 @@ def _means_and_eye(x, y, dy: int):
 
 
 def fit(name: Literal["cca", "ridge", "procrustes"], x, y, *, dim: int | None = None, reg: float = 0.1,
-        lam: float = 1e-2, precision=DEFAULT_PRECISION) -> LinearTeacher:
-  """Fits the teacher called ``name`` on pairs ``(x, y)`` and returns it with its centring.
+        lam: float = 1e-2, center: bool = True, precision=DEFAULT_PRECISION) -> LinearTeacher:
+  """Fits the teacher called ``name`` on pairs ``(x, y)`` and returns it with its centring: the one dispatch by name
+  over :data:`TEACHERS` (the trained aligners' teacher and the experiments' call this).
 
   ``ridge`` and ``procrustes`` map x into y-space (``Wy = I``); ``cca`` maps both into a ``dim``-space
   (default ``min(n − 1, dx, dy, 512)``).
+
+  Args:
+    name: one of :data:`TEACHERS`.
+    x: ``[n, dx]`` paired x-rows.
+    y: ``[n, dy]`` paired y-rows.
+    dim: CCA's shared dimension (:func:`cca`).
+    reg: CCA's covariance regularisation λ.
+    lam: ridge's penalty λ.
+    center: fit on data centred with the pairs' means, kept in the result; ``False`` fits on ``x``, ``y`` as they
+      are (already preprocessed) and the means are zeros.
+    precision: of the matrix products.
+
+  Returns:
+    :class:`LinearTeacher` ``(Wx, Wy, mx, my)``.
   """
   if name not in TEACHERS:
     raise ValueError(f"unknown teacher {name!r}; choose one of {TEACHERS}")
   x, y = check_pair(x, y)
   mx, my, eye_y = _means_and_eye(x, y, y.shape[1])
+  if not center:
+    mx, my = jnp.zeros_like(mx), jnp.zeros_like(my)
   if name == "ridge":
-    return LinearTeacher(ridge(x, y, lam=lam, precision=precision), eye_y, mx, my)
+    return LinearTeacher(ridge(x, y, lam=lam, center=center, precision=precision), eye_y, mx, my)
   if name == "procrustes":
-    return LinearTeacher(procrustes(x, y, precision=precision), eye_y, mx, my)
+    return LinearTeacher(procrustes(x, y, center=center, precision=precision), eye_y, mx, my)
   dim = dim or min(x.shape[0] - 1, x.shape[1], y.shape[1], 512)
-  wx, wy = cca(x, y, dim=dim, reg=reg, precision=precision)
+  wx, wy = cca(x, y, dim=dim, reg=reg, center=center, precision=precision)
   return LinearTeacher(wx, wy, mx, my)

@@ -10,8 +10,11 @@ import pytest
 from sotalign_jax import aligners, metrics, teachers
 
 _K, _DX, _DY = 6, 20, 14
-# trained methods: test_trained_aligners.py; zero-pair ones (min_pairs = 0): test_unpaired_aligners.py
-CLOSED_FORM = sorted(m for m, spec in aligners.ALIGNERS.items() if not spec.trained and spec.needs_pairs)
+# trained methods: test_trained_aligners.py; zero-pair ones (min_pairs = 0): test_unpaired_aligners.py; transductive
+# ones (qap: similarity matches two equal-size sets, eagerly, and returns 0/1 scores): test_match_aligners.py
+TRANSDUCTIVE = sorted(m for m, spec in aligners.ALIGNERS.items() if spec.transductive)
+CLOSED_FORM = sorted(m for m, spec in aligners.ALIGNERS.items()
+                     if not spec.trained and spec.needs_pairs and not spec.transductive)
 ZERO_PAIR = sorted(m for m, spec in aligners.ALIGNERS.items() if not spec.needs_pairs)
 
 
@@ -129,7 +132,7 @@ def test_local_cka_matches_bordered_cka(planted):
   a = aligners.fit("local_cka", None, data)
   x, y, px, py = (np.asarray(v, np.float64) for v in data)
   sx, sy = np.vstack([x, px]).std(0, ddof=1), np.vstack([y, py]).std(0, ddof=1)
-  raw = aligners.fit("local_cka", None, data, stretch=False)
+  raw = aligners.fit("local_cka", None, data, stretch="none")
   for al, (fx, fy) in ((a, (sx, sy)), (raw, (1.0, 1.0))):
     got = np.asarray(al.similarity(tx, ty))
     bx, by = px / fx, py / fy
@@ -205,8 +208,8 @@ def test_registry_records_what_the_benchmark_needs():
     assert (spec.min_pairs >= 1) == spec.needs_pairs == (name not in ZERO_PAIR)
     assert spec.all_pairs == (name == "upper_bound")
     assert not set(aligners.INJECTED) & set(spec.defaults)  # loop / mesh / val are passed, never tuned
-    if name in CLOSED_FORM:
-      assert not spec.uses_unpaired
+    if name in CLOSED_FORM or name in TRANSDUCTIVE:
+      assert not spec.uses_unpaired and not spec.trained
     elif name in ZERO_PAIR:
       assert spec.uses_unpaired and not spec.trained
     else:

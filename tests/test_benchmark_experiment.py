@@ -23,12 +23,13 @@ from sotalign_jax.data.fake import make_fake_cache
 from sotalign_jax.runtime import config as cfg_lib
 
 SCRIPT = os.path.join(REPO, "experiments", "benchmark.py")
-CONFIG_FILE = os.path.join(REPO, "configs", "benchmark.py")
+CONFIG_FILE = os.path.join(REPO, "configs", "proj", "benchmark", "config.py")
 SMOKE_METHODS = ("lstsq", "cca", "asif")
 
 
 def experiment():
-  return cfg_lib.config_module(SCRIPT)  # the experiment file as a module (its run)
+  from sotalign_jax.runtime import engine  # pylint: disable=g-import-not-at-top
+  return engine  # experiments/benchmark.py launches engine.run
 
 
 def smoke_config(cache, **fields):

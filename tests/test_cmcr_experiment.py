@@ -1,7 +1,8 @@
-"""experiments/cmcr.py end to end on synthetic .npy spaces: recovery, resume after kill -9, bad input."""
+"""experiments/cmcr.py end to end on synthetic .npy spaces: recovery, keyed cells, resume after kill -9, bad input."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import (REPO, assert_resume_is_bit_identical, devices_used, run_on_devices,
+from conftest import (REPO, assert_resume_is_bit_identical, devices_used, keyed_run_dir, run_on_devices,
                       run_processes)
 from test_cmcr import make_spaces
 
@@ -57,8 +58,8 @@ def test_cmcr_recovers_the_hidden_relation_without_pairs(main_run):
   assert set(res["no_connection"]) == {"a2c_r1", "a2c_r5", "c2a_r1", "c2a_r5"}  # chance: the dimensions differ
   assert "| cmcr |" in out.stdout
   lines = [json.loads(l) for l in open(workdir / "metrics.jsonl")]
-  assert any("train/cmcr/intra_loss" in l for l in lines)
-  assert any("eval/supervised/a2c_r1" in l for l in lines)
+  assert any("train/cmcr/s0/intra_loss" in l for l in lines)
+  assert any("eval/supervised/s0/a2c_r1" in l for l in lines)
   assert os.path.isdir(workdir / "tb")
   assert open(workdir / "training_curves.png", "rb").read(4) == b"\x89PNG"
 
@@ -97,19 +98,18 @@ def test_every_method_and_ablation_writes_results(files, tmp_path):
   lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   # the ablated terms are still logged, but do not enter the loss
   last = {k: v for l in lines for k, v in l.items()}
-  assert last["train/cmcr_no_intra/loss"] == pytest.approx(
-      last["train/cmcr_no_intra/text_loss"] + last["train/cmcr_no_intra/pseudo_loss"], rel=1e-5)
-  assert last["train/cmcr_no_pseudo/loss"] == pytest.approx(
-      last["train/cmcr_no_pseudo/text_loss"] + 0.1 * last["train/cmcr_no_pseudo/intra_loss"], rel=1e-5)
+  assert last["train/cmcr_no_intra/s0/loss"] == pytest.approx(
+      last["train/cmcr_no_intra/s0/text_loss"] + last["train/cmcr_no_intra/s0/pseudo_loss"], rel=1e-5)
+  assert last["train/cmcr_no_pseudo/s0/loss"] == pytest.approx(
+      last["train/cmcr_no_pseudo/s0/text_loss"] + 0.1 * last["train/cmcr_no_pseudo/s0/intra_loss"], rel=1e-5)
 
 
 def test_kill_and_resume_reaches_the_uninterrupted_metrics(files, main_run, tmp_path):
   proc = subprocess.Popen(launch(tmp_path, files, "--config.methods=cmcr"), stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
-  ckpt = tmp_path / "runs" / "cmcr" / "ckpt"
   deadline = time.time() + 300
-  while time.time() < deadline and not (ckpt.exists() and any(p.name.isdigit() and int(p.name) >= 20
-                                                              for p in ckpt.iterdir())):
+  ckpts = lambda: [p for p in (tmp_path / "runs" / "cmcr").glob("s0__*/ckpt/*") if p.name.isdigit()]  # noqa: E731
+  while time.time() < deadline and not any(int(p.name) >= 20 for p in ckpts()):
     time.sleep(0.05)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
@@ -117,13 +117,80 @@ def test_kill_and_resume_reaches_the_uninterrupted_metrics(files, main_run, tmp_
   again = subprocess.run(launch(tmp_path, files, "--config.methods=cmcr"), capture_output=True, text=True,
                          timeout=600)
   assert again.returncode == 0, again.stderr[-3000:]
-  resumed_from = int(again.stdout.split("[cmcr] resuming from step ")[1].split()[0])
+  resumed_from = int(again.stdout.split("[cmcr/s0] resuming from step ")[1].split()[0])
   assert resumed_from >= 20
-  # the loss curve after the resume point and the final state are those of the uninterrupted run, bit for bit
-  assert_resume_is_bit_identical(main_run[0], tmp_path, "cmcr", resumed_from, "runs/cmcr/ckpt")
+  # the same settings give the same run directory as the uninterrupted run's; the loss curve after the resume point
+  # and the final state are those of the uninterrupted run, bit for bit
+  run_dir = os.path.relpath(keyed_run_dir(tmp_path, "cmcr/s0"), tmp_path)
+  assert run_dir == os.path.relpath(keyed_run_dir(main_run[0], "cmcr/s0"), main_run[0])
+  assert_resume_is_bit_identical(main_run[0], tmp_path, "cmcr/s0", resumed_from, os.path.join(run_dir, "ckpt"))
   ref = json.load(open(main_run[0] / "results.json"))["methods"]["cmcr"]
   got = json.load(open(tmp_path / "results.json"))["methods"]["cmcr"]
   assert got == ref
+
+
+def copy_of(workdir, tmp_path):
+  shutil.copytree(workdir, tmp_path / "w")
+  return tmp_path / "w"
+
+
+def rerun(workdir, files, *overrides):
+  out = subprocess.run(launch(workdir, files, *overrides), capture_output=True, text=True, timeout=600, cwd=REPO)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return out.stdout, json.load(open(workdir / "results.json"))
+
+
+MAIN_METHODS = "--config.methods=('cmcr','supervised','no_connection')"
+
+
+def test_rerun_reuses_unchanged_cells_and_recomputes_changed_ones(files, main_run, tmp_path):
+  w = copy_of(main_run[0], tmp_path)
+  ref = json.load(open(w / "results.json"))
+  out, res = rerun(w, files, MAIN_METHODS)
+  assert "3 of 3 cells done before with these settings, 0 to run" in out, out
+  assert res["cells_run_now"] == 0 and res["methods"] == ref["methods"]
+  # the pseudo-pair weight is an option of cmcr only: its cell is computed anew (a new run directory, not the old
+  # checkpoint), supervised and no_connection are reused; the old cmcr cell stays on disk
+  out, res = rerun(w, files, MAIN_METHODS, "--config.pseudo_weight=0.5")
+  assert "2 of 3 cells done before with these settings, 1 to run (1 of them stored under other settings" in out, out
+  assert res["cells_run_now"] == 1 and "resuming" not in out and "settings changed since the checkpoint" in out
+  assert [c["settings"]["fit"]["options"]["pseudo_weight"] for c in res["cells"] if c["method"] == "cmcr"] == [0.5]
+  assert len(list((w / "done" / "cmcr").glob("p0_s0__*.json"))) == 2
+  assert len(list((w / "runs" / "cmcr").glob("s0__*"))) == 2
+  assert res["methods"]["cmcr"] != ref["methods"]["cmcr"]
+  assert {m: res["methods"][m] for m in ("supervised", "no_connection")} == {
+      m: ref["methods"][m] for m in ("supervised", "no_connection")}
+
+
+def test_changed_evaluation_data_reevaluates_without_retraining(files, main_run, tmp_path):
+  w = copy_of(main_run[0], tmp_path)
+  ref = json.load(open(w / "results.json"))["methods"]
+  # the same path with other content (the evaluation pairs reversed): every cell is evaluated anew; the trained
+  # ones read their finished checkpoint (same fit settings) instead of training again
+  changed = dict(files)
+  for k in ("a_eval", "c_eval"):
+    changed[k] = str(tmp_path / f"{k}.npy")
+    np.save(changed[k], np.load(files[k])[::-1])
+  out, res = rerun(w, changed, MAIN_METHODS)
+  assert "0 of 3 cells done before with these settings, 3 to run" in out, out
+  assert "[cmcr/s0] resuming from step 60" in out and "[supervised/s0] resuming from step 60" in out, out
+  assert "settings changed" not in out
+  assert res["methods"] == ref  # the same pairs in another order: the same recalls
+  assert len(list((w / "done" / "cmcr").glob("*.json"))) == 2 and len(list((w / "runs" / "cmcr").glob("*"))) == 1
+
+
+def test_a_subset_rerun_keeps_the_full_table(files, main_run, tmp_path):
+  w = copy_of(main_run[0], tmp_path)
+  ref = json.load(open(w / "results.json"))["methods"]
+  out, res = rerun(w, files, "--config.methods=no_connection")
+  assert "1 of 1 cells done before" in out and "also in the table: cmcr, supervised" in out, out
+  assert list(res["methods"]) == ["no_connection", "cmcr", "supervised"] and res["methods"] == ref
+  assert res["methods_run"] == ["no_connection"] and res["methods_from_store"] == ["cmcr", "supervised"]
+  assert "| supervised |" in open(w / "results.md").read()
+  # a cell stored under other settings is not shown: with another temperature only no_connection (which does not
+  # depend on it) is in the table
+  out, res = rerun(w, files, "--config.methods=no_connection", "--config.temperature=0.3")
+  assert list(res["methods"]) == ["no_connection"], out
 
 
 @pytest.mark.parametrize("change, override, message", [
@@ -133,15 +200,22 @@ def test_kill_and_resume_reaches_the_uninterrupted_metrics(files, main_run, tmp_
     (lambda s: [s.pop("a_train"), s.pop("c_train")], "--config.methods=('cmcr','supervised')", "config.data.a_train"),
     (lambda s: None, "--config.no_such_key=1", "no_such_key"),
     (lambda s: None, "--config.methods=('cmcr','magic')", "config.methods"),
+    (lambda s: None, "--config.seeds=0", "config.seeds must be a positive integer"),
+    (lambda s: None, "--config.batch_size=5000", "config.batch_size=5000 exceeds the 1500 shared texts"),
+    (lambda s: None, "--config.data.b=/nonexistent/b.npy", "config.data.b: /nonexistent/b.npy not found"),
 ])
 def test_bad_input_is_rejected_at_start_up_naming_it(tmp_path, change, override, message):
   spaces = make_spaces(n_eval=N_EVAL)
   change(spaces)
-  out = subprocess.run(launch(tmp_path / "w", save(str(tmp_path / "in"), spaces), *filter(None, [override])),
-                       capture_output=True, text=True, timeout=300)
-  assert out.returncode != 0
-  assert message in out.stderr, out.stderr[-2000:]
-  assert not (tmp_path / "w" / "results.json").exists()
+  files = save(str(tmp_path / "in"), spaces)
+  if override.startswith("--config.data.b="):
+    files.pop("b")
+  out = subprocess.run(launch(tmp_path / "w", files, *filter(None, [override])), capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 2, out.stderr[-3000:]
+  lines = out.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], out.stderr[-3000:]
+  assert not (tmp_path / "w").exists()  # nothing written: no workdir, no config.json
 
 
 def test_demo_path_joins_two_caches_and_connects_them(tmp_path):
@@ -165,8 +239,9 @@ def test_demo_without_caches_says_how_to_build_them(tmp_path):
   out = subprocess.run(launch(tmp_path / "w", {}, "--config.data.source=demo",
                               f"--config.demo.cache_1={tmp_path}/openclipart__efficientnet-lite0__all-MiniLM-L6-v2"),
                        capture_output=True, text=True, timeout=300)
-  assert out.returncode != 0
+  assert out.returncode == 2
   assert "python -m sotalign_jax.cli.embed --dataset openclipart --image-encoder efficientnet-lite0" in out.stderr
+  assert not (tmp_path / "w").exists()
 
 
 SHARDED_ARGS = ["--config.methods=cmcr", "--config.steps=20"]
@@ -185,11 +260,27 @@ def assert_same_run(a_dir, b_dir):
   assert a.keys() == b.keys()
   # the losses agree to float precision (each step logged once); a recall can move by near-ties flipping (here
   # 2 queries of 200 = 0.01)
-  steps = lambda w: [json.loads(l)["step"] for l in open(w / "metrics.jsonl") if "train/cmcr/loss" in l]
-  loss = lambda w: [json.loads(l)["train/cmcr/loss"] for l in open(w / "metrics.jsonl") if "train/cmcr/loss" in l]
+  steps = lambda w: [json.loads(l)["step"] for l in open(w / "metrics.jsonl") if "train/cmcr/s0/loss" in l]
+  loss = lambda w: [json.loads(l)["train/cmcr/s0/loss"] for l in open(w / "metrics.jsonl")
+                    if "train/cmcr/s0/loss" in l]
   assert steps(a_dir) == steps(b_dir) and len(set(steps(b_dir))) == len(steps(b_dir))
   np.testing.assert_allclose(loss(a_dir), loss(b_dir), rtol=1e-5)
   np.testing.assert_allclose([a[k] for k in sorted(a)], [b[k] for k in sorted(a)], atol=0.0101)
+
+
+def test_more_seeds_reuse_the_first_and_give_intervals(files, one_device_run, tmp_path):
+  w = copy_of(one_device_run, tmp_path)
+  out, res = rerun(w, files, *SHARDED_ARGS, "--config.seeds=2")
+  assert "1 of 2 cells done before with these settings, 1 to run" in out, out
+  cells = {c["seed"]: c["metrics"] for c in res["cells"]}
+  assert res["seeds"] == [0, 1] and cells[0] == json.load(open(one_device_run / "results.json"))["methods"]["cmcr"]
+  assert cells[0] != cells[1]  # seed 1 is another initialisation and other batches
+  summary = res["summary"]["cmcr"]
+  for k, s in summary.items():
+    assert s["n"] == 2 and s["low"] <= s["mean"] <= s["high"], k
+    assert s["mean"] == pytest.approx((cells[0][k] + cells[1][k]) / 2) == res["methods"]["cmcr"][k], k
+  assert any(s["low"] < s["high"] for s in summary.values())
+  assert "± " in out and "95% interval over 2 seeds" in out
 
 
 def test_eight_fake_devices_give_the_single_device_metrics(files, one_device_run, tmp_path):

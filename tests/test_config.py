@@ -14,8 +14,12 @@ from sotalign_jax.runtime import config as cfg_lib
 CONFIGS = ("sotalign", "cmcr", "match", "alignment_scores")
 
 
+SOTALIGN_CONFIG = os.path.join(REPO, "configs", "proj", "sotalign", "config.py")  # a preset of the engine
+
+
 def config_module(name):
-  return cfg_lib.config_module(os.path.join(REPO, "configs", f"{name}.py"))
+  proj = os.path.join(REPO, "configs", "proj", name, "config.py")
+  return cfg_lib.config_module(proj if os.path.exists(proj) else os.path.join(REPO, "configs", f"{name}.py"))
 
 
 # ---- parse_arg ----------------------------------------------------------------------------------------------------
@@ -90,21 +94,31 @@ def test_every_preset_builds_and_the_default_is_the_first(name):
 
 
 def test_presets_compose_in_the_config_argument():
-  cfg = config_module("sotalign").get_config("demo,smoke,n_pairs=100")
-  assert (cfg.data.n_pairs, cfg.steps, cfg.batch_paired, cfg.teacher.cca_dim) == (100, 20, 32, 16)
-  cfg = config_module("sotalign").get_config("sotalign,steps=50")
-  assert (cfg.methods, cfg.steps, cfg.batch_paired) == (("sotalign",), 50, 256)
+  cfg = config_module("sotalign").get_config("demo,smoke,steps=100")
+  h = cfg.hparams.sotalign
+  assert (cfg.n_pairs, h.steps, h.batch_paired, h.teacher_dim, cfg.hparams.cca.dim) == ((64,), 100, 32, 16, 16)
+  cfg = config_module("sotalign").get_config("sotalign,steps=50,seeds=3")
+  assert (cfg.methods, cfg.hparams.sotalign.steps, cfg.hparams.sotalign.batch_paired, cfg.seeds) == (
+      ("sotalign",), 50, 256, 3)
   cfg = config_module("cmcr").get_config("smoke,source=demo")
   assert (cfg.data.source, cfg.head.kind, cfg.head.dim, cfg.steps) == ("demo", "linear", 32, 60)
-  cfg = config_module("match").get_config("quick,n_trials=1")
-  assert (cfg.n_trials, cfg.n_query, cfg.qap.n_init) == (1, 200, 20)
+  cfg = config_module("match").get_config("quick,seeds=1")
+  assert (cfg.seeds, cfg.data.test_size, cfg.hparams.qap.n_init) == (1, 200, 20)
+  assert cfg.variants.qap_both.to_dict() == {"method": "qap", "stretch": "queries", "base": "cluster",
+                                             "select_from": 3000, "cluster_iter": 50}
 
 
-def test_sotalign_and_cmcr_name_their_heads_alike():
-  s, c = config_module("sotalign").get_config(), config_module("cmcr").get_config("byo")
-  assert set(s.head) == {"kind", "hidden"} and set(c.head) == {"kind", "hidden", "dim"}
-  assert set(s.teacher) == set(c.teacher) == {"name", "cca_dim", "cca_reg", "ridge_lam"}
-  assert s.optimizer == c.optimizer == "adamw"
+def test_the_sotalign_preset_runs_registered_methods_with_its_recipe_as_hparams():
+  """One meaning per method name: the preset's rows are registry methods; its recipe is their options."""
+  from sotalign_jax import aligners  # pylint: disable=g-import-not-at-top
+  s, c = config_module("sotalign").get_config("full"), config_module("cmcr").get_config("byo")
+  for m in s.methods:
+    assert set(s.hparams[m]) <= set(aligners.get(m).defaults), m
+    assert (s.hparams[m].center, s.hparams[m].normalize) == ("pairs", False), m
+  assert (s.hparams.cca.dim, s.hparams.cca.reg, s.hparams.ridge.lam) == (256, 0.1, 10.0)
+  assert (s.hparams.sotalign.alpha, s.hparams.sotalign.eps_teacher, s.hparams.sotalign.steps) == (10.0, 0.005, 3000)
+  assert s.hparams.sotalign_paper.steps == 2000 and s.hparams.sotalign_paper.normalize  # the paper's own recipe
+  assert s.hparams.sail.head == "linear" and s.hparams.sail.optimizer == c.optimizer == "adamw"
 
 
 def test_the_presets_validate():
@@ -123,19 +137,19 @@ def with_values(cfg, **values):
 
 
 @pytest.mark.parametrize("name, arg, values, message", [
-    ("sotalign", None, {"head__kind": "transformer"}, "config.head.kind must be one of"),
+    ("sotalign", None, {"hparams__sail__head": "transformer"}, "config.hparams.sail.head must be one of"),
     ("sotalign", None, {"methods": ("sotalign", "magic")}, r"config.methods: unknown method\(s\) \['magic'\]"),
     ("sotalign", None, {"methods": ()}, r"config.methods: unknown method\(s\) \[\]"),
-    ("sotalign", None, {"data__n_pairs_sweep": (100, 0)}, "config.data.n_pairs_sweep must be a tuple"),
-    ("sotalign", None, {"optimizer": "sgdd"}, "config.optimizer: optax has no optimizer 'sgdd'"),
-    ("sotalign", None, {"eval__split": "train"}, "config.eval.split"),
+    ("sotalign", None, {"n_pairs": (100, -2)}, "config.n_pairs must be a tuple"),
+    ("sotalign", None, {"hparams__nnclr__optimizer": "sgdd"}, "config.hparams.nnclr.optimizer: optax has no optimizer"),
+    ("sotalign", None, {"data__split": "train"}, "config.data.split"),
     ("cmcr", None, {"temperature": 0.0}, "config.temperature must be > 0"),
     ("cmcr", None, {"head__dim": -1}, "config.head.dim must be a positive integer"),
     ("cmcr", "smoke", {}, r"config.data.source='npy' needs config.data.\{a_memory,b,b_prime,c_memory,a_eval,c_eval\}"),
-    ("match", "smoke", {"data__query_splits": ("test", "paired")}, "must not share a split"),
-    ("match", "smoke", {"zeroshot__splits": ("holdout",)}, r"config.zeroshot.splits: unknown split\(s\)"),
-    ("match", "smoke", {"n_base_sweep": (10, "x")}, "config.n_base_sweep must be a tuple"),
-    ("match", "smoke", {"data__max_base_pool": 0}, "config.data.max_base_pool must be -1 or an integer >= 2"),
+    ("match", "smoke", {"select_from": 5}, r"config.variants.\w+_(cluster|both).select_from=5 \(config.select_from\)"),
+    ("match", "smoke", {"evals__q100__lap": "magic"}, "config.evals.q100.lap must be one of"),
+    ("match", "smoke", {"n_pairs": (10, "x")}, "config.n_pairs must be a tuple"),
+    ("match", "smoke", {"hparams__qap__nope": 0}, r"config.hparams.qap: unknown option\(s\) \['nope'\]"),
     ("alignment_scores", "smoke", {"primary": "cknna"}, "config.primary='cknna' must be one of config.metrics"),
 ])
 def test_validate_names_the_bad_key(name, arg, values, message):
@@ -178,13 +192,13 @@ def test_check_helpers_name_the_dotted_key():
 
 # ---- the command line -------------------------------------------------------------------------------------------
 def test_check_overrides_turns_comma_lists_of_tuple_fields_into_tuples():
-  spec = os.path.join(REPO, "configs", "sotalign.py") + ":smoke"
-  argv = ["x", "--config", spec, "--config.methods=sail,sotalign", "--config.data.n_pairs_sweep=32,100",
-          "--config.data.extra_unpaired_text=/a/b,/c", "--config.data.n_pairs_sweep=", "--config.steps=5",
+  spec = SOTALIGN_CONFIG + ":smoke"
+  argv = ["x", "--config", spec, "--config.methods=sail,sotalign", "--config.n_pairs=32,100",
+          "--config.data.extra_unpaired_text=/a/b,/c", "--config.n_pairs=", "--config.hparams.sail.steps=5",
           "--config.methods=('sail',)", "--config.methods=sail", "--config.methods", "sail,sotalign"]
   assert cfg_lib.check_overrides(argv) == [
-      "x", "--config", spec, "--config.methods=('sail', 'sotalign')", "--config.data.n_pairs_sweep=(32, 100)",
-      "--config.data.extra_unpaired_text=('/a/b', '/c')", "--config.data.n_pairs_sweep=()", "--config.steps=5",
+      "x", "--config", spec, "--config.methods=('sail', 'sotalign')", "--config.n_pairs=(32, 100)",
+      "--config.data.extra_unpaired_text=('/a/b', '/c')", "--config.n_pairs=()", "--config.hparams.sail.steps=5",
       "--config.methods=('sail',)", "--config.methods=sail", "--config.methods", "('sail', 'sotalign')"]
   assert cfg_lib.check_overrides(["x", "--workdir", "w"]) == ["x", "--workdir", "w"]  # no --config: absl says so
 
@@ -192,36 +206,38 @@ def test_check_overrides_turns_comma_lists_of_tuple_fields_into_tuples():
 PRINT_CONFIG = """
 import json, sys
 from sotalign_jax.runtime import config as cfg_lib
-cfg_lib.launch(lambda cfg, workdir: print(json.dumps(cfg.to_dict())), "configs/sotalign.py")
+cfg_lib.launch(lambda cfg, workdir: print(json.dumps(cfg.to_dict())), "configs/proj/sotalign/config.py")
 """
 
 
 def launch(*args):
   return subprocess.run([sys.executable, "-c", PRINT_CONFIG, "--config",
-                         os.path.join(REPO, "configs", "sotalign.py") + ":smoke", "--workdir", "w", *args],
+                         SOTALIGN_CONFIG + ":smoke", "--workdir", "w", *args],
                         capture_output=True, text=True, timeout=300, cwd=REPO)
 
 
 def test_tuple_overrides_reach_the_config_in_every_form():
-  out = launch("--config.methods=('sail','sotalign')", "--config.data.n_pairs_sweep=32,100",
+  out = launch("--config.methods=('sail','sotalign')", "--config.n_pairs=32,100",
                "--config.data.extra_unpaired_text=/a,/b", "--config.data.extra_unpaired_images=/c",
-               "--config.sotalign.alpha=3", "--config.head.kind=mlp")
+               "--config.hparams.sotalign.alpha=3", "--config.hparams.sail.head=mlp")
   assert out.returncode == 0, out.stderr[-3000:]
   cfg = json.loads(out.stdout.strip().splitlines()[-1])
-  assert cfg["methods"] == ["sail", "sotalign"] and cfg["data"]["n_pairs_sweep"] == [32, 100]
+  assert cfg["methods"] == ["sail", "sotalign"] and cfg["n_pairs"] == [32, 100]
   assert cfg["data"]["extra_unpaired_text"] == ["/a", "/b"] and cfg["data"]["extra_unpaired_images"] == ["/c"]
-  assert cfg["sotalign"]["alpha"] == 3.0 and cfg["head"]["kind"] == "mlp" and cfg["steps"] == 20
+  hp = cfg["hparams"]
+  assert hp["sotalign"]["alpha"] == 3.0 and hp["sail"]["head"] == "mlp" and hp["sotalign"]["steps"] == 20
   out = launch("--config.methods=sail,sotalign", "--config.methods=upper_bound")  # a repeated flag appends
   assert out.returncode == 0, out.stderr[-3000:]
   assert json.loads(out.stdout.strip().splitlines()[-1])["methods"] == ["sail", "sotalign", "upper_bound"]
 
 
 @pytest.mark.parametrize("override, message", [
-    ("--config.nonexistent=1", "error: unknown config key --config.nonexistent (keys of config: batch_paired, "),
-    ("--config.sotalign.alpah=3", "error: unknown config key --config.sotalign.alpah; did you mean "
-                                  "--config.sotalign.alpha? (keys of config.sotalign: alpha, eps_student, "),
-    ("--config.sotalgn.alpha=3", "did you mean --config.sotalign.alpha?"),
-    ("--config.head.hiden=3", "did you mean --config.head.hidden? (keys of config.head: hidden, kind)"),
+    ("--config.nonexistent=1", "error: unknown config key --config.nonexistent (keys of config: ckpt_every, "),
+    ("--config.hparams.sotalign.alpah=3", "error: unknown config key --config.hparams.sotalign.alpah; did you mean "
+                                          "--config.hparams.sotalign.alpha or "),
+    ("--config.hparams.sotalign.alpah=3", "(keys of config.hparams.sotalign: alpha, batch_paired, "),
+    ("--config.hparams.sotalgn.alpha=3", "did you mean --config.hparams.sotalign.alpha or "),
+    ("--config.evals.tuxpaint.cach=", "did you mean --config.evals.tuxpaint.cache or "),
 ])
 def test_unknown_override_key_is_a_usage_error_naming_the_nearest_keys(override, message):
   out = launch(override)
@@ -237,13 +253,13 @@ from sotalign_jax.runtime import config as cfg_lib
 def run(cfg, workdir):
   with cfg_lib.user_errors():
     open("/does/not/exist/x.npy")
-cfg_lib.launch(run, "configs/sotalign.py")
+cfg_lib.launch(run, "configs/proj/sotalign/config.py")
 """
 
 
 def test_a_user_error_in_run_is_one_line_and_exit_code_2():
-  out = subprocess.run([sys.executable, "-c", USER_ERROR, "--config", os.path.join(REPO, "configs", "sotalign.py"),
-                        "--workdir", "w"], capture_output=True, text=True, timeout=300, cwd=REPO)
+  out = subprocess.run([sys.executable, "-c", USER_ERROR, "--config", SOTALIGN_CONFIG, "--workdir", "w"],
+                       capture_output=True, text=True, timeout=300, cwd=REPO)
   assert out.returncode == 2 and out.stderr.startswith("error: "), out.stderr[-3000:]
   assert len(out.stderr.strip().splitlines()) == 1 and "/does/not/exist/x.npy" in out.stderr
   with pytest.raises(cfg_lib.UserError, match="bad"), cfg_lib.user_errors():
@@ -254,7 +270,7 @@ def test_a_user_error_in_run_is_one_line_and_exit_code_2():
 
 def test_unknown_preset_is_a_usage_error_listing_the_known_ones():
   out = subprocess.run([sys.executable, os.path.join(REPO, "experiments", "sotalign.py"), "--config",
-                        os.path.join(REPO, "configs", "sotalign.py") + ":demo,smok", "--workdir", "w"],
+                        SOTALIGN_CONFIG + ":demo,smok", "--workdir", "w"],
                        capture_output=True, text=True, timeout=300, cwd=REPO)
   assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
   assert "unknown name 'smok'" in out.stderr and "presets: demo, full, smoke, teachers, sail" in out.stderr

@@ -1,4 +1,5 @@
-"""Embedding files (sotalign_jax.data.files): the checks, the converter both ways, experiments/sotalign.py on them."""
+"""Embedding files (sotalign_jax.data.files): the checks, the converter both ways, experiments/sotalign.py (the engine's
+SOTAlign preset) on them."""
 
 import json
 import os
@@ -241,10 +242,10 @@ def test_python_dash_m_runs_the_converter(converted, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------------------
-# experiments/sotalign.py in file mode.
+# experiments/sotalign.py (the engine's SOTAlign preset) in file mode.
 # ------------------------------------------------------------------------------------------------------------
 SCRIPT = os.path.join(REPO, "experiments", "sotalign.py")
-CONFIG = os.path.join(REPO, "configs", "sotalign.py")
+CONFIG = os.path.join(REPO, "configs", "proj", "sotalign", "config.py")
 
 
 def launch(workdir, directory, *overrides, keys=FILE_KEYS):
@@ -255,22 +256,21 @@ def launch(workdir, directory, *overrides, keys=FILE_KEYS):
 
 def test_sotalign_runs_on_the_files_and_a_rerun_resumes(converted, tmp_path):
   _, out = converted
-  argv = launch(tmp_path, out, "--config.data.n_pairs=-1", "--config.data.cache=/no/such/cache")
+  argv = launch(tmp_path, out, "--config.n_pairs=-1", "--config.data.cache=/no/such/cache")
   first = subprocess.run(argv, capture_output=True, text=True, timeout=600, cwd=REPO)
   assert first.returncode == 0, first.stderr[-3000:]
-  assert "n_pairs=64: 64 pairs, 118 unpaired images, 236 unpaired texts, 60 test images" in first.stdout
   res = json.load(open(tmp_path / "results.json"))
-  assert res["data"]["files"] == {k: os.path.join(out, f"{k}.npy") for k in FILE_KEYS}
-  assert res["n_pairs"] == 64 and set(res["methods"]) == {"cca", "sotalign"}
+  assert res["protocol"]["files"] == {k: os.path.join(out, f"{k}.npy") for k in FILE_KEYS}
+  assert res["protocol"]["n_test_images"] == 60 and res["p_values"] == [64]
+  assert [c["sizes"] for c in res["cells"]] == [{"pairs": 64, "unpaired_x": 118, "unpaired_y": 236}] * 2
+  assert set(res["methods"]) == {"cca", "sotalign"}
   for m, r in res["methods"].items():
-    assert r["i2t_r10"] > 3 * 10 / 60, (m, r)  # far above chance on the fake cache's planted structure
-    assert r["tuxpaint_i2t_r1"] is None and r["zeroshot_fashion_mnist"] is None  # skipped in file mode
+    assert r["p64/i2t_r10"] > 3 * 10 / 60, (m, r)  # far above chance on the fake cache's planted structure
+    assert "p64/tuxpaint_i2t_r1" not in r and "p64/zeroshot_fashion_mnist" not in r  # not evaluated (NaN)
   again = subprocess.run(argv, capture_output=True, text=True, timeout=600, cwd=REPO)
   assert again.returncode == 0, again.stderr[-3000:]
-  shown = [ln for ln in again.stdout.splitlines() if "i2t R@1" in ln]
-  assert len(shown) == 2 and all("(stored: computed before with the same settings)" in ln for ln in shown), \
-      again.stdout  # every method read back from done/, none refitted
-  assert json.load(open(tmp_path / "results.json"))["methods"] == res["methods"]
+  assert "2 of 2 cells done before with these settings, 0 to run" in again.stdout, again.stdout[-3000:]
+  assert json.load(open(tmp_path / "results.json"))["summary"] == res["summary"]  # read back from done/, not refitted
 
   # the evaluation CLI on the run's own test files gives the run's numbers; a folder is refused (no encoders)
   evaluate = [sys.executable, "-m", "sotalign_jax.cli.evaluate", "--workdir", str(tmp_path), "--method", "sotalign"]
@@ -279,7 +279,7 @@ def test_sotalign_runs_on_the_files_and_a_rerun_resumes(converted, tmp_path):
   assert got.returncode == 0, got.stderr[-3000:]
   got = json.loads(got.stdout.strip().splitlines()[-1])
   for k in ("i2t_r1", "i2t_r10", "t2i_r1", "t2i_r10"):
-    np.testing.assert_allclose(got[k], res["methods"]["sotalign"][k], atol=1e-6)
+    np.testing.assert_allclose(got[k], res["methods"]["sotalign"][f"p64/{k}"], atol=1e-6)
   refused = subprocess.run(evaluate + ["--x", os.path.join(out, "test_x.npy"), "--y", os.path.join(out, "pairs_x.npy")],
                            capture_output=True, text=True, timeout=300, cwd=REPO)
   assert refused.returncode == 2 and "--x" in refused.stderr and "rows" in refused.stderr, refused.stderr[-2000:]
@@ -302,22 +302,18 @@ def test_a_bad_file_stops_the_experiment_at_start_up(converted, tmp_path):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"pairs_x": "a.npy"}, "config.data.pairs_x set, so the data are embedding files, but config.data.test_x"),
-    ({"test_x": "a.npy"}, "config.data.test_x is set (" ),
-    ({"test_x": "a", "test_y": "b"}, "config.data.pairs_x and config.data.pairs_y are both needed"),
-    ({"test_x": "a", "test_y": "b", "pairs_x": "c", "pairs_y": "d", "unpaired_x": "e"},
-     "config.data.unpaired_x and config.data.unpaired_y are both needed"),
-    ({**{k: "f" for k in FILE_KEYS if not k.startswith("val")}, "eval.split": "val"},
-     "config.eval.split='val' needs config.data.val_x"),
+    ({"pairs_x": "a.npy"}, "a.npy) but config.data.pairs_y is not"),
+    ({"test_x": "a.npy"}, "config.data.test_x is set ("),
+    ({"pairs_x": "c", "pairs_y": "d"}, "config.data.test_x and config.data.test_y"),
     ({**{k: "f" for k in FILE_KEYS}, "extra_unpaired_text": ("c",)}, "config.data.extra_unpaired_text reads caches"),
-    ({**{k: "f" for k in FILE_KEYS}, "n_pairs": -2}, "config.data.n_pairs must be -1 or a positive integer"),
+    ({**{k: "f" for k in FILE_KEYS}, "n_pairs": (-2,)}, "config.n_pairs must be a tuple of which every entry is -1"),
 ])
 def test_file_mode_config_errors_name_the_key(overrides, message):
   module = cfg_lib.config_module(CONFIG)
   cfg = module.get_config("smoke")
   for k, v in overrides.items():
-    if k == "eval.split":
-      cfg.eval.split = v
+    if k == "n_pairs":
+      cfg.n_pairs = v
     else:
       cfg.data[k] = v
   with pytest.raises(ValueError) as e:
@@ -325,9 +321,8 @@ def test_file_mode_config_errors_name_the_key(overrides, message):
   assert message in str(e.value), str(e.value)
 
 
-def test_cache_mode_still_rejects_n_pairs_minus_one():
+def test_n_pairs_minus_one_is_the_largest_p_in_both_modes():
   module = cfg_lib.config_module(CONFIG)
   cfg = module.get_config("smoke")
-  cfg.data.n_pairs = -1
-  with pytest.raises(ValueError, match="config.data.n_pairs must be a positive integer"):
-    module.validate(cfg)
+  cfg.n_pairs = (-1,)
+  module.validate(cfg)  # cache mode: the largest p leaving data.min_unpaired images unpaired (engine protocol)

@@ -53,7 +53,8 @@ def test_pseudo_label_term_is_cross_entropy_to_the_teachers_normalised_plan(batc
   # one jitted value-and-grad (a single compilation): the plan is a constant target, so gradients reach the
   # student's embeddings only
   term = lambda tx, zx: TERMS["pseudo_label"](batch._replace(tx=tx, zx=zx), eps=eps)  # noqa: E731
-  got, (g_t, g_z) = jax.jit(jax.value_and_grad(term, argnums=(0, 1)))(batch.tx, batch.zx)
+  (got, diag), (g_t, g_z) = jax.jit(jax.value_and_grad(term, argnums=(0, 1), has_aux=True))(batch.tx, batch.zx)
+  assert float(diag["pseudo_label/teacher_marginal_error"]) < 1e-3  # the teacher plan (eps 0.1) has converged
   np.testing.assert_allclose(float(got), want, rtol=1e-4)
   assert abs(want - np.log(p.shape[1])) > 0.05  # not the uniform target's value: the plan matters here
   assert not np.any(np.asarray(g_t)) and np.abs(np.asarray(g_z)).max() > 1e-3
@@ -75,12 +76,14 @@ def test_structure_term_is_the_sum_of_both_modalities_regularisers(batch):
   """STRUCTURE (Gröger et al.): images keep the neighbourhoods of their raw features x, texts those of y."""
   tau = 0.5
   want = _np_structure(batch.x, batch.zx, tau) + _np_structure(batch.y, batch.zy, tau)
-  got = float(TERMS["structure"](batch, temperature=tau))
+  got, diag = TERMS["structure"](batch, temperature=tau)
+  got = float(got)
+  assert diag == {}
   np.testing.assert_allclose(got, want, rtol=1e-4)
   image_only = _np_structure(batch.x, batch.zx, tau)
   assert min(image_only, want - image_only) > 1e-2  # each side contributes
   same = batch._replace(x=batch.x[:, :4], zx=batch.x[:, :4], y=batch.y[:, :4], zy=batch.y[:, :4])
-  assert float(TERMS["structure"](same, temperature=tau)) == pytest.approx(0.0, abs=1e-6)  # same geometry: zero
+  assert float(TERMS["structure"](same, temperature=tau)[0]) == pytest.approx(0.0, abs=1e-6)  # same geometry: zero
 
 
 def test_klot_term_gives_eps_student_to_the_student_plan_and_eps_teacher_to_the_teachers(batch):
@@ -100,13 +103,16 @@ def test_klot_term_gives_eps_student_to_the_student_plan_and_eps_teacher_to_the_
                            num_iters=iters))
   np.testing.assert_allclose(explicit, want, rtol=1e-4)
   klot = lambda zx: TERMS["klot"](batch._replace(zx=zx), **opts)  # noqa: E731
-  got, g = jax.jit(jax.value_and_grad(klot))(batch.zx)
+  (got, diag), g = jax.jit(jax.value_and_grad(klot, has_aux=True))(batch.zx)
   np.testing.assert_allclose(float(got), want, rtol=1e-4)
-  value, diag = jax.jit(lambda b: objectives.klot_term_with_diagnostics(b, **opts))(batch)
-  np.testing.assert_allclose(float(value), want, rtol=1e-4)
-  assert set(diag) == {"klot/student_marginal_error", "klot/teacher_marginal_error"}
+  assert set(diag) == {"klot/student_marginal_error", "klot/teacher_marginal_error", "klot/converged"}
+  assert float(diag["klot/converged"]) == 1.0 and float(diag["klot/teacher_marginal_error"]) < 1e-3
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))  # the shard_klot route: ot.klot_sharded
-  np.testing.assert_allclose(float(TERMS["klot"](batch, **opts, shard_klot=True, mesh=mesh)), want, rtol=1e-4)
+  value, sharded_diag = TERMS["klot"](batch, **opts, shard_klot=True, mesh=mesh)
+  np.testing.assert_allclose(float(value), want, rtol=1e-4)
+  for k in ("klot/student_marginal_error", "klot/teacher_marginal_error"):  # the same plans, to float rounding
+    np.testing.assert_allclose(float(sharded_diag[k]), float(diag[k]), atol=1e-5)
+  assert float(sharded_diag["klot/converged"]) == 1.0
   # the gradient of the student's embeddings follows the same wiring: (P_ε(K) - P*) / ε through K = cos(zx, zy)
   zx = np.asarray(batch.zx, np.float64)
   norms = np.linalg.norm(zx, axis=1, keepdims=True)

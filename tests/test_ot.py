@@ -527,3 +527,21 @@ def test_klot_sharded_on_one_device_matches_plain_numpy_sinkhorn(rng):
     ot.klot_sharded(ks, kt[:, :4], mesh=mesh)
   with pytest.raises(ValueError, match="axis_name"):
     ot.klot_sharded(ks, kt, mesh=mesh, axis_name="model")
+
+
+def test_sinkhorn_knopp_balances_like_scipys_doubly_stochastic(rng):
+  """The multiplicative-domain balancing of FAQ's starts: the same alternating scaling and stopping rule as scipy's
+  ``_doubly_stochastic`` (written out here), so the same matrix up to float32 rounding; rows and columns sum to 1."""
+  k = rng.uniform(size=(30, 30))
+  c = 1.0 / k.sum(0)
+  r = 1.0 / (k @ c)
+  p = r[:, None] * k * c
+  while max(np.abs(p.sum(0) - 1).max(), np.abs(p.sum(1) - 1).max()) >= 1e-3:
+    c = 1.0 / (r @ k)
+    r = 1.0 / (k @ c)
+    p = r[:, None] * k * c
+  got = np.asarray(jax.jit(ot.sinkhorn_knopp)(k.astype(np.float32)))
+  np.testing.assert_allclose(got, p, rtol=1e-4)
+  assert np.abs(got.sum(1) - 1).max() < 1e-3 and np.abs(got.sum(0) - 1).max() < 1e-3
+  tight = np.asarray(ot.sinkhorn_knopp(k.astype(np.float32), tol=1e-6))
+  assert np.abs(tight.sum(0) - 1).max() < 1e-5

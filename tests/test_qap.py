@@ -81,6 +81,18 @@ def test_linear_assignment_matches_scipy(rng, lap):
         np.testing.assert_allclose(c[np.arange(40), col].sum(), c[r, ref].sum(), rtol=1e-5)
 
 
+@pytest.mark.parametrize("lap", ["scipy", "auction", "auto"])
+def test_linear_assignment_of_a_wide_matrix_assigns_every_row(rng, lap):
+  """``[q, m]`` with ``q < m`` (the unpaired aligners' last read-out block): every row gets a distinct column with
+  scipy's optimal total; ``"auto"`` is scipy on a CPU backend and the auction on an accelerator."""
+  assert qap.resolve_lap("auto") == ("scipy" if jax.default_backend() == "cpu" else "auction")
+  c = rng.standard_normal((20, 33)).astype(np.float32)
+  cols = np.asarray(jax.jit(lambda m: qap.linear_assignment(m, maximize=True, lap=lap))(c))
+  assert cols.shape == (20,) and len(set(cols.tolist())) == 20
+  r, ref = scipy.optimize.linear_sum_assignment(c, maximize=True)
+  np.testing.assert_allclose(c[np.arange(20), cols].sum(), c[r, ref].sum(), rtol=1e-5)
+
+
 def test_auction_is_within_its_bound_and_exact_on_integers(rng):
   """The ε-CS bound: total within q · tol · Δ of scipy's optimum; exact on integer benefits once q ε < 1."""
   for q in (2, 7, 120):
@@ -169,7 +181,9 @@ def test_bad_inputs(rng):
   with pytest.raises(ValueError, match="lap"):
     qap.faq(a, a, lap="lapjv")
   with pytest.raises(ValueError, match="cost"):
-    qap.linear_assignment(np.zeros((3, 4)))
+    qap.linear_assignment(np.zeros((4, 3)))  # tall: transpose it
+  with pytest.raises(ValueError, match="lap"):
+    qap.linear_assignment(np.zeros((3, 3)), lap="lapjv")
 
 
 def test_all_seeded_is_trivial(rng):

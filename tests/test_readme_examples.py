@@ -105,7 +105,7 @@ def test_python_block_runs_as_written(block):
 # ----------------------------------------------------------------------------------------------------------------
 _CODE = re.compile(r"```[^\n]*\n(.*?)^```|`([^`]+)`", re.S | re.M)
 _COMMAND = re.compile(r"python\s+experiments/(\w+)\.py\b(.*)")
-_CONFIG_ARG = re.compile(r"--config\s+configs/(\w+)\.py(?::(\S+))?")
+_CONFIG_ARG = re.compile(r"--config\s+configs/(?:proj/)?(\w+)(?:/config)?\.py(?::(\S+))?")  # or an engine preset
 _OVERRIDE = re.compile(r"--config\.([A-Za-z_][\w.]*)")
 _REJECTED = re.compile(r"unknown config key --config\.([\w.]+); did you mean --config\.([\w.]+)\?")
 
@@ -124,7 +124,7 @@ def _code_lines(text: str):
 def _section_config(text: str, pos: int) -> str | None:
   """The experiment config named by the section around ``pos`` (see the module docstring), or ``None``."""
   for h in reversed([h for h in _HEADING.finditer(text) if h.start() < pos]):
-    named = re.search(r"configs/(\w+)\.py", h.group(2))
+    named = re.search(r"configs/(?:proj/)?(\w+)(?:/config)?\.py", h.group(2))
     if named:
       return named.group(1)
     if len(h.group(1)) <= 3:
@@ -132,9 +132,15 @@ def _section_config(text: str, pos: int) -> str | None:
   return None
 
 
+def _config_file(name: str):
+  """``configs/proj/<name>/config.py`` (an engine preset) if there is one, else ``configs/<name>.py``."""
+  proj = ROOT / "configs" / "proj" / name / "config.py"
+  return proj if proj.exists() else ROOT / "configs" / f"{name}.py"
+
+
 @functools.lru_cache(maxsize=None)
 def _config(name: str, arg: str | None):
-  spec = importlib.util.spec_from_file_location(f"_readme_cfg_{name}", ROOT / "configs" / f"{name}.py")
+  spec = importlib.util.spec_from_file_location(f"_readme_cfg_{name}", _config_file(name))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg)
@@ -167,7 +173,7 @@ def config_override_problems(text: str) -> list[str]:
       loose.update((k, _section_config(text, pos)) for k in keys)  # (isupper: the generic experiments/NAME.py)
       continue
     name, arg = ca.group(1), ca.group(2)
-    if not (ROOT / "configs" / f"{name}.py").exists():
+    if not _config_file(name).exists():
       problems.append(f"{line.strip()}: there is no configs/{name}.py")
       continue
     cfg = _config(name, arg)
@@ -188,7 +194,9 @@ def config_override_problems(text: str) -> list[str]:
 
 
 def _experiment_names() -> list[str]:
-  return sorted(p.stem for p in (ROOT / "configs").glob("*.py") if (ROOT / "experiments" / p.name).exists())
+  names = {p.stem for p in (ROOT / "configs").glob("*.py")} | {p.parent.name for p in
+                                                                 (ROOT / "configs" / "proj").glob("*/config.py")}
+  return sorted(n for n in names if (ROOT / "experiments" / f"{n}.py").exists())
 
 
 def test_config_overrides_in_the_readme_exist_in_the_configs_they_name():
@@ -197,16 +205,16 @@ def test_config_overrides_in_the_readme_exist_in_the_configs_they_name():
 
 
 def test_the_override_check_catches_a_key_of_the_wrong_experiment():
-  """The check itself: ``shard_klot`` is a key of the benchmark's ``hparams.sotalign`` and of the SOTAlign
-  experiment's ``sotalign_paper`` section, not of the SOTAlign experiment's ``sotalign`` section."""
-  bad = ("`python experiments/sotalign.py --config configs/sotalign.py --workdir w "
+  """The check itself: ``shard_klot`` is a key of ``hparams.sotalign`` (in the benchmark's and the SOTAlign
+  presets), not of a top-level ``sotalign`` section (the SOTAlign experiment's before it became an engine preset)."""
+  bad = ("`python experiments/sotalign.py --config configs/proj/sotalign/config.py --workdir w "
          "--config.sotalign.shard_klot=true`")
-  good = ("`python experiments/benchmark.py --config configs/benchmark.py --workdir w "
+  good = ("`python experiments/benchmark.py --config configs/proj/benchmark/config.py --workdir w "
           "--config.hparams.sotalign.shard_klot=true`")
   assert config_override_problems(good) == []
   assert any("has no key sotalign.shard_klot" in p for p in config_override_problems(bad))
   assert any("no experiment config" in p for p in config_override_problems("`--config.sotalign.shard_klot=1`"))
-  section = "### SOTAlign (`configs/sotalign.py`)\n\nKLOT row-sharded: `--config.hparams.sotalign.shard_klot=true`."
+  section = "### SOTAlign (`configs/proj/sotalign/config.py`)\n\nKLOT row-sharded: `--config.sotalign.shard_klot=true`."
   assert any("section of configs/sotalign.py" in p for p in config_override_problems(section))
 
 
@@ -241,7 +249,7 @@ def _traceable():
       "losses.siglip_loss": lambda i: losses.siglip_loss(i["x"], i["z"], t_log=2.3, bias=-10.0),
       "losses.info_nce": lambda i: losses.info_nce(i["x"], i["z"], temperature=0.1),
       "losses.structure_regularizer": lambda i: losses.structure_regularizer(i["x"], i["y"], temperature=0.1),
-      "objectives.klot_term_with_diagnostics": lambda i: objectives.klot_term_with_diagnostics(
+      "objectives.klot_term": lambda i: objectives.klot_term(
           batch(i), **term_options["klot"]),
       "matching.kernel_matrix": lambda i: matching.kernel_matrix(i["x"]),
       "matching.centered_kernel": lambda i: matching.centered_kernel(i["x"]),

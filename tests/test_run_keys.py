@@ -1,7 +1,8 @@
 """Keyed cells and runs: a rerun with a changed setting computes new numbers, never reuses or resumes old ones.
 
 The mechanism is in sotalign_jax/runtime (workdir.settings_key / keyed_dir, sweep.CellSettings / CellStore); the
-end-to-end tests drive experiments/benchmark.py and experiments/sotalign.py in process on small fake caches.
+end-to-end tests drive the engine (sotalign_jax/runtime/engine.py) with the benchmark's and the SOTAlign preset
+in process on small fake caches, and both launchers as subprocesses for the user errors.
 """
 
 import glob
@@ -21,9 +22,9 @@ from sotalign_jax.runtime import sweep
 from sotalign_jax.runtime import workdir as wd
 
 BENCH = os.path.join(REPO, "experiments", "benchmark.py")
-BENCH_CONFIG = os.path.join(REPO, "configs", "benchmark.py")
+BENCH_CONFIG = os.path.join(REPO, "configs", "proj", "benchmark", "config.py")
 SOTALIGN = os.path.join(REPO, "experiments", "sotalign.py")
-SOTALIGN_CONFIG = os.path.join(REPO, "configs", "sotalign.py")
+SOTALIGN_CONFIG = os.path.join(REPO, "configs", "proj", "sotalign", "config.py")
 
 
 @pytest.fixture(scope="module")
@@ -46,21 +47,26 @@ def bench_config(cache, methods=("cca",), **fields):
 
 
 def bench_run(cfg, workdir):
-  return cfg_lib.config_module(BENCH).run(cfg, str(workdir))
+  from sotalign_jax.runtime import engine  # pylint: disable=g-import-not-at-top
+  return engine.run(cfg, str(workdir))
 
 
 def sotalign_config(cache, methods=("cca",), **fields):
+  """The SOTAlign preset's smoke variant (tiny: no optional eval caches) on the fake cache, no geometry scores."""
   cfg = cfg_lib.config_module(SOTALIGN_CONFIG).get_config("smoke")
   cfg.data.cache = cache
-  cfg.eval.fashion_mnist_cache = cfg.eval.tuxpaint_cache = ""
   cfg.methods = tuple(methods)
+  cfg.eval.geometry = ()
+  cfg.eval.n_boot = 50
   for k, v in fields.items():
     setattr(cfg, k, v)
   return cfg
 
 
 def sotalign_run(cfg, workdir):
-  return cfg_lib.config_module(SOTALIGN).run(cfg, str(workdir))
+  """What experiments/sotalign.py runs: the preset's checks, then the engine."""
+  cfg_lib.config_module(SOTALIGN_CONFIG).validate(cfg)
+  return bench_run(cfg, workdir)
 
 
 def r1(res, method="cca"):
@@ -204,41 +210,47 @@ def test_benchmark_trained_method_does_not_resume_a_checkpoint_of_another_alpha(
 # ----------------------------------------------------------------------------------------------------------------
 def test_sotalign_changed_cca_reg_is_not_reused(cache, tmp_path, capsys):
   first = sotalign_run(sotalign_config(cache), tmp_path / "w")
-  assert sotalign_run(sotalign_config(cache), tmp_path / "w") == first
-  assert "stored: computed before with the same settings" in capsys.readouterr().out
+  again = sotalign_run(sotalign_config(cache), tmp_path / "w")
+  assert again["cells_run_now"] == 0 and again["summary"] == first["summary"]
+  assert "1 of 1 cells done before with these settings, 0 to run" in capsys.readouterr().out
   strong = sotalign_config(cache)
-  strong.teacher.cca_reg = 100.0
+  strong.hparams.cca.reg = 100.0
   changed = sotalign_run(strong, tmp_path / "w")
-  assert "stored" not in capsys.readouterr().out
-  assert changed["cca"]["t2i_r1"] != first["cca"]["t2i_r1"]
-  assert changed == sotalign_run(strong, tmp_path / "fresh")
-  cells = json.load(open(tmp_path / "w" / "results.json"))["cells"]
-  assert cells["cca/n64"]["settings"]["fit"]["hparams"]["reg"] == 100.0
+  assert changed["cells_run_now"] == 1 and r1(changed) != r1(first)
+  assert "(1 of them stored under other settings, kept but not used)" in capsys.readouterr().out
+  assert r1(changed) == r1(sotalign_run(strong, tmp_path / "fresh"))  # the number of a fresh workdir
+  cell = next(c for c in json.load(open(tmp_path / "w" / "results.json"))["cells"] if c["method"] == "cca")
+  assert cell["settings"]["fit"]["hparams"]["reg"] == 100.0
+  assert cell["settings"]["fit"]["hparams"]["center"] == "pairs"  # the preset's recipe, in the key
 
 
 def test_sotalign_subset_rerun_keeps_the_full_table(cache, tmp_path):
   full = sotalign_run(sotalign_config(cache, ("cca", "ridge")), tmp_path)
-  sotalign_run(sotalign_config(cache, ("ridge",)), tmp_path)
+  sub = sotalign_run(sotalign_config(cache, ("ridge",)), tmp_path)
+  assert sub["cells_run_now"] == 0 and sub["methods_from_store"] == ["cca"]
   res = json.load(open(tmp_path / "results.json"))
-  assert res["methods"] == {"ridge": full["ridge"], "cca": full["cca"]} and res["methods_from_store"] == ["cca"]
+  assert set(res["methods"]) == {"ridge", "cca"} and res["summary"] == full["summary"]
   assert "| cca |" in (tmp_path / "results.md").read_text()
 
 
 @pytest.mark.slow  # ≈ 12 s (two SOTAlign compilations); the benchmark's stand-in above tests the same in the fast set
 def test_sotalign_changed_alpha_mid_run_starts_fresh(cache, tmp_path, capsys):
   def config(alpha):
-    cfg = sotalign_config(cache, ("sotalign",), steps=4, ckpt_every=2, log_every=1)
-    cfg.sotalign.alpha = alpha
+    cfg = sotalign_config(cache, ("sotalign",), ckpt_every=2, log_every=1)
+    cfg.hparams.sotalign.steps = 4
+    cfg.hparams.sotalign.alpha = alpha
     return cfg
 
   sotalign_run(config(10.0), tmp_path)
-  for f in glob.glob(str(tmp_path / "done" / "*" / "*.json")) + glob.glob(str(tmp_path / "runs" / "*" / "ckpt" / "4")):
+  for f in (glob.glob(str(tmp_path / "done" / "*" / "*.json")) +
+            glob.glob(str(tmp_path / "runs" / "*" / "*" / "ckpt" / "4"))):
     shutil.rmtree(f) if os.path.isdir(f) else os.remove(f)  # killed after the checkpoint at step 2
   capsys.readouterr()
   sotalign_run(config(0.1), tmp_path)
   out = capsys.readouterr().out
   assert "settings changed since the checkpoint in" in out and "resuming" not in out, out
-  steps = [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl") if "train/sotalign/loss" in line]
+  steps = [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")
+           if "train/sotalign/p64_s0/loss" in line]
   assert steps == [1, 2, 3, 4] * 2, steps
 
 
@@ -262,7 +274,8 @@ def test_every_cell_needing_pairs_is_a_user_error_naming_what_to_give(tmp_path):
     ("benchmark", ["--config.hparams.cca.regg=1"], "unknown config key --config.hparams.cca.regg"),
     ("benchmark", ["--config.data.test_x=TX", "--config.data.test_y=TY", "--config.methods=cca"],
      "give config.data.pairs_x and config.data.pairs_y"),
-    ("sotalign", ["--config.data.n_pairs=100000"], "config.data.n_pairs=100000"),
+    ("sotalign", ["--config.hparams.sotalign.lr=-1"], "config.hparams.sotalign.lr must be > 0"),
+    ("sotalign", ["--config.n_pairs=()"], "config.n_pairs is empty"),
 ])
 def test_bad_input_exits_2_with_one_line_and_no_workdir(cache, tmp_path, experiment, args, message):
   rng = np.random.default_rng(0)

@@ -4,6 +4,7 @@ recipe's α selection, and the checkpointed loop giving exactly the in-memory lo
 
 import dataclasses
 import functools
+import json
 
 import jax
 import jax.numpy as jnp
@@ -63,7 +64,7 @@ def test_extra_negatives_plus_pair_loss_is_siglip_of_the_enlarged_batch(batch):
   labels[np.arange(p), np.arange(p)] = 1.0         # only the true pairs are positives
   want = -_log_sigmoid(labels * (s * _cos(img, txt) + b)).sum() / p
   got = losses.siglip_loss(batch.pair_zx, batch.pair_zy, t_log=np.log(s), bias=b) + \
-      objectives.extra_negatives_term(batch)
+      objectives.extra_negatives_term(batch)[0]
   np.testing.assert_allclose(float(got), want, rtol=1e-5)
 
 
@@ -83,7 +84,7 @@ def test_nn_positives_matches_a_plain_loop(batch):
 
   want = 0.5 * (side(batch.zx, batch.x, batch.pair_x, batch.pair_zy) + side(batch.zy, batch.y, batch.pair_y,
                                                                             batch.pair_zx))
-  np.testing.assert_allclose(float(objectives.nn_positives_term(batch)), want, rtol=1e-5)
+  np.testing.assert_allclose(float(objectives.nn_positives_term(batch)[0]), want, rtol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -138,6 +139,28 @@ def test_checkpointed_loop_gives_the_in_memory_loops_parameters(planted, tmp_pat
   assert (tmp_path / "run" / "ckpt").is_dir()
   resumed = aligners.fit("sotalign", jax.random.key(3), data, loop=loop, **FAST)  # restores the last checkpoint
   np.testing.assert_array_equal(np.asarray(resumed.similarity(tx, ty)), np.asarray(plain.similarity(tx, ty)))
+
+
+@pytest.mark.parametrize("iters, converged", [(1, False), (300, True)])
+def test_the_training_log_shows_whether_klots_sinkhorn_converged(planted, tmp_path, iters, converged):
+  """Every logged step carries both KLOT plans' marginal errors and ``klot/converged``: one Sinkhorn iteration
+  leaves the plans off their marginals (logged as not converged), 300 bring both below the 1e-3 threshold."""
+  data, _, _ = planted
+  writer = wd.MetricWriter(str(tmp_path), tensorboard=False)
+  loop = train_lib.checkpointed_loop(str(tmp_path / "run"), writer=writer, name="sotalign", log_every=1,
+                                     ckpt_every=100, mesh=train_lib.data_mesh())
+  aligners.fit("sotalign", jax.random.key(0), data, loop=loop, **dict(FAST, steps=3, sinkhorn_iters=iters),
+               eps_student=0.05, eps_teacher=0.05)
+  writer.close()
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows] == [1, 2, 3]
+  for r in rows:
+    errors = [r[f"train/sotalign/klot/{who}_marginal_error"] for who in ("student", "teacher")]
+    assert r["train/sotalign/klot/converged"] == float(converged)
+    if converged:
+      assert max(errors) < 1e-3
+    else:
+      assert max(errors) > 1e-2
 
 
 def test_paper_recipe_keeps_the_alpha_with_the_best_validation_score(planted):

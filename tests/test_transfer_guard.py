@@ -71,8 +71,8 @@ CASES = {
     "losses.info_nce": (lambda a, b: losses.info_nce(a, b, temperature=0.07), ("zx", "zy")),
     "losses.structure_regularizer": (lambda a, b: losses.structure_regularizer(a, b, temperature=0.1, levels=2),
                                      ("zx", "zy")),
-    "objectives.klot_term_with_diagnostics": (
-        lambda a, b: objectives.klot_term_with_diagnostics(
+    "objectives.klot_term": (
+        lambda a, b: objectives.klot_term(
             objectives.UnpairedBatch(a, b, a, b, a, b, 10.0), eps_student=0.05, eps_teacher=0.005,
             sinkhorn_iters=30), ("zx", "zy")),
     "matching.local_cka_scores": (matching.local_cka_scores, ("xb", "yb", "xq", "yq")),
@@ -138,7 +138,7 @@ def _wp_fit(assignment: str):
   """The zero-pair fit's compiled stages (initialization, read-out, refinement) as one jitted function."""
   return jax.jit(functools.partial(unpaired._wp, n_clusters=4, n_restarts=3, batch_size=60, n_iterations=3,
                                    refine_batch_size=60, kmeans_iters=5, qap_inits=4, qap_solver="2opt",
-                                   qap_maxiter=10, restart_batch=None, assignment=assignment))
+                                   qap_maxiter=10, restart_batch=None, lap=assignment))
 
 
 def test_zero_pair_fit_with_the_auction_stays_on_device(planted):
@@ -196,5 +196,5 @@ def test_auction_alone_stays_on_device(data):
 @pytest.mark.parametrize("backend, solver", [("gpu", "auction"), ("tpu", "auction"), ("cpu", "scipy")])
 def test_auto_assignment_picks_the_device_solver_off_cpu(monkeypatch, backend, solver):
   monkeypatch.setattr(jax, "default_backend", lambda: backend)
-  assert unpaired.assignment_solver("auto") == solver
-  assert unpaired.assignment_solver("scipy") == "scipy"  # an explicit choice stays as it is
+  assert qap.resolve_lap("auto") == solver
+  assert qap.resolve_lap("scipy") == "scipy"  # an explicit choice stays as it is

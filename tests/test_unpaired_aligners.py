@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import scipy.optimize
 
-from sotalign_jax import aligners, cka, metrics
+from sotalign_jax import aligners, cka, clustering, metrics, qap
 from sotalign_jax.aligners import unpaired
 from conftest import scipy_starts as _scipy_starts
 
@@ -89,12 +89,12 @@ def test_device_assignment_solvers_match_scipy(rng, solver):
 def test_auction_fit_equals_the_scipy_fit(planted):
   data, tx, ty, q = planted
   opts = dict(_WP, n_restarts=2, n_iterations=3, batch_size=500, refine_batch_size=300)
-  w = [np.asarray(aligners.fit("wasserstein_procrustes", jax.random.key(0), _no_pairs(data), assignment=s, **opts).wx)
+  w = [np.asarray(aligners.fit("wasserstein_procrustes", jax.random.key(0), _no_pairs(data), lap=s, **opts).wx)
        for s in ("scipy", "auction")]
   np.testing.assert_allclose(w[1], w[0], atol=1e-4)
-  assert unpaired.assignment_solver("auto") == ("scipy" if jax.default_backend() == "cpu" else "auction")
-  with pytest.raises(ValueError, match="assignment must be one of"):
-    aligners.fit("wasserstein_procrustes", jax.random.key(0), _no_pairs(data), assignment="lapjv", **opts)
+  assert qap.resolve_lap("auto") == ("scipy" if jax.default_backend() == "cpu" else "auction")
+  with pytest.raises(ValueError, match="lap must be one of"):
+    aligners.fit("wasserstein_procrustes", jax.random.key(0), _no_pairs(data), lap="lapjv", **opts)
 
 
 def test_mini_vec2vec_beats_chance_without_pairs(planted):
@@ -241,7 +241,7 @@ def test_mini_vec2vec_refine_matches_numpy(rng):
   for kt in jax.random.split(k1, 3):
     b = x[np.asarray(unpaired._subset(kt, 90, 40))]  # the same rows
     ref = 0.5 * ref + 0.5 * _np_polar(b.T @ _np_neighbour_means(b @ ref, y, y, 5))
-  cx = _np_lloyd(x, np.asarray(unpaired.kmeans_plus_plus(f32(x), k2, 6), np.float64), 8)
+  cx = _np_lloyd(x, np.asarray(clustering.kmeans_plus_plus(f32(x), k2, 6), np.float64), 8)
   cy = _np_lloyd(y, cx @ ref, 8)
   ref = 0.5 * ref + 0.5 * _np_polar(cx.T @ cy)
   np.testing.assert_allclose(np.asarray(w), ref, atol=2e-4)

@@ -7,7 +7,10 @@ A method is a pure ``fit(key, data, **hparams) -> Alignment``:
 * :class:`Alignment` — a pytree (arrays as leaves, options as static metadata, so it passes through ``jit``) that
   maps queries and keys into one shared space, ``embed_x(x) -> [n, k]``, ``embed_y(y) -> [m, k]``, and scores them,
   ``similarity(qx, ky) -> [n, m]`` (cosine of the embeddings unless the method says otherwise). Training-free scorers
-  without a shared space (local CKA) implement only ``similarity`` and set ``has_embeddings = False``.
+  without a shared space (local CKA) implement only ``similarity`` and set ``has_embeddings = False``. A
+  *transductive* method (``AlignerSpec.transductive``: seeded graph matching, ``qap``) solves one joint problem
+  over the given query sets, so the score of a row depends on the other rows: evaluators must call its
+  ``similarity`` on the exact evaluation sets (never in chunks), and it has no ``embed_x`` / ``embed_y``.
 * :data:`ALIGNERS` — ``name -> AlignerSpec``; :func:`fit` looks a method up, fills its defaults, rejects unknown
   options and raises :class:`NeedsPairsError` (a ``ValueError``) when there are fewer pairs than the method needs, so
   a benchmark can mark the cell "needs pairs" instead of reporting a made-up chance score.
@@ -19,6 +22,12 @@ preprocessing, not learning from unpaired data: ``AlignerSpec.uses_unpaired`` ma
 unpaired rows (semi-supervised ones). Centring with the larger pool is what makes one or two pairs usable at all
 (with ``"pairs"``, a single centred pair is zero). The same convention is used by unpaired-rosetta
 (Schnaus et al.), whose baselines centre with the unpaired training mean.
+
+The training-free matching aligners (``relative``, ``local_cka``, ``ridge``, ``qap``) share two more options,
+implemented here once: ``stretch`` (:func:`fit_scales`, :func:`stretch_with_queries`: every feature divided by its
+std over the ``"fit"`` rows or over the base pairs and the ``"queries"`` given to ``similarity``, the latter making
+the scores of a row depend on the rest of its set, so such an alignment must be scored on whole evaluation sets,
+not chunks) and ``base`` (:func:`select_base`: all pairs, or the ``n_base`` nearest to k-means centroids).
 
 Trained methods (SAIL, semi-supervised SAIL, SOTAlign and its paper recipe, STRUCTURE, S-CLIP-style pseudo-labels,
 NNCLR-style positives, the all-pairs upper bound) register here with the same signature once the shared training
@@ -41,15 +50,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sotalign_jax._arrays import DEFAULT_PRECISION, on_host, unit
+from sotalign_jax import matching as match_lib
+from sotalign_jax._arrays import cosine, on_host, unit
 
 __all__ = [
     "AlignData", "Alignment", "AlignerSpec", "NeedsPairsError", "ALIGNERS", "register", "fit", "get", "check_data",
-    "cosine", "side_mean", "preprocess", "CENTER_MODES",
+    "cosine", "side_mean", "preprocess", "CENTER_MODES", "STRETCH_MODES", "BASE_MODES", "select_base", "fit_scales",
+    "stretch_with_queries", "check_stretch",
 ]
 
 Center = Literal["all", "pairs", "none"]
 CENTER_MODES = ("all", "pairs", "none")
+Stretch = Literal["none", "fit", "queries"]
+STRETCH_MODES = ("none", "fit", "queries")
+Base = Literal["all", "cluster"]
+BASE_MODES = ("all", "cluster")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -153,12 +168,6 @@ def check_data(data: AlignData, *, dx: int | None = None, dy: int | None = None)
 # ----------------------------------------------------------------------------------------------------------------
 # Preprocessing and scores.
 # ----------------------------------------------------------------------------------------------------------------
-def cosine(u: jax.Array, v: jax.Array) -> jax.Array:
-  r"""``[n, m]`` cosine similarities :math:`\langle u_i, v_j\rangle / \|u_i\|\|v_j\|` at full precision (zero rows
-  give zeros)."""
-  return jnp.matmul(unit(u), unit(v).T, precision=DEFAULT_PRECISION)
-
-
 def side_mean(unpaired: jax.Array, paired: jax.Array, center: Center) -> jax.Array:
   """``[d]`` centring vector of one side: mean of unpaired + paired rows (``"all"``), of the pairs, or zeros."""
   if center not in CENTER_MODES:
@@ -190,6 +199,85 @@ def check_queries(a, dim: int, name: str) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Base pairs and stretching (the options of the matching aligners).
+# ----------------------------------------------------------------------------------------------------------------
+def check_stretch(stretch) -> str:
+  """``stretch`` itself, or a ``ValueError`` naming the modes (a bool is rejected: say which rows)."""
+  if isinstance(stretch, bool) or stretch not in STRETCH_MODES:
+    raise ValueError(f"stretch must be one of {STRETCH_MODES} (the rows whose per-feature std scales each side), got "
+                     f"{stretch!r}")
+  return stretch
+
+
+def select_base(key, data: AlignData, *, base: Base, n_base: int | None, cluster_side: Literal["x", "y"] = "x",
+                cluster_iter: int = 50, min_n: int = 1) -> AlignData:
+  r"""``data`` with its pairs replaced by the base pairs (the unpaired rows are kept).
+
+  ``base="all"``: every pair (``n_base`` must be ``None``). ``base="cluster"``: the ``min(n_base, p)`` pairs
+  nearest to the centroids of ``k``-means on the pairs' ``cluster_side`` rows (the paper's clustered base set,
+  :func:`sotalign_jax.matching.kmeans_base_selection`, Lloyd iterations from ``k`` random distinct pairs drawn with
+  ``key``). ``n_base`` is capped at the number of pairs, so one setting works across a sweep over ``p``.
+
+  Args:
+    key: PRNG key of the k-means initialisation (needed for ``"cluster"``).
+    data: checked :class:`AlignData`.
+    base: ``"all"`` or ``"cluster"``.
+    n_base: base pairs kept by ``"cluster"``, ``>= min_n``.
+    cluster_side: which rows of the pairs k-means clusters, ``"x"`` (images, the paper's) or ``"y"``.
+    cluster_iter: Lloyd iterations.
+    min_n: fewest base pairs the method accepts.
+
+  Returns:
+    :class:`AlignData` whose pairs are the ``[m, d]`` base pairs.
+  """
+  if base not in BASE_MODES:
+    raise ValueError(f"base must be one of {BASE_MODES}, got {base!r}")
+  if base == "all":
+    if n_base is not None:
+      raise ValueError(f"n_base={n_base!r} is for base='cluster'; base='all' keeps every given pair")
+    return data
+  if isinstance(n_base, bool) or not isinstance(n_base, (int, np.integer)) or n_base < min_n:
+    raise ValueError(f"base='cluster' needs n_base, an integer >= {min_n} (base pairs kept), got {n_base!r}")
+  if cluster_side not in ("x", "y"):
+    raise ValueError(f"cluster_side must be 'x' or 'y', got {cluster_side!r}")
+  if key is None:
+    raise ValueError("base='cluster' needs a PRNG key (jax.random.key(seed)) for the k-means initialisation")
+  feats = data.pairs_x if cluster_side == "x" else data.pairs_y
+  idx = match_lib.kmeans_base_selection(feats, min(int(n_base), data.n_pairs), key=key, n_iter=int(cluster_iter))
+  return data._replace(pairs_x=data.pairs_x[idx], pairs_y=data.pairs_y[idx])
+
+
+def _rows(unpaired, paired) -> jax.Array:
+  if is_row_source(unpaired):
+    unpaired = jnp.asarray(unpaired[0:unpaired.shape[0]], jnp.float32)
+  return jnp.concatenate([unpaired, paired])
+
+
+def _scale(rows: jax.Array) -> jax.Array:
+  if rows.shape[0] < 2:
+    return jnp.ones((rows.shape[1],), rows.dtype)
+  sd = jnp.std(rows, axis=0, ddof=1)  # as sotalign_jax.matching.stretch
+  return jnp.where(sd > 0, sd, 1.0)
+
+
+def fit_scales(data: AlignData, stretch: Stretch) -> tuple[jax.Array, jax.Array]:
+  """``[dx]``, ``[dy]`` per-feature scales fixed at fit time: standard deviations over the unpaired + paired rows
+  of each side for ``stretch="fit"`` (constant features: 1), ones otherwise (``"queries"`` scales at scoring)."""
+  check_stretch(stretch)
+  if stretch != "fit":
+    dx, dy = data.dims
+    return jnp.ones((dx,), jnp.float32), jnp.ones((dy,), jnp.float32)
+  return _scale(_rows(data.x, data.pairs_x)), _scale(_rows(data.y, data.pairs_y))
+
+
+def stretch_with_queries(base: jax.Array, queries: jax.Array) -> tuple[jax.Array, jax.Array]:
+  r"""The paper's stretching of one space: :func:`sotalign_jax.matching.stretch` of ``[base; queries]``, split
+  back into ``([m, d], [q, d])`` (every feature divided by its std over base and queries together)."""
+  s = match_lib.stretch(jnp.concatenate([base, queries]))
+  return s[:base.shape[0]], s[base.shape[0]:]
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Alignments.
 # ----------------------------------------------------------------------------------------------------------------
 class Alignment:
@@ -200,7 +288,8 @@ class Alignment:
   pytree. A subclass implements ``_embed_x`` / ``_embed_y`` (and ``_similarity`` if it is not the cosine of the
   embeddings); the public ``embed_x`` / ``embed_y`` / ``similarity`` run them under ``jit`` (compiled once per
   shape, so a benchmark scoring fixed-size query chunks compiles once). A scorer without a shared space sets
-  ``has_embeddings = False`` and implements only ``_similarity``.
+  ``has_embeddings = False`` (a class attribute, or a property when an option decides it) and implements only
+  ``_similarity``.
   """
   has_embeddings: ClassVar[bool] = True
 
@@ -220,8 +309,9 @@ class Alignment:
 
   def _require_embeddings(self):
     if not self.has_embeddings:
-      raise NotImplementedError(f"{type(self).__name__} is a training-free scorer without a shared embedding space; "
-                                "call similarity(qx, ky) instead of embed_x / embed_y")
+      raise NotImplementedError(f"{type(self).__name__} has no shared embedding space (a training-free scorer, a "
+                                "transductive method, or stretch='queries'); call similarity(qx, ky) instead of "
+                                "embed_x / embed_y")
 
   def _embed_x(self, x) -> jax.Array:
     raise NotImplementedError
@@ -259,6 +349,11 @@ class AlignerSpec(NamedTuple):
     trained: fitted by gradient descent (False for closed-form and training-free methods).
     citation: where the method comes from.
     all_pairs: the protocol gives the method *every* training pair whatever p is (the all-pairs upper bound).
+    transductive: ``similarity(qx, ky)`` solves one joint problem over the given sets (scores of a row depend on
+      the other rows; e.g. ``qap`` matches equal-size sets): evaluators must call it on the exact evaluation
+      sets, never chunked, and it has no ``embed_x`` / ``embed_y``. A per-method flag: an *option* can also make
+      scores depend on the query sets (``stretch="queries"`` of ``relative``, ``local_cka``, ``ridge``), which
+      the method's docstring says.
   """
   name: str
   fn: Callable[..., Alignment]
@@ -269,6 +364,7 @@ class AlignerSpec(NamedTuple):
   trained: bool
   citation: str
   all_pairs: bool = False
+  transductive: bool = False
 
 
 INJECTED = ("loop", "mesh", "val")
@@ -281,7 +377,7 @@ ALIGNERS: dict[str, AlignerSpec] = {}
 
 
 def register(name: str, *, needs_pairs: bool, uses_unpaired: bool, min_pairs: int, citation: str,
-             trained: bool = False, all_pairs: bool = False):
+             trained: bool = False, all_pairs: bool = False, transductive: bool = False):
   """Decorator adding ``fit_fn(key, data, *, **hparams)`` to :data:`ALIGNERS` under ``name``.
 
   The registered (and returned) function validates ``data`` and the number of pairs before calling ``fit_fn``, so
@@ -310,7 +406,7 @@ def register(name: str, *, needs_pairs: bool, uses_unpaired: bool, min_pairs: in
 
     checked.accepts = frozenset(k for k in INJECTED if k in params)
     ALIGNERS[name] = AlignerSpec(name, checked, needs_pairs, uses_unpaired, int(min_pairs),
-                                 MappingProxyType(defaults), trained, citation, all_pairs)
+                                 MappingProxyType(defaults), trained, citation, all_pairs, transductive)
     return checked
 
   return deco

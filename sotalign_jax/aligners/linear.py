@@ -11,16 +11,18 @@ Translation via Semantic Alignment"). ``center="pairs", normalize=False`` reprod
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 
 from sotalign_jax import teachers
 from sotalign_jax._arrays import DEFAULT_PRECISION
-from sotalign_jax.aligners.base import (AlignData, Alignment, Center, check_queries, preprocess, register, side_mean,
-                                        static_field)
+from sotalign_jax.aligners.base import (AlignData, Alignment, Base, Center, Stretch, check_queries, check_stretch,
+                                        cosine, fit_scales, preprocess, register, select_base, side_mean, static_field,
+                                        stretch_with_queries)
 
-__all__ = ["LinearAlignment", "fit_lstsq", "fit_ridge", "fit_procrustes", "fit_cca"]
+__all__ = ["LinearAlignment", "StretchedRidgeAlignment", "fit_lstsq", "fit_ridge", "fit_procrustes", "fit_cca"]
 
 
 @jax.tree_util.register_dataclass
@@ -48,6 +50,58 @@ class LinearAlignment(Alignment):
   def _embed_y(self, y) -> jax.Array:
     y = preprocess(check_queries(y, self.my.shape[0], "y"), self.my, self.normalize)
     return y if self.wy is None else jnp.matmul(y, self.wy, precision=DEFAULT_PRECISION)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class StretchedRidgeAlignment(Alignment):
+  r"""Ridge on stretched features: with :math:`\tilde x = (x - m_x) / s_x` (per-feature scales), the map
+  :math:`W` is fitted on the stretched (and, with ``normalize``, unit-norm) pairs and
+  :math:`s(x, y) = \cos(\hat{\tilde x} W, \hat{\tilde y})`. With ``stretch="fit"`` the scales are fixed at fit
+  time (``embed_*`` work); with ``stretch="queries"`` they are the std over the pairs and the query set given to
+  ``similarity``, so ``W`` is refitted at every call and ``embed_*`` raise.
+
+  Attributes:
+    pairs_x, pairs_y: ``[p, dx]``, ``[p, dy]`` centred base pairs, divided by ``sx`` / ``sy``.
+    mx, my: ``[dx]``, ``[dy]`` centring vectors.
+    sx, sy: ``[dx]``, ``[dy]`` fit-time scales (ones for ``stretch="queries"``).
+    lam, normalize, whiten: options of :func:`fit_ridge` (static).
+    stretch: ``"fit"`` or ``"queries"`` (static).
+  """
+  pairs_x: jax.Array
+  pairs_y: jax.Array
+  mx: jax.Array
+  my: jax.Array
+  sx: jax.Array
+  sy: jax.Array
+  lam: float = static_field(1e-2)
+  normalize: bool = static_field(True)
+  whiten: bool = static_field(False)
+  stretch: str = static_field("fit")
+
+  @property
+  def has_embeddings(self) -> bool:
+    return self.stretch != "queries"
+
+  def _map(self, px, py) -> jax.Array:
+    pre = lambda a: preprocess(a, 0.0, self.normalize)  # noqa: E731
+    return teachers.ridge(pre(px), pre(py), lam=self.lam, center=False, whiten=self.whiten)
+
+  def _embed_x(self, x) -> jax.Array:
+    x = (check_queries(x, self.mx.shape[0], "x") - self.mx) / self.sx
+    return jnp.matmul(preprocess(x, 0.0, self.normalize), self._map(self.pairs_x, self.pairs_y),
+                      precision=DEFAULT_PRECISION)
+
+  def _embed_y(self, y) -> jax.Array:
+    return preprocess((check_queries(y, self.my.shape[0], "y") - self.my) / self.sy, 0.0, self.normalize)
+
+  def _similarity(self, qx, ky) -> jax.Array:
+    if self.stretch != "queries":
+      return super()._similarity(qx, ky)
+    px, qx = stretch_with_queries(self.pairs_x, check_queries(qx, self.mx.shape[0], "qx") - self.mx)
+    py, ky = stretch_with_queries(self.pairs_y, check_queries(ky, self.my.shape[0], "ky") - self.my)
+    ex = jnp.matmul(preprocess(qx, 0.0, self.normalize), self._map(px, py), precision=DEFAULT_PRECISION)
+    return cosine(ex, preprocess(ky, 0.0, self.normalize))
 
 
 def _prepared_pairs(data: AlignData, center: Center, normalize: bool):
@@ -92,21 +146,42 @@ def fit_lstsq(key, data: AlignData, *, center: Center = "all", normalize: bool =
 @register("ridge", needs_pairs=True, uses_unpaired=False, min_pairs=2,
           citation="Hoerl & Kennard, Technometrics 1970 (ridge regression); sotalign_jax.teachers.ridge")
 def fit_ridge(key, data: AlignData, *, lam: float = 1e-2, center: Center = "all", normalize: bool = True,
-              whiten: bool = False) -> LinearAlignment:
+              whiten: bool = False, stretch: Stretch = "none", base: Base = "all", n_base: int | None = None,
+              cluster_side: Literal["x", "y"] = "x",
+              cluster_iter: int = 50) -> LinearAlignment | StretchedRidgeAlignment:
   r"""Ridge regression from x into y-space, :math:`W = \arg\min_W \|\hat XW - \hat Y\|_F^2 + \lambda\|W\|_F^2`
   (:func:`sotalign_jax.teachers.ridge`, primal or dual form), on the preprocessed pairs.
 
+  With ``center="none", normalize=False`` this is the match experiment's ``linreg`` baseline
+  (:func:`sotalign_jax.matching.linreg_scores`); its variants are ``stretch="queries"`` and ``base="cluster"``
+  (:mod:`sotalign_jax.aligners.matching`).
+
   Args:
-    key: unused.
+    key: PRNG key of ``base="cluster"``'s k-means (unused otherwise; ``None`` is accepted then).
     data: :class:`AlignData` with ``p >= 2`` pairs.
     lam: ridge penalty λ > 0 (default 1e-2, the teachers' default; rows have unit norm when ``normalize``).
     center: see :func:`fit_lstsq`.
     normalize: see :func:`fit_lstsq`.
     whiten: regress from ZCA-whitened x (``teachers.ridge(whiten=True)``; the whitening uses the pairs).
+    stretch: divide every centred feature by its std over the ``"fit"`` rows (unpaired + pairs) or over the pairs
+      and the ``"queries"`` given to ``similarity`` (the paper's stretching; ``W`` is then refitted at every call,
+      the scores of a row depend on the other rows of its set, and ``embed_*`` raise), or ``"none"``
+      (:class:`LinearAlignment`; otherwise :class:`StretchedRidgeAlignment`).
+    base: ``"all"`` pairs, or ``"cluster"``: the ``n_base`` pairs nearest to k-means centroids
+      (:func:`sotalign_jax.aligners.matching.select_base`).
+    n_base: pairs kept by ``base="cluster"`` (capped at ``p``).
+    cluster_side: rows k-means clusters, ``"x"`` | ``"y"``.
+    cluster_iter: Lloyd iterations.
   """
-  del key
-  x, y, mx, my = _prepared_pairs(data, center, normalize)
-  return LinearAlignment(teachers.ridge(x, y, lam=lam, center=False, whiten=whiten), None, mx, my, normalize)
+  check_stretch(stretch)
+  data = select_base(key, data, base=base, n_base=n_base, cluster_side=cluster_side, cluster_iter=cluster_iter,
+                     min_n=2)
+  if stretch == "none":
+    x, y, mx, my = _prepared_pairs(data, center, normalize)
+    return LinearAlignment(teachers.ridge(x, y, lam=lam, center=False, whiten=whiten), None, mx, my, normalize)
+  x, y, mx, my = _prepared_pairs(data, center, False)
+  sx, sy = fit_scales(data, stretch)
+  return StretchedRidgeAlignment(x / sx, y / sy, mx, my, sx, sy, lam, bool(normalize), bool(whiten), stretch)
 
 
 @register("procrustes", needs_pairs=True, uses_unpaired=False, min_pairs=2,

@@ -31,7 +31,10 @@ The recipe (:func:`fit_heads`):
    replacement* — an O(batch) draw however large the pool (the whole pool when it is no larger than the batch) —
    and minimises :func:`sotalign_jax.losses.siglip_loss` + α · term, SigLIP's temperature and bias learned
    (initialised at ``siglip_t`` and ``siglip_b``). Step ``i`` uses ``fold_in(key, i)``
-   (:func:`sotalign_jax.nn.optim.step_with_rng`).
+   (:func:`sotalign_jax.nn.optim.step_with_rng`). The step returns its metrics: the loss, both parts, the gradient,
+   parameter and update norms, SigLIP's temperature and bias, and the term's diagnostics (``klot``: both Sinkhorn
+   plans' marginal errors and ``klot/converged``, :func:`sotalign_jax.objectives.klot_term`), which a logging loop
+   writes as ``train/<method>/<metric>``.
 4. **Loop.** ``loop(state, step_fn, data, key=, steps=, name=)``: :func:`sotalign_jax.nn.optim.plain_loop` by default
    (in memory); the experiments pass :func:`sotalign_jax.runtime.train.train_loop` with its run directory bound,
    which adds logging, NaN checks, Orbax checkpoints and resume — the same updates either way.
@@ -73,7 +76,7 @@ from sotalign_jax.nn.optim import Loop, make_optimizer, plain_loop
 
 __all__ = ["HeadsAlignment", "fit_heads", "TRAINED_METHODS", "RECIPE_DEFAULTS", "PAPER_RECIPE", "folded_heads"]
 
-TEACHERS = ("cca", "ridge", "procrustes")
+TEACHERS = teachers.TEACHERS  # the names of teachers.fit
 
 RECIPE_DEFAULTS: dict[str, Any] = dict(
     steps=600, optimizer="adamw", lr=1e-3, weight_decay=1e-4, warmup_steps=50, batch_paired=256,
@@ -173,19 +176,6 @@ def _draw(key, n: int, b: int, *, replace: bool):
 # ----------------------------------------------------------------------------------------------------------------
 # The recipe.
 # ----------------------------------------------------------------------------------------------------------------
-def _teacher(name: str, x, y, *, dim: int, reg: float, lam: float):
-  """``(wx, wy)`` of a closed-form teacher on preprocessed pairs (``wy`` the identity for maps into y-space)."""
-  if name == "cca":
-    k = min(dim, x.shape[0] - 1, x.shape[1], y.shape[1])
-    return teachers.cca(x, y, dim=k, reg=reg, center=False)
-  eye = jnp.eye(y.shape[1], dtype=jnp.float32)
-  if name == "ridge":
-    return teachers.ridge(x, y, lam=lam, center=False), eye
-  if name == "procrustes":
-    return teachers.procrustes(x, y, center=False), eye
-  raise ValueError(f"teacher must be one of {TEACHERS}, got {name!r}")
-
-
 def _side_mean(pool, n_pool: int, pairs, center: str):
   if center == "none":
     return jnp.zeros((pairs.shape[1],), jnp.float32)
@@ -219,8 +209,9 @@ def _train_step(state, data, rng, *, f, g, term, alpha, sizes, batch_paired, bat
     batch = objectives.UnpairedBatch(
         xu, yu, fx(xu), gy(yu), mm(pre(xu, "x"), data["teacher_wx"]), mm(pre(yu, "y"), data["teacher_wy"]),
         jnp.exp(params["t_log"]), params["bias"], xp, yp, zxp, zyp)
-    unpaired_loss = term(batch)
-    return pair_loss + alpha * unpaired_loss, {"pair_loss": pair_loss, "unpaired_loss": unpaired_loss}
+    unpaired_loss, diagnostics = term(batch)
+    return pair_loss + alpha * unpaired_loss, {"pair_loss": pair_loss, "unpaired_loss": unpaired_loss,
+                                               **diagnostics}
 
   (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   new_state = state.apply_gradients(grads=grads)
@@ -272,8 +263,10 @@ def fit_heads(key, data: AlignData, *, term: str = "none", term_options: dict | 
   ux, nux = _place(data.x if uses_unpaired or center == "all" else np.zeros((0, px.shape[1]), np.float32), mesh)
   uy, nuy = _place(data.y if uses_unpaired or center == "all" else np.zeros((0, py.shape[1]), np.float32), mesh)
   mx, my = _side_mean(ux, nux, px, center), _side_mean(uy, nuy, py, center)
-  wx, wy = _teacher(teacher, preprocess(px, mx, normalize), preprocess(py, my, normalize), dim=int(teacher_dim),
-                    reg=teacher_reg, lam=ridge_lam)
+  tpx, tpy = preprocess(px, mx, normalize), preprocess(py, my, normalize)
+  t = teachers.fit(teacher, tpx, tpy, dim=min(int(teacher_dim), tpx.shape[0] - 1, tpx.shape[1], tpy.shape[1]),
+                   reg=teacher_reg, lam=ridge_lam, center=False)
+  wx, wy = t.wx, t.wy
 
   kf, kg, key = jax.random.split(key, 3)
   width = int(hidden) if head == "mlp" else 0

@@ -22,8 +22,9 @@ import numpy as np
 from sotalign_jax import cka as cka_lib
 from sotalign_jax import matching
 from sotalign_jax._arrays import DEFAULT_PRECISION, unit
-from sotalign_jax.aligners.base import (AlignData, Alignment, Center, check_queries, cosine, register, side_mean,
-                                        static_field)
+from sotalign_jax.aligners.base import (AlignData, Alignment, Base, Center, Stretch, check_queries, check_stretch,
+                                        cosine, fit_scales, register, select_base, side_mean, static_field,
+                                        stretch_with_queries)
 
 __all__ = ["RelativeAlignment", "ASIFAlignment", "LocalCKAAlignment", "fit_relative", "fit_asif", "fit_local_cka",
            "asif_representation"]
@@ -35,24 +36,48 @@ __all__ = ["RelativeAlignment", "ASIFAlignment", "LocalCKAAlignment", "fit_relat
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class RelativeAlignment(Alignment):
-  r"""``embed_x(x) = cos(x − m_x, A_x)``, ``embed_y(y) = cos(y − m_y, A_y)`` (``[n, p]``); cosine similarity.
+  r"""``embed_x(x) = cos((x − m_x) / s_x, A_x)``, ``embed_y(y) = cos((y − m_y) / s_y, A_y)`` (``[n, p]``); cosine
+  similarity. With ``stretch="queries"`` the anchors and queries are stretched together at every ``similarity``
+  call, so there are no embeddings (``embed_*`` raise).
 
   Attributes:
-    anchors_x: ``[p, dx]`` centred x-anchors (the pairs' x-rows).
-    anchors_y: ``[p, dy]`` centred y-anchors.
+    anchors_x: ``[p, dx]`` centred x-anchors (the base pairs' x-rows), divided by ``sx``.
+    anchors_y: ``[p, dy]`` centred y-anchors, divided by ``sy``.
     mx: ``[dx]`` x-side centring vector.
     my: ``[dy]`` y-side centring vector.
+    sx, sy: ``[dx]``, ``[dy]`` fit-time feature scales (ones unless ``stretch="fit"``).
+    stretch: ``"none"`` | ``"fit"`` | ``"queries"`` (static).
   """
   anchors_x: jax.Array
   anchors_y: jax.Array
   mx: jax.Array
   my: jax.Array
+  sx: jax.Array
+  sy: jax.Array
+  stretch: str = static_field("none")
+
+  @property
+  def has_embeddings(self) -> bool:
+    return self.stretch != "queries"
+
+  def _centred_x(self, x) -> jax.Array:
+    return (check_queries(x, self.mx.shape[0], "x") - self.mx) / self.sx
+
+  def _centred_y(self, y) -> jax.Array:
+    return (check_queries(y, self.my.shape[0], "y") - self.my) / self.sy
 
   def _embed_x(self, x) -> jax.Array:
-    return cosine(check_queries(x, self.mx.shape[0], "x") - self.mx, self.anchors_x)
+    return cosine(self._centred_x(x), self.anchors_x)
 
   def _embed_y(self, y) -> jax.Array:
-    return cosine(check_queries(y, self.my.shape[0], "y") - self.my, self.anchors_y)
+    return cosine(self._centred_y(y), self.anchors_y)
+
+  def _similarity(self, qx, ky) -> jax.Array:
+    if self.stretch != "queries":
+      return cosine(self._embed_x(qx), self._embed_y(ky))
+    ax, qx = stretch_with_queries(self.anchors_x, self._centred_x(qx))
+    ay, ky = stretch_with_queries(self.anchors_y, self._centred_y(ky))
+    return cosine(cosine(qx, ax), cosine(ky, ay))
 
 
 def _anchors(data: AlignData, center: Center):
@@ -64,22 +89,37 @@ def _anchors(data: AlignData, center: Center):
 @register("relative", needs_pairs=True, uses_unpaired=False, min_pairs=1,
           citation="Moschella et al., ICLR 2023, 'Relative representations enable zero-shot latent space "
                    "communication'")
-def fit_relative(key, data: AlignData, *, center: Center = "all") -> RelativeAlignment:
-  r"""Relative representations with the pairs as anchors:
+def fit_relative(key, data: AlignData, *, center: Center = "all", stretch: Stretch = "none", base: Base = "all",
+                 n_base: int | None = None, cluster_side: Literal["x", "y"] = "x",
+                 cluster_iter: int = 50) -> RelativeAlignment:
+  r"""Relative representations with the (base) pairs as anchors:
 
   .. math::
 
     r_x(x) = \big(\cos(x - m_x,\, a^x_k - m_x)\big)_{k=1}^{p},\qquad s(x, y) = \cos\big(r_x(x), r_y(y)\big).
 
-  With ``center="none"`` this is :func:`sotalign_jax.matching.relative_scores`.
+  With ``center="none"`` this is :func:`sotalign_jax.matching.relative_scores` (the match experiment's
+  ``relrep``; ``stretch="queries"`` and ``base="cluster"`` are its variants, see
+  :mod:`sotalign_jax.aligners.matching`).
 
   Args:
-    key: unused.
+    key: PRNG key of ``base="cluster"``'s k-means (unused otherwise; ``None`` is accepted then).
     data: :class:`AlignData` with ``p >= 1`` pairs.
     center: rows whose mean centres each side before the cosines (see :mod:`sotalign_jax.aligners.base`).
+    stretch: divide every feature by its std over ``"fit"`` (unpaired + pairs) or ``"queries"`` (the anchors and
+      the query set given to ``similarity``: the paper's stretching; the scores of a row then depend on the other
+      rows of its set, and ``embed_*`` raise) rows, or ``"none"``.
+    base: ``"all"`` pairs are anchors, or ``"cluster"``: the ``n_base`` pairs nearest to k-means centroids
+      (:func:`sotalign_jax.aligners.matching.select_base`).
+    n_base: anchors kept by ``base="cluster"`` (capped at ``p``).
+    cluster_side: rows k-means clusters, ``"x"`` | ``"y"``.
+    cluster_iter: Lloyd iterations.
   """
-  del key
-  return RelativeAlignment(*_anchors(data, center))
+  check_stretch(stretch)
+  data = select_base(key, data, base=base, n_base=n_base, cluster_side=cluster_side, cluster_iter=cluster_iter)
+  ax, ay, mx, my = _anchors(data, center)
+  sx, sy = fit_scales(data, stretch)
+  return RelativeAlignment(ax / sx, ay / sy, mx, my, sx, sy, stretch)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -190,8 +230,10 @@ class LocalCKAAlignment(Alignment):
   Attributes:
     anchors_x, anchors_y: ``[p, dx]``, ``[p, dy]`` stretched anchors (pairs divided by the feature scales).
     sx, sy: ``[dx]``, ``[dy]`` per-feature scales (standard deviations, or ones).
-    bandwidth_x, bandwidth_y: RBF bandwidths (scalars; ignored by the linear kernel).
+    bandwidth_x, bandwidth_y: RBF bandwidths (scalars; ignored by the linear kernel, and by ``stretch="queries"``,
+      which takes the median heuristic of the anchors stretched with the queries).
     kernel: ``"linear"`` or ``"rbf"`` (static).
+    stretch: ``"queries"``: anchors and queries are stretched together at every call (static).
   """
   has_embeddings = False
   anchors_x: jax.Array
@@ -201,48 +243,56 @@ class LocalCKAAlignment(Alignment):
   bandwidth_x: jax.Array
   bandwidth_y: jax.Array
   kernel: str = static_field("linear")
+  stretch: str = static_field("fit")
 
   def _similarity(self, qx, ky) -> jax.Array:
     qx = check_queries(qx, self.sx.shape[0], "qx") / self.sx
     ky = check_queries(ky, self.sy.shape[0], "ky") / self.sy
+    if self.stretch == "queries":  # the match experiment's stretching: bandwidths from the stretched anchors
+      ax, qx = stretch_with_queries(self.anchors_x, qx)
+      ay, ky = stretch_with_queries(self.anchors_y, ky)
+      return matching.local_cka_scores(ax, ay, qx, ky, kernel=self.kernel)
     rbf = self.kernel == "rbf"
     return matching.local_cka_scores(self.anchors_x, self.anchors_y, qx, ky, kernel=self.kernel,
                                      bandwidth_x=self.bandwidth_x if rbf else None,
                                      bandwidth_y=self.bandwidth_y if rbf else None)
 
 
-def _feature_scale(unpaired: jax.Array, paired: jax.Array) -> jax.Array:
-  rows = jnp.concatenate([unpaired, paired])
-  if rows.shape[0] < 2:
-    return jnp.ones((rows.shape[1],), rows.dtype)
-  sd = jnp.std(rows, axis=0, ddof=1)
-  return jnp.where(sd > 0, sd, 1.0)
-
-
 @register("local_cka", needs_pairs=True, uses_unpaired=False, min_pairs=2,
           citation="Maniparambil et al., CVPR 2024, 'Do Vision and Language Encoders Represent the World "
                    "Similarly?' (localized CKA retrieval)")
-def fit_local_cka(key, data: AlignData, *, kernel: Literal["linear", "rbf"] = "linear",
-                  stretch: bool = True) -> LocalCKAAlignment:
-  r"""Local CKA retrieval with the pairs as the base set: query ``x_i`` and key ``y_j`` score the (biased, linear
-  or RBF) CKA of the base kernels bordered by them (closed form in :func:`sotalign_jax.matching.local_cka_scores`).
+def fit_local_cka(key, data: AlignData, *, kernel: Literal["linear", "rbf"] = "linear", stretch: Stretch = "fit",
+                  base: Base = "all", n_base: int | None = None, cluster_side: Literal["x", "y"] = "x",
+                  cluster_iter: int = 50) -> LocalCKAAlignment:
+  r"""Local CKA retrieval with the (base) pairs as the base set: query ``x_i`` and key ``y_j`` score the (biased,
+  linear or RBF) CKA of the base kernels bordered by them (closed form in
+  :func:`sotalign_jax.matching.local_cka_scores`). The match experiment's ``localcka_*`` methods are
+  ``stretch="none" | "queries"`` × ``base="all" | "cluster"`` (:mod:`sotalign_jax.aligners.matching`).
 
   Args:
-    key: unused.
+    key: PRNG key of ``base="cluster"``'s k-means (unused otherwise; ``None`` is accepted then).
     data: :class:`AlignData` with ``p >= 2`` pairs.
     kernel: ``"linear"`` (the paper's default) or ``"rbf"`` (bandwidths: median heuristic on the stretched pairs).
-    stretch: divide every feature by its standard deviation over the training rows of its side (unpaired and
-      paired; the paper's "stretching", Sec. 4.3, estimated without the test queries). CKA needs no centring.
+    stretch: divide every feature by its standard deviation over the ``"fit"`` rows of its side (unpaired and
+      paired: the paper's "stretching", Sec. 4.3, estimated without the test queries), over the base pairs and the
+      ``"queries"`` given to ``similarity`` (the paper's own estimate; the scores of a row then depend on the other
+      rows of its set), or ``"none"``. CKA needs no centring.
+    base: ``"all"`` pairs form the base set, or ``"cluster"``: the ``n_base`` pairs nearest to k-means centroids
+      (:func:`sotalign_jax.aligners.matching.select_base`).
+    n_base: base pairs kept by ``base="cluster"`` (capped at ``p``).
+    cluster_side: rows k-means clusters, ``"x"`` | ``"y"``.
+    cluster_iter: Lloyd iterations.
   """
-  del key
   if kernel not in ("linear", "rbf"):
     raise ValueError(f"kernel must be 'linear' or 'rbf', got {kernel!r}")
-  dx, dy = data.dims
-  sx = _feature_scale(data.x, data.pairs_x) if stretch else jnp.ones((dx,), jnp.float32)
-  sy = _feature_scale(data.y, data.pairs_y) if stretch else jnp.ones((dy,), jnp.float32)
+  check_stretch(stretch)
+  data = select_base(key, data, base=base, n_base=n_base, cluster_side=cluster_side, cluster_iter=cluster_iter,
+                     min_n=2)
+  sx, sy = fit_scales(data, stretch)
   ax, ay = data.pairs_x / sx, data.pairs_y / sy
   if kernel == "rbf":
     bx, by = cka_lib.median_bandwidth(ax), cka_lib.median_bandwidth(ay)
   else:
     bx = by = jnp.float32(1.0)
-  return LocalCKAAlignment(ax, ay, sx, sy, jnp.asarray(bx, jnp.float32), jnp.asarray(by, jnp.float32), kernel)
+  return LocalCKAAlignment(ax, ay, sx, sy, jnp.asarray(bx, jnp.float32), jnp.asarray(by, jnp.float32), kernel,
+                           stretch)

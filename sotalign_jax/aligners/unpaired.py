@@ -40,9 +40,10 @@ the centre matching (2-opt or :mod:`sotalign_jax.qap`'s FAQ, from several random
 ``jit``-compiled, and the ``S`` restarts run as one batched (``vmap``-ed) computation, compiled once and shared by
 both aligners. Known pairs enter as fixed-size statistics (:class:`PairStats`), so a sweep over the number of pairs
 compiles once. The linear assignments (one ``b × b`` problem per read-out block and per refinement step: each
-step of the defaults solves one ``10,000 × 10,000`` assignment, as the peer does) use the solver chosen by
-``assignment``: ``"auto"`` runs ``scipy.optimize.linear_sum_assignment`` (exact) on the host through
-:func:`jax.pure_callback` on a CPU backend, where it is the fastest (``benchmarks/bench_assignment.py``), and
+step of the defaults solves one ``10,000 × 10,000`` assignment, as the peer does) are
+:func:`sotalign_jax.qap.linear_assignment` with the solver ``lap``: ``"auto"`` runs
+``scipy.optimize.linear_sum_assignment`` (exact) on the host through :func:`jax.pure_callback` on a CPU backend,
+where it is the fastest (``benchmarks/bench_assignment.py``), and
 :func:`sotalign_jax.qap.auction` (ε-scaling auction, pure XLA, within ``b · 1e-6`` of the optimal total score
 range) on an accelerator, so the refinement never leaves the device; ``"hungarian"`` (optax, exact, pure XLA) is
 the third choice.
@@ -51,7 +52,6 @@ the third choice.
 from __future__ import annotations
 
 import functools
-import math
 from typing import NamedTuple
 
 import jax
@@ -62,11 +62,11 @@ from sotalign_jax._arrays import DEFAULT_PRECISION, unit
 from sotalign_jax.aligners.base import AlignData, Center, is_row_source, preprocess, register, side_mean
 from sotalign_jax.aligners.linear import LinearAlignment
 from sotalign_jax import qap as qap_lib
+from sotalign_jax.clustering import kmeans, kmeans_plus_plus_from_uniforms, kpp_trials, lloyd
 from sotalign_jax.qap import _faq_core
 
 __all__ = ["fit_wasserstein_procrustes", "fit_mini_vec2vec", "geometric_initialization", "matched_centres",
-           "match_centres", "kmeans", "kmeans_plus_plus", "lloyd", "polar", "mini_vec2vec_refine", "PairStats",
-           "pair_stats", "QAP_SOLVERS", "ASSIGNMENT_SOLVERS", "assignment_solver"]
+           "match_centres", "polar", "mini_vec2vec_refine", "PairStats", "pair_stats", "QAP_SOLVERS"]
 
 _HI = DEFAULT_PRECISION
 _mm = functools.partial(jnp.matmul, precision=_HI)
@@ -78,7 +78,7 @@ _DAR = ("Dar, 2025, 'mini-vec2vec' (github.com/guy-dar/mini-vec2vec), as in unpa
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Primitives: polar factor, k-means, linear assignment on the host.
+# Primitives: polar factor, linear assignment (k-means: sotalign_jax.clustering).
 # ----------------------------------------------------------------------------------------------------------------
 def polar(m: jax.Array) -> jax.Array:
   r"""Semi-orthogonal polar factor :math:`UV^\top` of :math:`M = USV^\top` (thin SVD).
@@ -90,89 +90,13 @@ def polar(m: jax.Array) -> jax.Array:
   return _mm(u, vt)
 
 
-def _kpp_trials(k: int) -> int:
-  return 2 + int(math.log(k))
-
-
-def kmeans_plus_plus(x: jax.Array, key: jax.Array, k: int, *, n_trials: int | None = None) -> jax.Array:
-  r"""``[k, d]`` greedy k-means++ seeds (Arthur & Vassilvitskii, 2007; greedy as scikit-learn's default, which the
-  peer calls): the first row uniform; then ``n_trials`` candidates drawn with probability :math:`\propto D(x)^2`
-  (the squared distance to the nearest seed so far; uniform if all are 0), keeping the one that lowers
-  :math:`\sum_x D(x)^2` most. ``n_trials`` defaults to scikit-learn's :math:`2 + \lfloor\ln k\rfloor`.
-
-  All draws are the uniforms ``jax.random.uniform(key, (k, n_trials))`` (row 0 picks the first seed, row ``t``
-  the candidates of seed ``t`` by inverse-CDF sampling), so the whole seeding is one random call.
-  """
-  trials = _kpp_trials(k) if n_trials is None else int(n_trials)
-  return _kpp(x, jax.random.uniform(key, (k, trials), x.dtype))
-
-
-def _kpp(x: jax.Array, u: jax.Array) -> jax.Array:
-  """:func:`kmeans_plus_plus` from its uniforms ``u: [k, trials]``."""
-  n = x.shape[0]
-  k = u.shape[0]
-  first = x[jnp.clip(jnp.floor(u[0, 0] * n).astype(jnp.int32), 0, n - 1)]
-  cent = jnp.zeros((k, x.shape[1]), x.dtype).at[0].set(first)
-  d2 = jnp.sum((x - first) ** 2, 1)
-
-  def body(t, s):
-    cent, d2 = s
-    cdf = jnp.cumsum(d2)
-    total = cdf[-1]
-    cand = jnp.where(total > 0, jnp.searchsorted(cdf, u[t] * total, side="right"),
-                     jnp.floor(u[t] * n).astype(jnp.int32))
-    cand = jnp.clip(cand, 0, n - 1)
-    new = jnp.minimum(d2[None], jnp.sum((x[None] - x[cand][:, None]) ** 2, 2))  # [trials, n]
-    best = jnp.argmin(new.sum(1))
-    return cent.at[t].set(x[cand[best]]), new[best]
-
-  return jax.lax.fori_loop(1, k, body, (cent, d2))[0]
-
-
-def lloyd(x: jax.Array, centres: jax.Array, n_iter: int) -> jax.Array:
-  r"""``n_iter`` Lloyd iterations from ``centres: [k, d]``: assign each row to its nearest centre (squared
-  Euclidean), move each centre to the mean of its rows; a centre that loses all rows stays where it is."""
-  k = centres.shape[0]
-  xx = jnp.sum(x * x, 1)
-  ones = jnp.ones((x.shape[0],), x.dtype)
-
-  def step(_, c):
-    d = xx[:, None] + jnp.sum(c * c, 1)[None, :] - 2.0 * _mm(x, c.T)
-    lab = jnp.argmin(d, axis=1)
-    tot = jax.ops.segment_sum(x, lab, num_segments=k)
-    cnt = jax.ops.segment_sum(ones, lab, num_segments=k)
-    return jnp.where(cnt[:, None] > 0, tot / jnp.maximum(cnt, 1.0)[:, None], c)
-
-  return jax.lax.fori_loop(0, n_iter, step, centres)
-
-
-def kmeans(x: jax.Array, key: jax.Array, k: int, *, n_iter: int = 100) -> jax.Array:
-  """``[k, d]`` k-means centres: :func:`kmeans_plus_plus` seeds, then :func:`lloyd` (fixed ``n_iter``; scikit-learn,
-  which the peer calls, stops at a tolerance instead and re-seeds empty clusters)."""
-  return lloyd(x, kmeans_plus_plus(x, key, k), n_iter)
-
-
-ASSIGNMENT_SOLVERS = ("auto", "scipy", "auction", "hungarian")
-
-
-def assignment_solver(name: str) -> str:
-  """The linear assignment solver ``name`` stands for: ``"auto"`` is ``"scipy"`` on a CPU backend and
-  ``"auction"`` on an accelerator (``benchmarks/bench_assignment.py`` measures the choice)."""
-  if name not in ASSIGNMENT_SOLVERS:
-    raise ValueError(f"assignment must be one of {ASSIGNMENT_SOLVERS}, got {name!r}")
-  if name == "auto":
-    return "scipy" if jax.default_backend() == "cpu" else "auction"
-  return name
-
-
-def _assignment(scores: jax.Array, solver: str = "scipy") -> tuple[jax.Array, jax.Array]:
+def _assignment(scores: jax.Array, lap: str = "scipy") -> tuple[jax.Array, jax.Array]:
   """Rows and columns of the maximum-score one-to-one assignment of a ``[k1, k2]`` score matrix (``min(k1, k2)``
-  pairs), by :mod:`sotalign_jax.qap`'s solver ``solver``: ``"scipy"`` (exact, ``linear_sum_assignment`` on the host
-  through a callback), ``"hungarian"`` (exact, optax, on the device) or ``"auction"`` (:func:`sotalign_jax.qap.auction`
-  on the device, within ``k · 1e-6 ·`` (score range) of the optimal total). A tall matrix is solved transposed."""
+  pairs) by :func:`sotalign_jax.qap.linear_assignment` with the solver ``lap``; a tall matrix is solved
+  transposed."""
   k1, k2 = scores.shape
   flip = k1 > k2
-  cols = qap_lib._batched_lap((scores.T if flip else scores)[None], maximize=True, method=solver)[0]
+  cols = qap_lib.linear_assignment(scores.T if flip else scores, maximize=True, lap=lap)
   rows = jnp.arange(min(k1, k2), dtype=jnp.int32)
   return (cols, rows) if flip else (rows, cols)
 
@@ -291,8 +215,8 @@ QAP_SOLVERS = ("2opt", "faq", "faq_2opt")
 
 
 def match_centres(centres_x: jax.Array, centres_y: jax.Array, key: jax.Array, *, pairs: PairStats | None = None,
-                  n_init: int = 30, solver: str = "2opt", maxiter: int = 30,
-                  tol: float = 1e-5) -> tuple[jax.Array, jax.Array]:
+                  n_init: int = 30, solver: str = "2opt", maxiter: int = 30, tol: float = 1e-5,
+                  lap: str = "scipy") -> tuple[jax.Array, jax.Array]:
   r"""The permutation ``π`` of ``centres_y`` maximising linear CKA with ``centres_x`` (a QAP), best of ``n_init``
   local searches.
 
@@ -321,6 +245,7 @@ def match_centres(centres_x: jax.Array, centres_y: jax.Array, key: jax.Array, *,
     solver: one of :data:`QAP_SOLVERS`.
     maxiter: Frank–Wolfe iterations per FAQ start (2-opt: at most ``C²`` swaps).
     tol: FAQ's stopping tolerance.
+    lap: FAQ's linear assignment solver (:func:`sotalign_jax.qap.linear_assignment`; ``"auto"`` allowed).
 
   Returns:
     ``(perm [C] int32, fun)``: centre ``i`` of x is matched to centre ``perm[i]`` of y; ``fun`` is the best
@@ -342,7 +267,7 @@ def match_centres(centres_x: jax.Array, centres_y: jax.Array, key: jax.Array, *,
     keys = jax.random.split(key, n_init)
     zero = jnp.zeros((1, 1), a22.dtype)  # the pair–pair block only adds a constant: left out
     starts, _, _ = _faq_core(keys, zero, a21.T, a21, a22, zero, b21.T, b21, b22, maximize=True, symmetric=True,
-                             maxiter=int(maxiter), tol=float(tol), lap="scipy")
+                             maxiter=int(maxiter), tol=float(tol), lap=qap_lib.resolve_lap(lap))
   if solver != "faq":
     starts = jax.vmap(lambda p: _two_opt(a22, b22, lin, p, c * c))(starts)
   fun = jax.vmap(lambda p: _objective(a22, b22, lin, p))(starts)
@@ -352,7 +277,7 @@ def match_centres(centres_x: jax.Array, centres_y: jax.Array, key: jax.Array, *,
 
 def matched_centres(key: jax.Array, x: jax.Array, y: jax.Array, pairs: PairStats, *,
                     n_clusters: int, batch_size: int, kmeans_iters: int = 100, qap_inits: int = 30,
-                    qap_solver: str = "2opt", qap_maxiter: int = 30) -> tuple[jax.Array, jax.Array]:
+                    qap_solver: str = "2opt", qap_maxiter: int = 30, lap: str = "scipy") -> tuple[jax.Array, jax.Array]:
   """One restart of the geometric initialization: ``b`` random rows per side, ``C`` k-means centres each, matched
   by :func:`match_centres` (lines 3–6 of Algorithm 2).
 
@@ -365,20 +290,20 @@ def matched_centres(key: jax.Array, x: jax.Array, y: jax.Array, pairs: PairStats
     ``(A [C, dx], B_π [C, dy])``: the x-centres and the matched y-centres, row ``i`` of one matched to row ``i``
     of the other.
   """
-  n, m, c, t = x.shape[0], y.shape[0], n_clusters, _kpp_trials(n_clusters)
+  n, m, c, t = x.shape[0], y.shape[0], n_clusters, kpp_trials(n_clusters)
   kd, kq = jax.random.split(key)
   u = jax.random.uniform(kd, (n + m + 2 * c * t,), x.dtype)
   bx = x[jnp.argsort(u[:n])[:min(batch_size, n)]]
   by = y[jnp.argsort(u[n:n + m])[:min(batch_size, m)]]
-  ca = lloyd(bx, _kpp(bx, u[n + m:n + m + c * t].reshape(c, t)), kmeans_iters)
-  cb = lloyd(by, _kpp(by, u[n + m + c * t:].reshape(c, t)), kmeans_iters)
+  ca = lloyd(bx, kmeans_plus_plus_from_uniforms(bx, u[n + m:n + m + c * t].reshape(c, t)), kmeans_iters)
+  cb = lloyd(by, kmeans_plus_plus_from_uniforms(by, u[n + m + c * t:].reshape(c, t)), kmeans_iters)
   perm, _ = match_centres(ca, cb, kq, pairs=pairs, n_init=qap_inits, solver=qap_solver,
-                          maxiter=qap_maxiter)
+                          maxiter=qap_maxiter, lap=lap)
   return ca, cb[perm]
 
 
 @functools.partial(jax.jit, static_argnames=("n_restarts", "restart_batch", "n_clusters", "batch_size",
-                                             "kmeans_iters", "qap_inits", "qap_solver", "qap_maxiter"))
+                                             "kmeans_iters", "qap_inits", "qap_solver", "qap_maxiter", "lap"))
 def _all_restarts(key, x, y, pairs, *, n_restarts: int, restart_batch: int | None, **opts):
   """``(A [S, C, dx], B_π [S, C, dy])`` of ``n_restarts`` restarts (keys ``jax.random.split(key, S)``), vmapped in
   batches of ``restart_batch`` (all at once if ``None``). Compiled on its own, so both aligners (and any ``p``)
@@ -393,7 +318,7 @@ def _all_restarts(key, x, y, pairs, *, n_restarts: int, restart_batch: int | Non
 def geometric_initialization(key: jax.Array, x: jax.Array, y: jax.Array, pairs: PairStats, *,
                              n_clusters: int, batch_size: int, n_restarts: int = 30, restart_batch: int | None = None,
                              kmeans_iters: int = 100, qap_inits: int = 30, qap_solver: str = "2opt",
-                             qap_maxiter: int = 30) -> jax.Array:
+                             qap_maxiter: int = 30, lap: str = "scipy") -> jax.Array:
   r"""Coarse correspondence :math:`M = \frac{1}{SC}\sum_{s=1}^{S} A_s^\top P_s B_s` (``[dx, dy]``, Algorithm 2).
 
   Each restart is :func:`matched_centres` with the key ``jax.random.split(key, S)[s]``; the restarts run as one
@@ -407,18 +332,25 @@ def geometric_initialization(key: jax.Array, x: jax.Array, y: jax.Array, pairs: 
     n_clusters, batch_size: ``C`` and ``b`` (capped by the data already).
     n_restarts: ``S``.
     restart_batch: restarts per vmapped batch (``None``: all).
-    kmeans_iters, qap_inits, qap_solver, qap_maxiter: see :func:`matched_centres`.
+    kmeans_iters, qap_inits, qap_solver, qap_maxiter, lap: see :func:`matched_centres`.
   """
   ca, cb = _all_restarts(key, x, y, pairs, n_restarts=int(n_restarts), restart_batch=restart_batch,
                          n_clusters=int(n_clusters), batch_size=int(batch_size), kmeans_iters=int(kmeans_iters),
-                         qap_inits=int(qap_inits), qap_solver=str(qap_solver), qap_maxiter=int(qap_maxiter))
+                         qap_inits=int(qap_inits), qap_solver=str(qap_solver), qap_maxiter=int(qap_maxiter),
+                         lap=str(lap))
   return jnp.einsum("sci,scj->ij", ca, cb, precision=_HI) / (ca.shape[0] * ca.shape[1])
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Wasserstein–Procrustes (Algorithm 1).
 # ----------------------------------------------------------------------------------------------------------------
-def _readout(key, x, y, m, pairs, block: int, solver: str) -> jax.Array:
+def _centre_lap(qap_solver: str, lap: str) -> str:
+  """The ``lap`` of the centre matching: only FAQ uses one, so 2-opt restarts get a fixed value and compile once
+  whatever the read-out's solver."""
+  return "scipy" if qap_solver == "2opt" else lap
+
+
+def _readout(key, x, y, m, pairs, block: int, lap: str) -> jax.Array:
   """First map from ``M``: match shuffled ``X M`` to shuffled ``Y`` block by block (``b`` rows each, the last block
   possibly rectangular; ``min(n, m)`` pseudo-pairs), then Procrustes on all of them with the pairs (the peer's
   ``readout``, line 9 of Algorithm 2 and line 5 of Algorithm 1)."""
@@ -428,37 +360,38 @@ def _readout(key, x, y, m, pairs, block: int, solver: str) -> jax.Array:
   cross = jnp.zeros((x.shape[1], y.shape[1]), x.dtype)
   for start in range(0, total, block):
     bx, by = x[ox[start:start + block]], y[oy[start:start + block]]
-    rows, cols = _assignment(_mm(_mm(bx, m), by.T), solver)
+    rows, cols = _assignment(_mm(_mm(bx, m), by.T), lap)
     cross = cross + _mm(bx[rows].T, by[cols])
   return polar(_with_pairs(cross, total, pairs))
 
 
-def _refine_step(w, key, x, y, pairs, block: int, solver: str) -> jax.Array:
+def _refine_step(w, key, x, y, pairs, block: int, lap: str) -> jax.Array:
   """Match a random batch of ``X W`` to a random batch of ``Y`` (one exact assignment), then Procrustes (lines
   7–9 of Algorithm 1)."""
   u = jax.random.uniform(key, (x.shape[0] + y.shape[0],))
   bx = x[jnp.argsort(u[:x.shape[0]])[:min(block, x.shape[0])]]
   by = y[jnp.argsort(u[x.shape[0]:])[:min(block, y.shape[0])]]
-  rows, cols = _assignment(_mm(_mm(bx, w), by.T), solver)
+  rows, cols = _assignment(_mm(_mm(bx, w), by.T), lap)
   return _procrustes(bx[rows], by[cols], pairs)
 
 
-@functools.partial(jax.jit, static_argnames=("batch_size", "n_iterations", "refine_batch_size", "assignment"))
-def _wp_refine(key, x, y, m, pairs, *, batch_size, n_iterations, refine_batch_size, assignment="scipy"):
+@functools.partial(jax.jit, static_argnames=("batch_size", "n_iterations", "refine_batch_size", "lap"))
+def _wp_refine(key, x, y, m, pairs, *, batch_size, n_iterations, refine_batch_size, lap="scipy"):
   """Read-out from ``M`` and the ``R`` refinement steps."""
   k_read, k_ref = jax.random.split(key)
-  w = _readout(k_read, x, y, m, pairs, batch_size, assignment)
-  step = lambda w, k: (_refine_step(w, k, x, y, pairs, refine_batch_size, assignment), None)
+  w = _readout(k_read, x, y, m, pairs, batch_size, lap)
+  step = lambda w, k: (_refine_step(w, k, x, y, pairs, refine_batch_size, lap), None)
   return jax.lax.scan(step, w, jax.random.split(k_ref, n_iterations))[0]
 
 
-def _wp(key, x, y, pairs, *, batch_size, n_iterations, refine_batch_size, assignment="scipy", **init):
+def _wp(key, x, y, pairs, *, batch_size, n_iterations, refine_batch_size, lap="scipy", **init):
   """Wasserstein–Procrustes on preprocessed rows: ``(W, M)``. Two compiled stages (the restarts, shared with
   mini-vec2vec, then the read-out and refinement); ``jit``-able as a whole."""
   k_init, k_rest = jax.random.split(key)
-  m = geometric_initialization(k_init, x, y, pairs, batch_size=batch_size, **init)
+  centre_lap = _centre_lap(init.get("qap_solver", "2opt"), lap)
+  m = geometric_initialization(k_init, x, y, pairs, batch_size=batch_size, lap=centre_lap, **init)
   w = _wp_refine(k_rest, x, y, m, pairs, batch_size=batch_size, n_iterations=n_iterations,
-                 refine_batch_size=refine_batch_size, assignment=assignment)
+                 refine_batch_size=refine_batch_size, lap=lap)
   return w, m
 
 
@@ -487,7 +420,7 @@ def _positive(**kw):
 def fit_wasserstein_procrustes(key, data: AlignData, *, n_clusters: int = 30, n_restarts: int = 30,
                                batch_size: int = 10_000, n_iterations: int = 100, refine_batch_size: int = 10_000,
                                kmeans_iters: int = 100, qap_inits: int = 30, qap_solver: str = "2opt",
-                               qap_maxiter: int = 30, assignment: str = "auto",
+                               qap_maxiter: int = 30, lap: str = "auto",
                                restart_batch: int | None = None, center: Center = "all",
                                normalize: bool = True) -> LinearAlignment:
   r"""Wasserstein–Procrustes with the geometric initialization (Schnaus et al., Algorithms 1 and 2).
@@ -524,8 +457,9 @@ def fit_wasserstein_procrustes(key, data: AlignData, *, n_clusters: int = 30, n_
     qap_inits: QAP starts per centre matching (best kept).
     qap_solver: ``"2opt"`` | ``"faq"`` | ``"faq_2opt"`` (:func:`match_centres`; the peer uses MPOpt).
     qap_maxiter: Frank–Wolfe iterations per FAQ start.
-    assignment: linear assignment solver of the read-out and refinement, ``"auto"`` (scipy on a CPU backend, the
-      auction on an accelerator) | ``"scipy"`` | ``"auction"`` | ``"hungarian"`` (:func:`assignment_solver`).
+    lap: linear assignment solver of the read-out, the refinement and FAQ's centre matching, ``"auto"`` (scipy on a
+      CPU backend, the auction on an accelerator) | ``"scipy"`` | ``"auction"`` | ``"hungarian"``
+      (:func:`sotalign_jax.qap.resolve_lap`).
     restart_batch: restarts per vmapped batch (``None``: all ``S`` at once).
     center: ``"all"`` | ``"pairs"`` | ``"none"`` (:mod:`sotalign_jax.aligners.base`).
     normalize: scale centred rows to unit norm (the peer always does).
@@ -545,7 +479,7 @@ def fit_wasserstein_procrustes(key, data: AlignData, *, n_clusters: int = 30, n_
   w, _ = _wp(key, x, y, pairs, n_clusters=c, n_restarts=int(n_restarts), batch_size=b,
              n_iterations=int(n_iterations), refine_batch_size=int(refine_batch_size),
              kmeans_iters=int(kmeans_iters), qap_inits=int(qap_inits), qap_solver=str(qap_solver),
-             qap_maxiter=int(qap_maxiter), assignment=assignment_solver(assignment),
+             qap_maxiter=int(qap_maxiter), lap=qap_lib.resolve_lap(lap),
              restart_batch=None if restart_batch is None else int(restart_batch))
   return LinearAlignment(w, None, mx, my, normalize)
 
@@ -613,11 +547,12 @@ _mv2v_refine = jax.jit(mini_vec2vec_refine, static_argnames=("num_neighbors", "r
 
 def _mv2v(key, x, y, pairs, smoothing, *, num_clusters, num_runs, num_samples, num_restarts, num_neighbors,
           refine1_iterations, refine1_samples, refine2_clusters, kmeans_iters, qap_solver, qap_maxiter,
-          restart_batch):
+          restart_batch, lap):
   k_anchor, k_refine = jax.random.split(key)
   ca, cb = _all_restarts(k_anchor, x, y, pairs, n_restarts=num_runs, restart_batch=restart_batch,
                          n_clusters=num_clusters, batch_size=num_samples, kmeans_iters=kmeans_iters,
-                         qap_inits=num_restarts, qap_solver=qap_solver, qap_maxiter=qap_maxiter)
+                         qap_inits=num_restarts, qap_solver=qap_solver, qap_maxiter=qap_maxiter,
+                         lap=_centre_lap(qap_solver, lap))
   return _mv2v_refine(k_refine, x, y, ca.reshape(-1, x.shape[1]), cb.reshape(-1, y.shape[1]), pairs=pairs,
                              num_neighbors=num_neighbors,
                              refine1_iterations=refine1_iterations, refine1_samples=refine1_samples,
@@ -628,7 +563,7 @@ def _mv2v(key, x, y, pairs, smoothing, *, num_clusters, num_runs, num_samples, n
 def fit_mini_vec2vec(key, data: AlignData, *, num_clusters: int = 20, num_runs: int = 30, num_samples: int = 10_000,
                      num_restarts: int = 30, num_neighbors: int = 50, refine1_iterations: int = 100,
                      refine1_samples: int = 1000, refine2_clusters: int = 500, smoothing: float = 0.5,
-                     kmeans_iters: int = 100, qap_solver: str = "2opt", qap_maxiter: int = 30,
+                     kmeans_iters: int = 100, qap_solver: str = "2opt", qap_maxiter: int = 30, lap: str = "auto",
                      restart_batch: int | None = None,
                      center: Center = "all", normalize: bool = True) -> LinearAlignment:
   r"""mini-vec2vec (Dar, 2025), with the defaults of the peer's re-implementation.
@@ -659,6 +594,7 @@ def fit_mini_vec2vec(key, data: AlignData, *, num_clusters: int = 20, num_runs: 
     kmeans_iters: Lloyd iterations of each k-means.
     qap_solver: ``"2opt"`` (the notebook's local search; default) | ``"faq"`` | ``"faq_2opt"``.
     qap_maxiter: Frank–Wolfe iterations per FAQ start.
+    lap: FAQ's linear assignment solver (``"faq"``/``"faq_2opt"`` only), as ``wasserstein_procrustes``'s ``lap``.
     restart_batch: anchor runs per vmapped batch (``None``: all).
     center: ``"all"`` | ``"pairs"`` | ``"none"``.
     normalize: scale centred rows to unit norm (the peer always does).
@@ -683,6 +619,6 @@ def fit_mini_vec2vec(key, data: AlignData, *, num_clusters: int = 20, num_runs: 
             refine1_iterations=int(refine1_iterations), refine1_samples=min(int(refine1_samples), n),
             refine2_clusters=min(int(refine2_clusters), n, m), kmeans_iters=int(kmeans_iters),
             qap_solver=str(qap_solver), qap_maxiter=int(qap_maxiter),
-            restart_batch=None if restart_batch is None else int(restart_batch))
+            restart_batch=None if restart_batch is None else int(restart_batch), lap=qap_lib.resolve_lap(lap))
   return LinearAlignment(w, None, mx, my, normalize)
 

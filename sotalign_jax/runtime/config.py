@@ -11,7 +11,7 @@ Every experiment is launched the same way (a rerun with the same workdir resumes
   checks that every ``KEY`` exists: an unknown one is a usage error (exit code 2) naming the nearest known keys.
   A tuple field takes a Python tuple, ``--config.methods="('sail','sotalign')"``, or the flag repeated once per
   element (both ml_collections' own forms); a comma list, ``--config.methods=sail,sotalign``, is turned into
-  that tuple here (:func:`check_overrides`), and ``--config.n_pairs_sweep=`` into the empty tuple.
+  that tuple here (:func:`check_overrides`), and ``--config.methods=`` into the empty tuple.
 * ``check_ints`` … ``check_subset`` are the small checks of each config file's ``validate(config)``; each
   raises ``ValueError`` naming the dotted key.
 * User errors are one line, ``error: …`` on stderr, and exit code 2, with nothing written: an experiment's ``run``
@@ -167,9 +167,11 @@ def config_module(path: str):
 
 
 def experiment_config(experiment_file: str):
-  """The config module of ``experiments/NAME.py`` (pass its ``__file__``): ``configs/NAME.py`` beside it."""
+  """The config module of ``experiments/NAME.py`` (pass its ``__file__``): ``configs/proj/NAME/config.py`` (an
+  engine preset) or ``configs/NAME.py`` beside it."""
   root, name = os.path.split(os.path.dirname(os.path.abspath(experiment_file)))[0], os.path.basename(experiment_file)
-  return config_module(os.path.join(root, "configs", name))
+  proj = os.path.join(root, "configs", "proj", os.path.splitext(name)[0], "config.py")
+  return config_module(proj if os.path.exists(proj) else os.path.join(root, "configs", name))
 
 
 def get_path(cfg, path: str):

@@ -1,6 +1,7 @@
 r"""A resumable (method, p, seed) sweep and its statistics: the cell store, intervals, paired differences, tables.
 
-Used by ``experiments/benchmark.py`` and ``experiments/sotalign.py``; nothing here knows about aligners or caches.
+Used by the experiment engine (``sotalign_jax/runtime/engine.py``) and ``experiments/cmcr.py``; nothing here knows
+about aligners or caches.
 
 * :class:`CellSettings` — everything that determines a cell's numbers, in two parts: ``fit`` (the method, its
   resolved hyper-parameters, the training data's fingerprint, the protocol, seed and p) and ``evaluation`` (the
@@ -35,7 +36,7 @@ from sotalign_jax import _extras, stats
 from sotalign_jax.runtime import io as sio, workdir as wd
 
 __all__ = ["METRICS", "PER_QUERY_METRICS", "LOWER_IS_BETTER", "CellSettings", "CellStore", "summarise", "compare",
-           "choose_reference", "markdown", "plot", "to_json"]
+           "choose_reference", "markdown", "plot", "to_json", "lower_is_better"]
 
 # Every scalar a cell reports; the per-query ones are stored per test query for the paired bootstrap.
 METRICS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "foscttm", "i2t_mean_rank",
@@ -45,6 +46,12 @@ PER_QUERY_METRICS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10
                      "t2i_mean_rank", "matching_acc")
 LOWER_IS_BETTER = frozenset({"foscttm", "i2t_mean_rank", "t2i_mean_rank", "i2t_median_rank", "t2i_median_rank",
                              "fit_seconds"})
+_LOWER_SUFFIXES = ("foscttm", "_mean_rank", "_median_rank", "_seconds")
+
+
+def lower_is_better(metric: str) -> bool:
+  """Whether a smaller value of ``metric`` is better: FOSCTTM, ranks and seconds, under any evaluator prefix."""
+  return metric in LOWER_IS_BETTER or metric.endswith(_LOWER_SUFFIXES)
 NEEDS_PAIRS = "needs_pairs"
 
 
@@ -134,7 +141,7 @@ def _finite(v) -> bool:
 
 
 def summarise(cells: Mapping, *, methods: Sequence[str], ps: Sequence[int], seeds: Sequence[int],
-              confidence: float = 0.95) -> dict:
+              confidence: float = 0.95, metrics: Sequence[str] = METRICS) -> dict:
   """``{method: {p: {metric: {"mean", "low", "high", "n"}}}}`` over the computed seeds; ``None`` where a (method,
   p) has no computed cell (needs pairs) or a metric was not evaluated (its optional data is missing)."""
   out = {}
@@ -146,7 +153,7 @@ def summarise(cells: Mapping, *, methods: Sequence[str], ps: Sequence[int], seed
         out[m][p] = None
         continue
       out[m][p] = {}
-      for k in METRICS:
+      for k in metrics:
         vals = [cells[m, p, s]["metrics"].get(k) for s in ok]
         if not all(map(_finite, vals)):
           out[m][p][k] = None
@@ -157,15 +164,17 @@ def summarise(cells: Mapping, *, methods: Sequence[str], ps: Sequence[int], seed
 
 
 def choose_reference(summary: Mapping, *, methods: Sequence[str], trained: Mapping[str, bool],
-                     preferred: str = "sotalign") -> str:
-  """``preferred`` when it is among ``methods``, else the closed-form (untrained) method with the best R@1 (mean of
-  both directions, averaged over the p values it has), else the best method."""
+                     preferred: str = "sotalign", metrics: Sequence[str] = ("i2t_r1", "t2i_r1")) -> str:
+  """``preferred`` when it is among ``methods``, else the closed-form (untrained) method with the best mean of
+  ``metrics`` (R@1 of both directions by default; averaged over the p values it has), else the best method."""
   if preferred in methods:
     return preferred
 
   def score(m):
-    vals = [0.5 * (c["i2t_r1"]["mean"] + c["t2i_r1"]["mean"]) for c in summary[m].values() if c]
-    return float(np.mean(vals)) if vals else -math.inf
+    vals = [np.mean([c[k]["mean"] for k in metrics]) for c in summary[m].values()
+            if c and all(c.get(k) for k in metrics)]
+    sign = -1.0 if lower_is_better(metrics[0]) else 1.0
+    return sign * float(np.mean(vals)) if vals else -math.inf
 
   pool = [m for m in methods if not trained.get(m, False)] or list(methods)
   return max(pool, key=score)
@@ -180,7 +189,7 @@ def _difference(store: CellStore, cells: Mapping, a: str, b: str, p: int, seeds:
   pa = np.stack([store.per_query(cells[a, p, s])[metric] for s in seeds])
   pb = np.stack([store.per_query(cells[b, p, s])[metric] for s in seeds])
   d = stats.paired_difference(pa, pb, n_boot=n_boot, confidence=confidence, seed=_boot_seed(a, b, p, metric))
-  better = d.per_seed < 0 if metric in LOWER_IS_BETTER else d.per_seed > 0
+  better = d.per_seed < 0 if lower_is_better(metric) else d.per_seed > 0
   return {"a": a, "b": b, "diff": d.diff, "low": d.low, "high": d.high, "excludes_zero": d.excludes_zero,
           "wins": int(better.sum()), "n_seeds": d.n_seeds, "seeds": list(seeds), "per_seed": d.per_seed.tolist(),
           "seed_low": d.seed_interval.low, "seed_high": d.seed_interval.high}
@@ -216,7 +225,7 @@ def compare(store: CellStore, cells: Mapping, summary: Mapping, *, reference: st
       others = [m for m in vs_ref[p][metric]
                 if m not in not_competing and summary[m][p] and summary[m][p].get(metric)]
       if others:
-        sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+        sign = -1.0 if lower_is_better(metric) else 1.0
         best = max(others, key=lambda m: sign * summary[m][p][metric]["mean"])
         common = vs_ref[p][metric][best]["seeds"]
         vs_best[p][metric] = _difference(store, cells, reference, best, p, common, metric, n_boot=n_boot,
@@ -259,7 +268,7 @@ def markdown(summary: Mapping, comparison: Mapping, *, methods: Sequence[str], p
   for metric in table_metrics:
     if not any(summary[m][p] and summary[m][p].get(metric) for m in methods for p in ps):
       continue  # never evaluated (e.g. its optional cache is missing)
-    arrow = "lower is better" if metric in LOWER_IS_BETTER else "higher is better"
+    arrow = "lower is better" if lower_is_better(metric) else "higher is better"
     out += [f"### {metric} ({arrow}; mean ± {pct} interval over {n_seeds} seeds; – = needs pairs)", ""]
     out += head("method")
     for m in methods:
@@ -322,7 +331,7 @@ def plot(summary: Mapping, *, methods: Sequence[str], ps: Sequence[int], labels:
     ax.set_xticklabels([labels[p] if labels[p] != "max" else f"max\n{p}" for p in ps], fontsize=7)
     ax.minorticks_off()
     ax.set_xlabel("paired examples p")
-    ax.set_ylabel(metric + (" (lower is better)" if metric in LOWER_IS_BETTER else ""))
+    ax.set_ylabel(metric + (" (lower is better)" if lower_is_better(metric) else ""))
     ax.set_title(f"{METRIC_TITLES.get(metric, metric)}: mean and 95% interval over seeds", fontsize=9)
     ax.grid(alpha=0.3)
   handles, names = axes[0][0].get_legend_handles_labels()

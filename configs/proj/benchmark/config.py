@@ -1,13 +1,14 @@
-r"""The alignment benchmark: every registered aligner × a few-pair sweep × seeds (experiments/benchmark.py).
+r"""The alignment benchmark: every registered aligner × a few-pair sweep × seeds (a preset of the engine,
+:mod:`sotalign_jax.runtime.engine`; launched by experiments/benchmark.py).
 
 Launch (a rerun with the same workdir reuses every (method, p, seed) cell whose settings are unchanged and computes
-the others: cells are keyed by a hash of everything that determines their numbers; see experiments/benchmark.py)::
+the others: cells are keyed by a hash of everything that determines their numbers; see sotalign_jax/runtime/engine.py)::
 
-  python experiments/benchmark.py --config configs/benchmark.py:quick --workdir workdirs/bench_quick
-  python experiments/benchmark.py --config configs/benchmark.py:full --workdir workdirs/bench_full
-  python experiments/benchmark.py --config configs/benchmark.py:full --workdir workdirs/bench_other \
+  python experiments/benchmark.py --config configs/proj/benchmark/config.py:quick --workdir workdirs/bench_quick
+  python experiments/benchmark.py --config configs/proj/benchmark/config.py:full --workdir workdirs/bench_full
+  python experiments/benchmark.py --config configs/proj/benchmark/config.py:full --workdir workdirs/bench_other \
       --config.data.cache=data_cache/openclipart__efficientnet-lite2__all-mpnet-base-v2
-  python experiments/benchmark.py --config configs/benchmark.py:quick --workdir workdirs/b \
+  python experiments/benchmark.py --config configs/proj/benchmark/config.py:quick --workdir workdirs/b \
       --config.methods=cca,asif --config.n_pairs=10,100,-1 --config.hparams.cca.reg=0.3 --config.reference=cca
 
 The argument after ``:`` is a comma list of presets and ``key=value`` fields, applied left to right
@@ -39,19 +40,20 @@ default is ``None`` are left out and keep it), so any of them can be overridden 
 
 import ml_collections
 
-from sotalign_jax import aligners, scores
-from sotalign_jax.data import files, protocol
+from sotalign_jax import aligners
 from sotalign_jax.runtime import config as cfg_lib
-from sotalign_jax.runtime import sweep
+from sotalign_jax.runtime import engine
 
 ALL_METHODS = tuple(aligners.ALIGNERS)  # whatever is registered when the config is read
 ZERO_PAIR_METHODS = tuple(m for m in ALL_METHODS if not aligners.ALIGNERS[m].needs_pairs)
-FAST_METHODS = tuple(m for m in ALL_METHODS if not aligners.ALIGNERS[m].trained and m not in ZERO_PAIR_METHODS)
+FAST_METHODS = tuple(m for m in ALL_METHODS if not aligners.ALIGNERS[m].trained and m not in ZERO_PAIR_METHODS
+                     and not aligners.ALIGNERS[m].transductive)  # the set matchers run in configs/proj/match
 # sotalign_paper: 2,000 steps × an α grid at batches of up to 32k, for an accelerator; it runs when named. The
 # zero-pair methods (up to 100 exact 10k × 10k assignments per fit) have their own presets, `zero_pair` and
 # `text_pair`, which compare them with the few-pair methods at small p.
 GPU_METHODS = ("sotalign_paper",) + ZERO_PAIR_METHODS
-CPU_METHODS = tuple(m for m in ALL_METHODS if m not in GPU_METHODS)
+SET_MATCHERS = tuple(m for m in ALL_METHODS if aligners.ALIGNERS[m].transductive)  # qap: configs/proj/match
+CPU_METHODS = tuple(m for m in ALL_METHODS if m not in GPU_METHODS + SET_MATCHERS)
 WORDNET = "data_cache/wordnet_two_view__all-MiniLM-L6-v2__all-mpnet-base-v2"  # make wordnet-cache
 WORDNET_GLOSSES = "data_cache/wordnet_glosses__all-MiniLM-L6-v2__all-mpnet-base-v2"  # make glosses-cache
 DEMO_METHODS = ("cca", "ridge", "procrustes", "sail", "sotalign", "upper_bound")
@@ -80,54 +82,12 @@ than the registry's recipe (600 and 512), so that the full sweep's ≈ 200 train
 CPU cores. The README reports the sweep with this budget; set ``cpu_budget=false`` for the registry's recipe."""
 
 
-def _hparams(spec) -> ml_collections.ConfigDict:
-  scalar = (bool, int, float, str)
-  return ml_collections.ConfigDict({k: v for k, v in spec.defaults.items() if k not in aligners.INJECTED and (
-      isinstance(v, scalar) or (isinstance(v, tuple) and all(isinstance(x, scalar) for x in v)))})
-
-
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = cfg_lib.parse_arg(arg, presets=PRESETS, methods=CPU_METHODS, n_pairs=(0, 10, 30, 100, 300, 1000, -1),
                           seeds=5, tiny=False, cpu_budget=False, wordnet=False, glosses=False, pool=-1)
-  c = ml_collections.ConfigDict()
-  c.seed = 0                     # base of every PRNG key (key = fold_in(fold_in(key(seed), s), p))
-  c.seeds = arg.seeds            # seeds 0 .. seeds-1: each draws its own nested pairs, shared by every method
-  c.methods = arg.methods        # registered aligners (sotalign_jax.aligners.ALIGNERS), in table order
-  c.n_pairs = arg.n_pairs        # the sweep over p; -1 = max, values above max are capped to it
-  c.reference = ""               # differences are method − reference; "": sotalign if run, else best closed form
-
-  # --- data: any embedding cache written by `python -m sotalign_jax.cli.embed` (sotalign_jax/data/protocol.py) -----
-  c.data = ml_collections.ConfigDict()
-  c.data.cache = "data_cache/openclipart__efficientnet-lite0__all-MiniLM-L6-v2"
-  c.data.split = "hash"          # hash: test/val = lowest sha256(split_seed:image_id); cache: the cache's splits
-  c.data.split_seed = "benchmark"
-  c.data.test_size = 1000        # held-out test images, with all their captions (hash mode)
-  c.data.val_size = 500          # held-out validation images (hash mode), passed to methods that take `val`
-  c.data.unpaired_mode = "disjoint"  # disjoint: unpaired images and texts from disjoint halves | shared
+  c = engine.base_config(methods=arg.methods, n_pairs=arg.n_pairs, seeds=arg.seeds)
   c.data.max_unpaired = arg.pool  # cap on each unpaired pool (-1: all the remainder gives)
-  c.data.min_unpaired = 100      # p = max leaves this many images in each unpaired half
-  # --- or your own float32 .npy files (sotalign_jax/data/files.py); any one set switches to file mode, where test /
-  # val are these files, the pairs at p the first p rows of a per-seed order of the pair files, and the unpaired
-  # pools the unpaired files (capped by max_unpaired); data.cache, split, test_size and val_size are then unused
-  for k in files.FILE_KEYS:
-    c.data[k] = ""
-
-  # --- evaluation ----------------------------------------------------------------------------------------------
-  c.eval = ml_collections.ConfigDict()
-  c.eval.fashion_mnist_cache = "data_cache/fashion_mnist__efficientnet-lite0__all-MiniLM-L6-v2"  # "": skip
-  c.eval.tuxpaint_cache = "data_cache/tuxpaint__efficientnet-lite0__all-MiniLM-L6-v2"  # "": skip
-  c.eval.table_metrics = ("i2t_r1", "t2i_r1", "i2t_r10", "t2i_r10", "foscttm", "i2t_mean_rank", "t2i_median_rank",
-                          "matching_acc", "zeroshot_fashion_mnist", "tuxpaint_i2t_r1")
-  c.eval.compare_metrics = ("i2t_r1", "t2i_r1", "foscttm", "matching_acc")  # paired differences (per-query ones)
-  c.eval.n_boot = 1000           # bootstrap replicates of each paired difference
-  c.eval.geometry = ("linear_cka", "mutual_knn", "tsi", "qsi")  # scores of the spaces before any fit
-  c.eval.geometry_pairs = 1000   # on this many training pairs of seed 0 (capped by p_max; 0: no geometry scores)
-  c.eval.geometry_perms = 200    # permutations of each score's null
-  c.eval.confidence = 0.95
-
-  # --- per-method options (registry defaults) ------------------------------------------------------------------
   registered = tuple(aligners.ALIGNERS)  # now, not at import: methods may be registered (and removed) since
-  c.hparams = ml_collections.ConfigDict({m: _hparams(aligners.ALIGNERS[m]) for m in registered})
   if arg.cpu_budget:
     for m in registered:
       if aligners.ALIGNERS[m].trained and m not in GPU_METHODS:
@@ -138,12 +98,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg.wordnet or arg.glosses:  # lemmas or glosses (MiniLM) ↔ glosses (MPNet): text-only views, no image eval sets
     c.data.cache = WORDNET if arg.wordnet else WORDNET_GLOSSES
     c.data.test_size = 2000
-    c.eval.fashion_mnist_cache = c.eval.tuxpaint_cache = ""
+    del c.evals["fashion_mnist"], c.evals["tuxpaint"]
     c.eval.table_metrics = tuple(m for m in c.eval.table_metrics if m not in ("zeroshot_fashion_mnist",
                                                                                "tuxpaint_i2t_r1"))
-  c.log_every = 100              # trained methods: metrics.jsonl / TensorBoard every this many steps
-  c.ckpt_every = 200             # and an Orbax checkpoint (a killed cell resumes from it)
-
   if arg.tiny:
     c.data.test_size = 150
     c.data.val_size = 50
@@ -151,7 +108,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.n_boot = 200
     c.eval.geometry_pairs = 100
     c.eval.geometry_perms = 20
-    c.eval.fashion_mnist_cache = c.eval.tuxpaint_cache = ""
+    c.evals.fashion_mnist.cache = c.evals.tuxpaint.cache = ""
     for m in registered:
       if aligners.ALIGNERS[m].trained:
         tiny = dict(steps=20, batch_paired=32, batch_unpaired=64, teacher_dim=16, sinkhorn_iters=20)
@@ -159,33 +116,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   return c
 
 
-def validate(c: ml_collections.ConfigDict):
-  """Raises ``ValueError`` naming the first bad key (the checks that need no data)."""
-  cfg_lib.check_subset(c, "methods", tuple(aligners.ALIGNERS))
-  if len(set(c.methods)) != len(c.methods):
-    raise ValueError(f"config.methods lists a method twice: {c.methods}")
-  cfg_lib.check_ints(c, ("seeds", "data.test_size", "eval.n_boot", "data.min_unpaired", "log_every", "ckpt_every",
-                         "eval.geometry_perms"))
-  cfg_lib.check_ints(c, ("eval.geometry_pairs",), minimum=0)
-  cfg_lib.check_subset(c, "eval.geometry", scores.METRICS, what="geometry score", allow_empty=True)
-  cfg_lib.check_ints(c, ("data.val_size",), minimum=0)
-  cfg_lib.check_ints(c, ("n_pairs",), minimum=0, sentinel=-1)
-  cfg_lib.check_ints(c, ("data.max_unpaired",), sentinel=-1)
-  if not c.n_pairs:
-    raise ValueError("config.n_pairs is empty: give at least one p (e.g. --config.n_pairs=10,100)")
-  if c.reference and c.reference not in c.methods:
-    raise ValueError(f"config.reference={c.reference!r} is not one of config.methods {list(c.methods)} (\"\": auto)")
-  cfg_lib.check_one_of(c, "data.split", protocol.SPLIT_MODES)
-  paths = {k: c.data[k] for k in files.FILE_KEYS if c.data[k]}
-  if paths:
-    files.check_keys(paths)
-  cfg_lib.check_one_of(c, "data.unpaired_mode", protocol.UNPAIRED_MODES)
-  cfg_lib.check_subset(c, "eval.table_metrics", sweep.METRICS, what="metric")
-  cfg_lib.check_subset(c, "eval.compare_metrics", sweep.PER_QUERY_METRICS, what="per-query metric",
-                       allow_empty=True)
-  if not 0.0 < c.eval.confidence < 1.0:
-    raise ValueError(f"config.eval.confidence must lie in (0, 1), got {c.eval.confidence!r}")
-  for m in c.methods:
-    unknown = sorted(set(c.hparams[m]) - set(aligners.ALIGNERS[m].defaults)) if m in c.hparams else []
-    if unknown:
-      raise ValueError(f"config.hparams.{m}: unknown option(s) {unknown}")
+validate = engine.validate
