@@ -51,9 +51,11 @@ by a rerun with the same settings) and reported with the tables.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import time
+import typing
 from typing import Any, NamedTuple
 
 import jax
@@ -171,11 +173,25 @@ def validate(cfg):
     raise ValueError(f"config.eval.confidence must lie in (0, 1), got {cfg.eval.confidence!r}")
   for label in cfg.methods:
     method = method_of(label, cfg)
-    unknown = sorted(set(fit_kwargs(label, cfg, 1)) - set(aligners.ALIGNERS[method].defaults))
+    kwargs = fit_kwargs(label, cfg, 1)
+    unknown = sorted(set(kwargs) - set(aligners.ALIGNERS[method].defaults))
+    where = f"variants.{label}" if label != method else f"hparams.{method}"
     if unknown:
-      where = f"variants.{label}" if label != method else f"hparams.{method}"
       raise ValueError(f"config.{where}: unknown option(s) {unknown} of {method} (known: "
-                       f"{', '.join(sorted(set(aligners.ALIGNERS[method].defaults) - aligners.INJECTED))})")
+                       f"{', '.join(sorted(set(aligners.ALIGNERS[method].defaults) - set(aligners.INJECTED)))})")
+    check_choices(aligners.ALIGNERS[method].fn, kwargs, f"config.{where}")
+
+
+def check_choices(fn, kwargs: dict, where: str):
+  """Raises ``ValueError`` when an option annotated ``Literal[...]`` in ``fn``'s signature gets another value."""
+  try:
+    hints = typing.get_type_hints(inspect.unwrap(fn))
+  except Exception:  # pylint: disable=broad-except  (an annotation that cannot be evaluated: nothing to check)
+    return
+  for k, v in kwargs.items():
+    h = hints.get(k)
+    if typing.get_origin(h) is typing.Literal and v not in typing.get_args(h):
+      raise ValueError(f"{where}.{k} must be one of {typing.get_args(h)}, got {v!r}")
 
 
 # ================================================================================================================
