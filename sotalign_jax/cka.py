@@ -6,7 +6,7 @@ call: NaN/Inf in host data *or* a concrete ``jax.Array`` raises ``ValueError`` n
 device reduction and one boolean read for a jax array); inside ``jit``/``vmap`` values are checked only under
 ``jax.experimental.checkify.checkify`` (:mod:`sotalign_jax._arrays`), otherwise a NaN input gives a NaN score.
 
-Centered kernel alignment (Kornblith et al., 2019) normalises the Hilbert–Schmidt independence criterion:
+Centered kernel alignment :cite:p:`kornblith2019cka` normalises the Hilbert–Schmidt independence criterion:
 
 .. math::
 
@@ -22,7 +22,7 @@ and the unbiased estimator of Song et al. (2012, eq. 5), with :math:`\tilde K` t
   - \frac{2}{n-2}\mathbf{1}^\top\tilde K\tilde L\mathbf{1}\Big].
 
 Both estimators only need the sufficient statistics :math:`\sum K\circ L`, the row sums and the diagonals of
-``K`` and ``L`` (:func:`_hsic_from_stats`). For the linear kernel these come from feature-space products
+``K`` and ``L`` (``sotalign_jax._hsic.hsic_from_stats``). For the linear kernel these come from feature-space products
 (:math:`\|X^\top Y\|_F^2`, :math:`X(X^\top\mathbf 1)`), so no ``n × n`` matrix is ever built; for the RBF
 kernel they are accumulated over row blocks of the kernel, so memory is ``O(block · n)``.
 
@@ -127,6 +127,8 @@ def linear_cka(x, y, *, unbiased: bool = False, precision=DEFAULT_PRECISION) -> 
 
   and ``unbiased=True`` evaluates :math:`\mathrm{HSIC}_1` of ``K = XXᵀ``, ``L = YYᵀ`` from the same
   feature-space products plus row sums and diagonals.
+
+  Centered kernel alignment :cite:p:`kornblith2019cka`.
 
   Args:
     x: ``[n, dx]`` features.
@@ -235,7 +237,7 @@ def rbf_cka(x, y, *, bandwidth=None, unbiased: bool = False, block_size: int = 5
     x: ``[n, dx]`` features.
     y: ``[n, dy]`` features of the same samples.
     bandwidth: ``None`` for the median heuristic on each side (:func:`median_bandwidth`, as in
-      Maniparambil et al., 2024), a float for both sides, or a pair ``(sigma_x, sigma_y)``.
+      :cite:t:`maniparambil2024vision`), a float for both sides, or a pair ``(sigma_x, sigma_y)``.
     unbiased: use the unbiased HSIC estimator; needs ``n >= 4``.
     block_size: side of the kernel tiles generated at once.
     precision: of the matrix products (distances).
@@ -279,7 +281,7 @@ def _mutual_knn(x, y, k, precision=DEFAULT_PRECISION):
 def mutual_knn(x, y, *, k: int, precision=DEFAULT_PRECISION) -> jax.Array:
   r"""Mutual k-NN alignment: the mean over samples of :math:`|N_k^x(i) \cap N_k^y(i)| / k`.
 
-  Neighbourhoods are the ``k`` largest inner products, excluding the sample itself (Huh et al., 2024).
+  Neighbourhoods are the ``k`` largest inner products, excluding the sample itself :cite:p:`huh2024platonic`.
   Normalise the features first if cosine neighbourhoods are wanted.
   """
   x, y = check_pair(x, y)
@@ -303,7 +305,7 @@ def _cknna(x, y, k, unbiased, precision=DEFAULT_PRECISION):
 
 
 def cknna(x, y, *, k: int, unbiased: bool = True, precision=DEFAULT_PRECISION) -> jax.Array:
-  r"""CKNNA (Huh et al., 2024): CKA restricted to pairs that are mutual k-nearest neighbours.
+  r"""CKNNA :cite:p:`huh2024platonic`: CKA restricted to pairs that are mutual k-nearest neighbours.
 
   With inner-product kernels ``K``, ``L`` and the mask :math:`M_{ij} = [j \in N_k^x(i)][j \in N_k^y(i)]`,
 
@@ -339,6 +341,8 @@ def svcca(x, y, *, dim: int = 10, precision=DEFAULT_PRECISION) -> jax.Array:
   Each side is centred and scaled per feature; its ``dim`` leading left singular vectors :math:`U_x, U_y`
   span the kept subspace; the canonical correlations between two orthonormal bases are the singular values
   :math:`\rho_i` of :math:`U_x^\top U_y`, and the score is their mean.
+
+  As in :cite:t:`huh2024platonic`.
   """
   x, y = check_pair(x, y)
   if not isinstance(dim, (int, np.integer)) or dim < 1 or dim > min(x.shape[0], x.shape[1], y.shape[1]):
@@ -425,7 +429,7 @@ def triplet_similarity_index(x, y, *, key: jax.Array, n_samples: int = 100_000) 
 
   with Euclidean distances ``d``. ``n_samples`` triplets are drawn uniformly with replacement (indices
   ``jax.random.randint(key, (3, n_samples), 0, n)``) and those with a repeated index are dropped (``V``), as in
-  unpaired-rosetta (``unpaired_rosetta/geometry.py``, Schnaus et al., 2026, after Soares et al., 2026). A tie
+  unpaired-rosetta (``unpaired_rosetta/geometry.py``, :cite:t:`schnaus2026rosetta`, after Soares et al., 2026). A tie
   counts as "not closer" in its space (strict ``<``), as there. 1 for spaces with the same distance order
   (e.g. related by a similarity transform), about 0.5 for unrelated ones.
 
@@ -452,6 +456,8 @@ def quadruplet_similarity_index(x, y, *, key: jax.Array, n_samples: int = 100_00
 
   Euclidean distances, indices ``jax.random.randint(key, (4, n_samples), 0, n)``, valid when ``i ≠ j`` and
   ``k ≠ l`` (the peer's definition, ``unpaired_rosetta/geometry.py``); ties count as "not closer".
+
+  As computed by :cite:t:`schnaus2026rosetta`.
 
   Args:
     x: ``[n, dx]`` features.

@@ -37,7 +37,7 @@ def kpp_trials(k: int) -> int:
 
 
 def kmeans_plus_plus(x: jax.Array, key: jax.Array, k: int, *, n_trials: int | None = None) -> jax.Array:
-  r"""``[k, d]`` greedy k-means++ seeds of ``x: [n, d]`` (Arthur & Vassilvitskii, 2007).
+  r"""``[k, d]`` greedy k-means++ seeds of ``x: [n, d]`` :cite:p:`arthur2007kmeanspp`.
 
   The first seed is a uniform row; each next one is the best of ``n_trials`` candidates drawn with probability
   :math:`\propto D(x)^2` (the squared distance to the nearest seed so far; uniform if all are 0): the candidate
@@ -122,6 +122,8 @@ def kmeans(x: jax.Array, key: jax.Array, k: int, *, n_iter: int = 100,
   Seeds: ``init="k-means++"`` (default) is :func:`kmeans_plus_plus` from ``key``; ``init="random"`` takes ``k``
   distinct uniformly random rows (``jax.random.choice(key, n, (k,), replace=False)``). A fixed ``n_iter`` (scikit-
   learn stops at a tolerance instead and re-seeds empty clusters).
+
+  Seeded by k-means++ :cite:p:`arthur2007kmeanspp` by default.
 
   Args:
     x: ``[n, d]`` rows.

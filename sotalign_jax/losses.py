@@ -44,8 +44,10 @@ def siglip_loss(img: jax.Array, txt: jax.Array, *, t_log: jax.Array, bias: jax.A
     \mathcal{L} = -\frac{1}{n} \sum_{i=1}^n \sum_{j=1}^n \log \sigma\big(z_{ij} (e^{t'} \cos(x_i, y_j) + b)\big),
     \qquad z_{ij} = \begin{cases} +1 & i = j \\ -1 & i \ne j \end{cases}
 
-  (Zhai et al. 2023, Algorithm 1). Learnable ``t_log`` (:math:`t'`) and ``bias`` (:math:`b`) are initialised to
+  (:cite:t:`zhai2023siglip`, Algorithm 1). Learnable ``t_log`` (:math:`t'`) and ``bias`` (:math:`b`) are initialised to
   :data:`SIGLIP_INIT_T_LOG` (:math:`\log 10`) and :data:`SIGLIP_INIT_BIAS` (:math:`-10`).
+
+  SigLIP :cite:p:`zhai2023siglip`.
 
   Args:
     img: ``[n, d]`` image embeddings (normalised here).
@@ -137,10 +139,10 @@ def structure_regularizer(x_raw: jax.Array, z: jax.Array, *, temperature: float,
     R(X, Z) = \frac{1}{L} \sum_{l=1}^{L} \frac{1}{n} \sum_{i=1}^n
       \mathrm{JS}\big((P_X^l)_{i\cdot} \,\|\, (P_Z^l)_{i\cdot}\big).
 
-  This is our reading of Gröger et al. (2025): multi-scale neighbourhood distributions compared with JS. We could
-  not check the paper's exact choices offline; here the self-similarity stays in the softmax (no diagonal mask),
-  features are not centred, and :math:`X` is a constant target (``stop_gradient``). ``levels=1`` is the
-  single-scale term. It is per modality: add one term for images and one for texts.
+  This is our reading of :cite:t:`groger2025structure`: multi-scale neighbourhood distributions compared with JS. We
+  could not check the paper's exact choices offline; here the self-similarity stays in the softmax (no diagonal mask),
+  features are not centred, and :math:`X` is a constant target (``stop_gradient``). ``levels=1`` is the single-scale
+  term. It is per modality: add one term for images and one for texts.
 
   Args:
     x_raw: ``[n, d_raw]`` frozen unimodal features (target structure).

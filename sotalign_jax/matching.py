@@ -1,16 +1,16 @@
 r"""Training-free matching of two embedding spaces from a few anchor ("base") pairs.
 
-Maniparambil et al. (CVPR 2024, "Do Vision and Language Encoders Represent the World Similarly?") match ``q``
+:cite:t:`maniparambil2024vision` ("Do Vision and Language Encoders Represent the World Similarly?") match ``q``
 query images to ``q`` query captions given ``m`` paired base samples, without training anything:
 
-* :func:`qap_match` — seeded graph matching (Fishkind et al., 2019): the centred, normalised kernels of
+* :func:`qap_match` — seeded graph matching :cite:p:`fishkind2019seeded`: the centred, normalised kernels of
   ``[base; queries]`` in each space are the two graphs, the base pairs are seeds, solved by batched FAQ
   (:func:`sotalign_jax.qap.faq`).
 * :func:`local_cka_scores` — local CKA, :math:`s_{ij} = \mathrm{CKA}([B_x; x_i], [B_y; y_j])`, then
   :func:`local_cka_match` (linear assignment) or :func:`local_cka_retrieve` (top-k). Computed in closed form for
   all pairs at once (derivation in :func:`local_cka_scores`).
 * Baselines: :func:`linreg_scores` (ridge map from the base pairs + cosine) and :func:`relative_scores`
-  (relative representations, Moschella et al., ICLR 2023).
+  (relative representations, :cite:t:`moschella2023relative`).
 
 Also :func:`kernel_matrix`, :func:`centered_kernel`, :func:`stretch` and :func:`kmeans_base_selection` (base pairs
 as the points nearest to k-means centroids), as in the paper. Every score is pure and jit-able; the assignment
@@ -257,6 +257,8 @@ def qap_match(x_base, y_base, x_query, y_query, *, kernel: str = "rbf", n_init: 
   maximises :math:`\operatorname{tr}(\bar K_X P \bar K_Y P^\top)` over the query block with ``n_init`` restarts
   (the paper uses 500).
 
+  The QAP matching of :cite:t:`maniparambil2024vision`, solved by FAQ :cite:p:`vogelstein2015faq`.
+
   Args:
     x_base: ``[m, dx]`` base samples in space X.
     y_base: ``[m, dy]`` the paired base samples in space Y.
@@ -346,6 +348,8 @@ def local_cka_scores(x_base, y_base, x_query, y_query, *, kernel: str = "linear"
 
   i.e. one ``[q_x, m] × [m, q_y]`` GEMM for all pairs instead of ``q_x q_y`` separate ``(m+1)²`` kernels.
 
+  The localized CKA of :cite:t:`maniparambil2024vision`.
+
   Args:
     x_base: ``[m, dx]`` base samples in X.
     y_base: ``[m, dy]`` paired base samples in Y.
@@ -413,7 +417,7 @@ def linreg_scores(x_base, y_base, x_query, y_query, *, lam: float = 1e-2,
 
 
 def relative_scores(x_base, y_base, x_query, y_query, *, precision=DEFAULT_PRECISION) -> jax.Array:
-  r"""Relative representations (Moschella et al., ICLR 2023): each query becomes its cosine similarities to the
+  r"""Relative representations :cite:p:`moschella2023relative`: each query becomes its cosine similarities to the
   base anchors of its own space, :math:`r(x) = (\cos(x, b^x_k))_{k \le m}`, and queries are compared across
   spaces by :math:`\cos(r(x_i), r(y_j))`.
 

@@ -392,7 +392,7 @@ def retrieval_metrics(a, b=None, *, positives=None, ks: Sequence[int] = (1, 5, 1
 
 
 def foscttm_per_query(a, b=None, *, chunk: int = 1024) -> dict[str, np.ndarray]:
-  r"""Per-query FOSCTTM of paired rows ``x_i ↔ y_i`` in both directions (Liu et al., 2019, "Jointly embedding
+  r"""Per-query FOSCTTM of paired rows ``x_i ↔ y_i`` in both directions (:cite:t:`liu2019foscttm`, "Jointly embedding
   multiple single-cell omics measurements"):
 
   .. math::
@@ -426,6 +426,8 @@ def foscttm_per_query(a, b=None, *, chunk: int = 1024) -> dict[str, np.ndarray]:
 
 def foscttm(a, b=None, *, chunk: int = 1024) -> dict[str, float]:
   """Mean FOSCTTM of paired rows per direction and their average (see :func:`foscttm_per_query`).
+
+  FOSCTTM :cite:p:`liu2019foscttm`.
 
   Returns:
     ``{"x2y": ..., "y2x": ..., "mean": ...}``.

@@ -8,7 +8,7 @@ diagnostics (empty for most terms) that the training step logs with its metrics;
 both plans' marginal errors and whether both are below the threshold; ``pseudo_label``: the teacher plan's), so a
 run shows when the fixed number of Sinkhorn iterations did not converge:
 
-* ``klot`` — SOTAlign (Roschmann et al., 2026): :math:`\mathrm{KL}(P_{\varepsilon^*}(K^*)\,\|\,P_\varepsilon(K))`
+* ``klot`` — SOTAlign :cite:p:`roschmann2026sotalign`: :math:`\mathrm{KL}(P_{\varepsilon^*}(K^*)\,\|\,P_\varepsilon(K))`
   between the entropic OT plans of the teacher's and the student's cosine matrices (:func:`sotalign_jax.ot.klot`).
 * ``sinkhorn_divergence`` — the classic debiased Sinkhorn divergence between the two embedded clouds (ablation).
 * ``structure`` — STRUCTURE-style regulariser (Gröger et al.): each modality keeps its own neighbourhood
@@ -69,9 +69,9 @@ def klot_term(b: UnpairedBatch, *, eps_student: float, eps_teacher: float, sinkh
     \mathrm{KLOT}(K, K^*) = \mathrm{KL}\big(P_{\varepsilon^*}(K^*) \,\|\, P_\varepsilon(K)\big),\qquad
     K = \cos(z_x, z_y),\ K^* = \cos(t_x, t_y)
 
-  (:func:`sotalign_jax.ot.klot`, Roschmann et al. 2026). The closed-form gradient is exact only at converged plans,
-  so the diagnostics are ``klot/student_marginal_error`` and ``klot/teacher_marginal_error`` (:math:`\|P1 - a\|_1 +
-  \|P^\top 1 - b\|_1` of each plan after ``sinkhorn_iters`` iterations) and ``klot/converged`` (1.0 when both are
+  (:func:`sotalign_jax.ot.klot`, :cite:t:`roschmann2026sotalign`). The closed-form gradient is exact only at converged
+  plans, so the diagnostics are ``klot/student_marginal_error`` and ``klot/teacher_marginal_error`` (:math:`\|P1 - a\|_1
+  + \|P^\top 1 - b\|_1` of each plan after ``sinkhorn_iters`` iterations) and ``klot/converged`` (1.0 when both are
   below ``threshold``, else 0.0), at no extra cost.
 
   With ``shard_klot`` and a ``mesh`` (whose ``"data"`` axis splits the batch), both ``[n, m]`` matrices stay

@@ -17,7 +17,7 @@ Its dual potentials :math:`f \in \mathbb{R}^n, g \in \mathbb{R}^m` (ott-jax's co
   multiplicative-domain balancing of a positive matrix (FAQ's starts). Every Sinkhorn iteration of the library is
   here.
 * :func:`klot` — :math:`\mathrm{KLOT}(K, K^*) = \mathrm{KL}(P_{\varepsilon^*}(K^*) \,\|\, P_\varepsilon(K))` with the
-  closed-form gradient of Roschmann et al. (2026), Theorem 5.1 (no backpropagation through the iterations).
+  closed-form gradient of :cite:t:`roschmann2026sotalign`, Theorem 5.1 (no backpropagation through the iterations).
 * :func:`sinkhorn_divergence` — the debiased Sinkhorn divergence between two point clouds (ott-jax), an ablation.
 * :func:`cosine_similarity` — the ``[n, m]`` matrix of cosine similarities.
 
@@ -238,6 +238,8 @@ def sinkhorn(
   raises; use :func:`klot` (closed-form gradient) or ott-jax (implicit differentiation) for gradients, and wrap
   targets in ``jax.lax.stop_gradient``.
 
+  Sinkhorn iterations for entropic OT :cite:p:`cuturi2013sinkhorn`, in the log domain.
+
   Args:
     k: ``[n, m]`` similarity matrix (cost ``-k``), finite.
     epsilon: entropic regularisation :math:`\varepsilon > 0`, in the units of ``k``.
@@ -396,7 +398,7 @@ def klot(
     = \sum_{ij} P^*_{ij} \big(\log P^*_{ij} - \log P_{ij}\big),
 
   with :math:`P = P_\varepsilon(K)` and :math:`P^* = P_{\varepsilon^*}(K^*)` from :func:`sinkhorn`. Its gradient
-  (Roschmann et al. 2026, Theorem 5.1) is
+  (:cite:t:`roschmann2026sotalign`, Theorem 5.1) is
 
   .. math::
 
@@ -556,6 +558,8 @@ def sinkhorn_sharded(x: jax.Array, y: jax.Array, *, epsilon: float, mesh: jax.sh
   compiled function is built once per ``(mesh, axis_name, num_iters, precision)`` and reused (``epsilon`` is an
   argument of it, not a constant).
 
+  Sinkhorn iterations for entropic OT :cite:p:`cuturi2013sinkhorn`, in the log domain.
+
   Args:
     x: ``[n, d]`` points, ``n`` divisible by the size of ``axis_name``; sharded (or shardable) by rows.
     y: ``[m, d]`` points, replicated.
@@ -623,7 +627,7 @@ def klot_sharded(k_student: jax.Array, k_teacher: jax.Array, *, mesh: jax.shardi
                  return_diagnostics: bool = False, threshold: float = 1e-3):
   r""":func:`klot` with both ``[n, m]`` similarity matrices split by rows over ``axis_name`` of ``mesh``.
 
-  The same divergence and the same gradient (Roschmann et al. 2026, Theorem 5.1,
+  The same divergence and the same gradient (:cite:t:`roschmann2026sotalign`, Theorem 5.1,
   :math:`\partial\mathrm{KLOT}/\partial K = (P_\varepsilon(K) - P^*)/\varepsilon`, no gradient through the
   iterations), for batches whose ``[n, m]`` matrices do not fit on one device: each device runs both Sinkhorn
   solves on its ``[n / p, m]`` rows as :func:`sinkhorn_sharded` does (local row updates; the column update combines

@@ -1,7 +1,7 @@
 r"""Seeded Fast Approximate QAP (FAQ) with batched random restarts.
 
 Graph matching of two weighted graphs with adjacency (or kernel) matrices ``a, b: [n, n]`` seeks the
-permutation that best aligns them (Vogelstein et al., 2015):
+permutation that best aligns them :cite:p:`vogelstein2015faq`:
 
 .. math::
 
@@ -13,7 +13,7 @@ stochastic matrices, runs Frank–Wolfe there — each step solves a linear assi
 gradient and does an exact line search on the quadratic — and projects the result back onto the permutations
 with one more LAP.
 
-**Seeds.** With ``s`` pairs fixed in advance (seeded graph matching, Fishkind et al., 2019) both matrices are
+**Seeds.** With ``s`` pairs fixed in advance (seeded graph matching, :cite:t:`fishkind2019seeded`) both matrices are
 reordered seeds-first and split into blocks :math:`A_{11} \in \mathbb{R}^{s \times s}, A_{12}, A_{21},
 A_{22} \in \mathbb{R}^{q \times q}` (``q = n − s``). Only the ``q × q`` block ``P`` of the permutation is free:
 
@@ -166,6 +166,8 @@ def auction(benefit, *, tol: float = 1e-6, start: float = 0.25, scale: float = 7
   :math:`ε_k = \max(\mathrm{start}\cdot Δ\, \mathrm{scale}^{-k},\ \mathrm{tol}\cdot Δ)` with
   :math:`Δ = \max a - \min a`, each from the previous phase's prices with every person unassigned, down to
   :math:`ε = \mathrm{tol}\cdot Δ`.
+
+  The auction algorithm of :cite:t:`bertsekas1988auction`.
 
   Args:
     benefit: ``[q, q]`` benefits (maximised; pass ``-cost`` to minimise).
@@ -437,6 +439,9 @@ def faq(a, b, *, seeds=None, n_init: int = 1, maxiter: int = 30, tol: float = 1e
   pure XLA. NaN/Inf raise for host data and concrete jax arrays; traced inputs are not value-checked at all, not
   even under ``jax.experimental.checkify.checkify``, which cannot transform FAQ's batched while-loops (the vmapped
   Sinkhorn balancing of the starts, the auction): check ``a`` and ``b`` before the jitted call.
+
+  FAQ :cite:p:`vogelstein2015faq` with seeds :cite:p:`fishkind2019seeded`, as used for training-free
+    matching by :cite:t:`maniparambil2024vision`.
 
   Args:
     a: ``[n, n]`` matrix of the first graph (e.g. a centred kernel of ``n`` points of space X).

@@ -147,6 +147,8 @@ def cca(x, y, *, dim: int, reg: float = 0.1, center: bool = True,
   The columns of ``x @ Wx`` and ``y @ Wy`` are the canonical variates, paired in decreasing order of the
   (regularised) canonical correlations ``S``. CCA is itself a whitening method, so there is no ``whiten``.
 
+  SOTAlign's linear teacher :cite:p:`roschmann2026sotalign` (regularised CCA on the pairs).
+
   Args:
     x: ``[n, dx]`` paired x-rows.
     y: ``[n, dy]`` paired y-rows.

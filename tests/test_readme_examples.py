@@ -87,7 +87,7 @@ _BLOCKS = python_blocks(readme_text())
 
 
 def test_the_readme_has_python_blocks_and_every_not_run_gives_a_reason():
-  assert len(_BLOCKS) >= 4
+  assert len(_BLOCKS) >= 1  # the front page's example; the guides' blocks (docs/) are run by the docs' own test
   for b in _BLOCKS:
     assert b.not_run is None or len(b.not_run) >= 10, f"README.md:{b.line}: say why the block is not run"
 

@@ -78,7 +78,7 @@ class AlignData(NamedTuple):
   ``AlignData(pairs_x=px, pairs_y=py)`` the pairs-only case. Each side needs at least one array to give its
   dimension (or use :meth:`create` with ``dx`` / ``dy``).
 
-  The unpaired parts may also be lazy row sources (:func:`is_row_source`), which trained methods read block by
+  The unpaired parts may also be lazy row sources (``is_row_source``), which trained methods read block by
   block when they shard the pools; closed-form and training-free methods read them whole.
 
   Attributes:

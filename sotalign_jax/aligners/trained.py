@@ -87,9 +87,9 @@ RECIPE_DEFAULTS: dict[str, Any] = dict(
 PAPER_RECIPE: dict[str, Any] = dict(
     RECIPE_DEFAULTS, steps=2000, optimizer="lion", lr=1e-4, weight_decay=1e-5, warmup_steps=0, batch_paired=10_000,
     batch_unpaired=22_000, siglip_t=20.0, siglip_b=-10.0, teacher_dim=1024)
-"""SOTAlign's App. A.1: Lion, cosine schedule, lr 1e-4, weight decay 1e-5, 2,000 iterations, SigLIP scale 20 and
-bias −10 (learned), batches of up to 32k = up to 10k pairs + unpaired fill, heads into d = 1024 (here: the CCA
-teacher's dimension, capped by the pairs and the feature sizes)."""
+"""The recipe of SOTAlign's App. A.1 (Lion, cosine schedule, lr 1e-4, weight decay 1e-5, 2,000 iterations, SigLIP scale
+20 and bias −10 (learned), batches of up to 32k = up to 10k pairs + unpaired fill, heads into d = 1024 (here: the CCA
+teacher's dimension, capped by the pairs and the feature sizes)); :cite:p:`roschmann2026sotalign`."""
 
 
 # ----------------------------------------------------------------------------------------------------------------

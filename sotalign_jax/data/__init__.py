@@ -3,16 +3,16 @@
 Every loader returns a :class:`Dataset` (``name``, ``records``, ``info``); a :class:`Record` is one
 (image, caption) pair (``image_id``, ``caption``, ``image_path`` or ``image``, ``label``, ``split``).
 
-================  ===========================================  ==========================
-name              source                                       kind
-================  ===========================================  ==========================
-``openclipart``   Debian ``openclipart-png`` + ``-svg``        ≈4.3k (image, caption) pairs
-``tuxpaint``      Debian ``tuxpaint-stamps-default``           785 stamps + descriptions
-``fashion_mnist`` Debian ``dataset-fashion-mnist``             70k images, 10 class prompts
-``coco_captions`` ``tfds.load("coco_captions")`` (Karpathy)    needs TensorFlow + prepared data
-``wordnet``       Debian ``wordnet-base``                      ≈82k noun phrases, text only
-``--folder DIR``  ``DIR/captions.jsonl``                       your own images
-================  ===========================================  ==========================
+=================  ==========================================  ================================
+name               source                                      kind
+=================  ==========================================  ================================
+``openclipart``    Debian ``openclipart-png`` + ``-svg``       ≈4.3k (image, caption) pairs
+``tuxpaint``       Debian ``tuxpaint-stamps-default``          785 stamps + descriptions
+``fashion_mnist``  Debian ``dataset-fashion-mnist``            70k images, 10 class prompts
+``coco_captions``  ``tfds.load("coco_captions")`` (Karpathy)   needs TensorFlow + prepared data
+``wordnet``        Debian ``wordnet-base``                     ≈82k noun phrases, text only
+``--folder DIR``   ``DIR/captions.jsonl``                      your own images
+=================  ==========================================  ================================
 """
 
 from __future__ import annotations

@@ -10,13 +10,13 @@ names (of 8,121 images, 1,375 are titled "gramastar", ≈950 "Part of the Flat I
 Caption rule (:data:`CAPTION_RULE`, applied in sorted path order):
 
 1. A title is a *collection title* if it is empty, or shared by at least ``collection_min_count``
-   files, or matches :data:`COLLECTION_PATTERN` (``collection``, ``theme``, ``icon set``, ``svg``, …).
+   files, or matches ``COLLECTION_PATTERN`` (``collection``, ``theme``, ``icon set``, ``svg``, …).
    ``"Clipart by <author> - <name>"`` titles are reduced to ``<name>`` first.
 2. Not a collection title → the caption is the (cleaned) title.
 3. Collection member → the caption is the file-name words (letters only, camelCase split, words of
-   one letter, :data:`FILE_STOPWORDS` and prefixes of the creator's name — Debian appends the author
+   one letter, ``FILE_STOPWORDS`` and prefixes of the creator's name — Debian appends the author
    to file names — removed) followed by up to ``max_keywords`` keywords that are not generic
-   (:data:`GENERIC_KEYWORDS`) and not already in the caption: ``"help index, application"``.
+   (``GENERIC_KEYWORDS``) and not already in the caption: ``"help index, application"``.
    No file-name word left → the image is dropped.
 4. Byte-identical PNGs (the package files many images under several categories) are dropped but
    the first one.

@@ -1,8 +1,8 @@
 """A lazy row source over memory-mapped embedding arrays: the unpaired pools of a large cache or of big files.
 
-A :class:`Pool` is a list of ``(array, rows)`` parts read only on demand, by contiguous slices, so a trained method
-that reads one block of the unpaired pool per step (or one host's block, :func:`sotalign_jax.runtime.distributed.
-shard_rows`) never loads the rest. :class:`sotalign_jax.aligners.AlignData` accepts one wherever it takes rows.
+A :class:`Pool` is a list of ``(array, rows)`` parts read only on demand, by contiguous slices, so a trained method that
+reads one block of the unpaired pool per step (or one host's block, :func:`sotalign_jax.runtime.distributed.shard_rows`)
+never loads the rest. :class:`sotalign_jax.aligners.AlignData` accepts one wherever it takes rows.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ __all__ = ["Pool"]
 class Pool(NamedTuple):
   """Rows ``idx`` of each array of ``parts = ((array, idx), ...)``, concatenated, read only on demand.
 
-  The arrays are memory-mapped caches, so a host that reads one block of a pool (:func:`distributed.shard_rows`)
-  never loads the rest.
+  The arrays are memory-mapped caches, so a host that reads one block of a pool
+  (:func:`~sotalign_jax.runtime.distributed.shard_rows`) never loads the rest.
   """
   parts: tuple
 

@@ -282,9 +282,9 @@ class FileProtocol(NamedTuple):
 
 
 def stack_files(files, *, split_seed: str = "benchmark", max_unpaired: int = -1):
-  """``(image_emb, text_emb, FileProtocol)``: the files of ``files`` (:class:`sotalign_jax.data.files.
-  EmbeddingFiles`) stacked in memory as float32 (pairs, unpaired, val, test; a part not given has 0 rows) and the
-  protocol that names their rows."""
+  """``(image_emb, text_emb, FileProtocol)``: the files of ``files`` (:class:`~sotalign_jax.data.files.EmbeddingFiles`)
+  stacked in memory as float32 (pairs, unpaired, val, test; a part not given has 0 rows) and the protocol that names
+  their rows."""
   parts = ("pairs", "unpaired", "val", "test")
   out, offsets = {}, {}
   for side in ("x", "y"):

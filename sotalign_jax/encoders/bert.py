@@ -80,7 +80,7 @@ class BertConfig:
 
   @property
   def max_tokens(self) -> int:
-    """Longest input the position table covers (RoBERTa-style: ``max_position_embeddings - pad_token_id - 1``)."""
+    """Longest input the position table covers (``max_position_embeddings - pad_token_id - 1`` if RoBERTa-style)."""
     return self.max_position_embeddings - (self.pad_token_id + 1 if self.roberta_style else 0)
 
   @classmethod

@@ -18,8 +18,9 @@ Reads top to bottom:
    ``runs/<method>/<cell>__<fit key>``) → the evaluators of ``config.evals`` (:mod:`sotalign_jax.evaluators`) →
    one record and its per-query values in the :class:`~sotalign_jax.runtime.sweep.CellStore`, and the fitted
    alignment (:func:`sotalign_jax.aligners.io.save`) for ``python -m sotalign_jax.cli.evaluate``.
-4. **Statistics**: intervals over seeds and paired differences against a reference (:mod:`~sotalign_jax.runtime.
-   sweep`) → ``results.json``, ``results.md``, the plot ``sweep.png``, and the markdown on stdout.
+4. **Statistics**: intervals over seeds and paired differences against a reference
+   (:mod:`~sotalign_jax.runtime.sweep`) → ``results.json``, ``results.md``, the plot ``sweep.png``, and the markdown on
+   stdout.
 
 **Methods** are registry names (:data:`sotalign_jax.aligners.ALIGNERS`) or *variants*: ``config.variants.<label> =
 dict(method=<registered name>, **options)`` is a row of its own (e.g. ``qap_stretch = dict(method="qap",
@@ -44,9 +45,9 @@ never shrinks to the subset); a rerun with changed data, protocol, p, seeds or o
 with exactly those. To drop a method from the tables, delete ``done/<method>``. ``results.json`` lists every cell
 with its ``key`` and resolved ``settings``, ``methods_run`` and ``methods_from_store``.
 
-Before any fit, the **geometry scores** of the two spaces (``config.eval.geometry``; :mod:`sotalign_jax.evaluators.
-geometry`) on the first ``config.eval.geometry_pairs`` training pairs of seed 0, saved in ``geometry.json`` (reused
-by a rerun with the same settings) and reported with the tables.
+Before any fit, the **geometry scores** of the two spaces (``config.eval.geometry``;
+:mod:`sotalign_jax.evaluators.geometry`) on the first ``config.eval.geometry_pairs`` training pairs of seed 0, saved in
+``geometry.json`` (reused by a rerun with the same settings) and reported with the tables.
 """
 
 from __future__ import annotations
@@ -489,6 +490,7 @@ def run(cfg, workdir: str) -> dict:
     if record["status"] == "ok":
       writer.write(p, record["metrics"], prefix=f"cell/{label}/seed{seed}/")
     cells[label, p, seed] = sweep.to_json(record)
+  wd.sync("engine:cells")  # every host reads process 0's cell files from here on (per-query values for the statistics)
   if not any(cells[c]["status"] == "ok" for c in grid):
     writer.close()
     reasons = sorted({cells[c].get("reason", "") for c in grid})

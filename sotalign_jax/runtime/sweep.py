@@ -71,12 +71,12 @@ class CellSettings(NamedTuple):
 
   @property
   def key(self) -> str:
-    """The cell's key: the hash of both parts."""
+    """The hash of both parts (the cell's key)."""
     return wd.settings_key({"fit": self.fit, "evaluation": self.evaluation})
 
   @property
   def fit_key(self) -> str:
-    """The key of the fit alone: a trained cell's run directory."""
+    """The hash of the fit alone, which names a trained cell's run directory."""
     return wd.settings_key(self.fit)
 
   def to_json(self) -> dict:
@@ -307,7 +307,7 @@ def plot(summary: Mapping, *, methods: Sequence[str], ps: Sequence[int], labels:
          metrics: Sequence[str] = ("i2t_r1", "t2i_r1", "foscttm")):
   """Each metric vs p, one titled panel per metric: per method its mean with the seed interval as error bars (and a
   band when there are several p); log-x, p = 0 drawn left of the smallest p > 0; each method its own colour and
-  marker (:func:`method_styles`)."""
+  marker (``method_styles``)."""
   plt = wd.pyplot()
   positive = [p for p in ps if p > 0] or [1]
   x_of = {p: (p if p > 0 else min(positive) / 3.0) for p in ps}

@@ -4,8 +4,8 @@ r"""The training loop every trained method of the experiments runs: resume, step
 (:func:`data_mesh`), the step is jitted with the state donated, step ``i`` draws its randomness from
 ``fold_in(key, i)`` (inside the jitted step, from ``state.step``), one :func:`~sotalign_jax.runtime.workdir.itstime`
 check gates logging (with :func:`~sotalign_jax.runtime.workdir.check_finite`) and another the Orbax checkpoints;
-progress is a tqdm bar on a terminal and a line every 10 % or 30 s otherwise (:func:`~sotalign_jax.runtime.workdir.
-progress`).
+progress is a tqdm bar on a terminal and a line every 10 % or 30 s otherwise
+(:func:`~sotalign_jax.runtime.workdir.progress`).
 Resume order: the run directory's latest readable checkpoint > scratch; the step is read back from the state, so a
 resumed run takes the same steps with the same randomness as an uninterrupted one. The experiments key the run
 directory by their settings (:func:`~sotalign_jax.runtime.workdir.keyed_dir`), so only a run with the same settings

@@ -283,8 +283,8 @@ def restore_latest(manager, target):
 def canonical(v, *, nonfinite: Callable[[float], Any] = repr, other: Callable[[Any], Any] = repr):
   """``v`` as plain JSON values (tuples as lists, NumPy scalars and arrays as numbers and lists, mappings with str
   keys), the form that :func:`settings_key` hashes and that ``results.json`` records; a NaN/Inf float as
-  ``nonfinite(v)`` and anything else as ``other(v)`` (both ``repr`` here; :func:`sweep.to_json` passes ``None``
-  for NaN and leaves other objects to the JSON writer)."""
+  ``nonfinite(v)`` and anything else as ``other(v)`` (both ``repr`` here; :func:`~sotalign_jax.runtime.sweep.to_json`
+  passes ``None`` for NaN and leaves other objects to the JSON writer)."""
   if isinstance(v, Mapping):
     return {str(k): canonical(x, nonfinite=nonfinite, other=other) for k, x in v.items()}
   if isinstance(v, (list, tuple)):
@@ -328,7 +328,7 @@ def _file_fingerprint(path: str, size: int, mtime_ns: int) -> dict:
 
 
 def file_fingerprint(path: str) -> dict:
-  """``{"bytes", "sha256"}`` of a file: its size and a hash of its content (whole up to :data:`FULL_HASH_BYTES`;
+  """``{"bytes", "sha256"}`` of a file: its size and a hash of its content (whole up to ``FULL_HASH_BYTES``;
   above, ``sha256_sampled`` of its first and last 64 MiB and 63 evenly spaced 1 MiB blocks). Memoised per process
   by path, size and modification time."""
   st = os.stat(path)
