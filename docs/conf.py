@@ -68,8 +68,12 @@ EXTERNAL = {
     "jax.Array": _JAX + "jax.Array.html",
     "jax.jaxlib._jax.Array": _JAX + "jax.Array.html",  # what jax.Array's annotations resolve to
     "jax.pure_callback": _JAX + "jax.pure_callback.html",
+    "jax.lax.PrecisionLike": _JAX + "jax.lax.Precision.html",
+    "jax.sharding.Mesh": "https://docs.jax.dev/en/latest/jax.sharding.html#jax.sharding.Mesh",
     "numpy.ndarray": "https://numpy.org/doc/stable/reference/generated/numpy.ndarray.html",
     "np.ndarray": "https://numpy.org/doc/stable/reference/generated/numpy.ndarray.html",
+    "numpy.bool": "https://numpy.org/doc/stable/reference/arrays.scalars.html#numpy.bool",
+    "numpy.number": "https://numpy.org/doc/stable/reference/arrays.scalars.html#numpy.number",
     "flax.linen.module.Module": "https://flax-linen.readthedocs.io/en/latest/api_reference/flax.linen/module.html",
     "ml_collections.config_dict.config_dict.ConfigDict": "https://ml-collections.readthedocs.io/en/latest/",
     "ml_dtypes": "https://github.com/jax-ml/ml_dtypes",
@@ -78,6 +82,7 @@ EXTERNAL = {
     "pathlib.Path": _PY + "pathlib.html#pathlib.Path",
     "pickle.Unpickler": _PY + "pickle.html#pickle.Unpickler",
     "pickle.UnpicklingError": _PY + "pickle.html#pickle.UnpicklingError",
+    "types.ModuleType": _PY + "types.html#types.ModuleType",
 }
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -86,6 +91,9 @@ EXTERNAL = {
 autodoc_typehints = "description"
 autodoc_typehints_description_target = "documented_params"
 autodoc_typehints_format = "short"
+# PrecisionLike, a union of seven jax types, is shown and linked by name. (ArrayLike is not: Sphinx cannot resolve an
+# alias inside a union such as ``ArrayLike | None``, so it is spelt out as its types, see numpy.bool/numpy.number.)
+autodoc_type_aliases = {"PrecisionLike": "jax.lax.PrecisionLike"}
 autodoc_member_order = "bysource"
 autodoc_preserve_defaults = True
 autodoc_class_signature = "separated"

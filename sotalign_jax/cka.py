@@ -38,6 +38,8 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.lax import PrecisionLike
+from jax.typing import ArrayLike
 
 from sotalign_jax._arrays import DEFAULT_PRECISION, check_features, check_positive, device_scalar
 from sotalign_jax._hsic import KernelStats, cka_from_stats, rbf_cka_stats, sq_dists
@@ -72,7 +74,7 @@ def _check_k(k: int, n: int, name: str = "k"):
 # ----------------------------------------------------------------------------------------------------------------
 # HSIC from sufficient statistics.
 # ----------------------------------------------------------------------------------------------------------------
-def hsic_biased(k, l) -> jax.Array:
+def hsic_biased(k: ArrayLike, l: ArrayLike) -> jax.Array:
   r"""Biased HSIC :math:`\operatorname{tr}(KHLH)` of two ``[n, n]`` kernel matrices (no 1/(n-1)² factor).
 
   ``K`` and ``L`` need not be symmetric (CKNNA masks them row-wise).
@@ -82,7 +84,7 @@ def hsic_biased(k, l) -> jax.Array:
   return jnp.sum(kc * l.T)
 
 
-def hsic_unbiased(k, l) -> jax.Array:
+def hsic_unbiased(k: ArrayLike, l: ArrayLike) -> jax.Array:
   """Unbiased HSIC of Song et al. (2012, eq. 5) of two ``[n, n]`` kernel matrices (not necessarily symmetric)."""
   k, l = jnp.asarray(k), jnp.asarray(l)
   m = k.shape[0]
@@ -116,7 +118,8 @@ def _linear_cka(x, y, unbiased, precision=DEFAULT_PRECISION):
   return cka_from_stats(stats(x, y), stats(x, x), stats(y, y), unbiased=unbiased)
 
 
-def linear_cka(x, y, *, unbiased: bool = False, precision=DEFAULT_PRECISION) -> jax.Array:
+def linear_cka(x: ArrayLike, y: ArrayLike, *, unbiased: bool = False,
+               precision: PrecisionLike = DEFAULT_PRECISION) -> jax.Array:
   r"""Linear CKA between ``x: [n, dx]`` and ``y: [n, dy]``, in feature space (memory ``O(d²)``, never ``n²``).
 
   With centred features :math:`X, Y`, the biased form is
@@ -204,7 +207,7 @@ def _median_bandwidth(x: jax.Array, precision=DEFAULT_PRECISION) -> jax.Array:
   return jnp.sqrt(_median_positive(sq_dists(xs, xs, precision)))
 
 
-def median_bandwidth(x, *, precision=DEFAULT_PRECISION) -> jax.Array:
+def median_bandwidth(x: ArrayLike, *, precision: PrecisionLike = DEFAULT_PRECISION) -> jax.Array:
   r"""Median heuristic :math:`\sigma = \sqrt{\operatorname{median}_{i<j}\{\|x_i - x_j\|^2 \ne 0\}}`.
 
   Exact for ``n <= 4096``; for larger ``n`` it is computed on the 4096 rows ``x[:: ceil(n / 4096)]`` (an
@@ -226,8 +229,8 @@ def median_bandwidth(x, *, precision=DEFAULT_PRECISION) -> jax.Array:
   return _median_bandwidth(x, precision)
 
 
-def rbf_cka(x, y, *, bandwidth=None, unbiased: bool = False, block_size: int = 512,
-            precision=DEFAULT_PRECISION) -> jax.Array:
+def rbf_cka(x: ArrayLike, y: ArrayLike, *, bandwidth: float | tuple[float, float] | None = None, unbiased: bool = False,
+            block_size: int = 512, precision: PrecisionLike = DEFAULT_PRECISION) -> jax.Array:
   r"""CKA with Gaussian kernels :math:`K_{ij} = \exp(-\|x_i - x_j\|^2 / 2\sigma_x^2)` (and likewise ``L``).
 
   The kernels are never held whole: symmetric ``block_size × block_size`` tiles of the upper triangle are
@@ -278,7 +281,7 @@ def _mutual_knn(x, y, k, precision=DEFAULT_PRECISION):
   return jnp.mean(jnp.sum(_knn_mask(x, k, precision) * _knn_mask(y, k, precision), 1) / k)
 
 
-def mutual_knn(x, y, *, k: int, precision=DEFAULT_PRECISION) -> jax.Array:
+def mutual_knn(x: ArrayLike, y: ArrayLike, *, k: int, precision: PrecisionLike = DEFAULT_PRECISION) -> jax.Array:
   r"""Mutual k-NN alignment: the mean over samples of :math:`|N_k^x(i) \cap N_k^y(i)| / k`.
 
   Neighbourhoods are the ``k`` largest inner products, excluding the sample itself :cite:p:`huh2024platonic`.
@@ -304,7 +307,8 @@ def _cknna(x, y, k, unbiased, precision=DEFAULT_PRECISION):
   return h(m * kx, m * ly) / jnp.sqrt(h(mx * kx, mx * kx) * h(my * ly, my * ly))
 
 
-def cknna(x, y, *, k: int, unbiased: bool = True, precision=DEFAULT_PRECISION) -> jax.Array:
+def cknna(x: ArrayLike, y: ArrayLike, *, k: int, unbiased: bool = True,
+          precision: PrecisionLike = DEFAULT_PRECISION) -> jax.Array:
   r"""CKNNA :cite:p:`huh2024platonic`: CKA restricted to pairs that are mutual k-nearest neighbours.
 
   With inner-product kernels ``K``, ``L`` and the mask :math:`M_{ij} = [j \in N_k^x(i)][j \in N_k^y(i)]`,
@@ -335,7 +339,7 @@ def _svcca(x, y, dim, precision=DEFAULT_PRECISION):
   return jnp.mean(jnp.clip(s, 0.0, 1.0))
 
 
-def svcca(x, y, *, dim: int = 10, precision=DEFAULT_PRECISION) -> jax.Array:
+def svcca(x: ArrayLike, y: ArrayLike, *, dim: int = 10, precision: PrecisionLike = DEFAULT_PRECISION) -> jax.Array:
   r"""SVCCA (Raghu et al., 2017; as in Huh et al., 2024): mean canonical correlation of the top singular subspaces.
 
   Each side is centred and scaled per feature; its ``dim`` leading left singular vectors :math:`U_x, U_y`
@@ -419,7 +423,7 @@ def _check_order(x, y, key, n_samples, min_n):
   return x, y
 
 
-def triplet_similarity_index(x, y, *, key: jax.Array, n_samples: int = 100_000) -> jax.Array:
+def triplet_similarity_index(x: ArrayLike, y: ArrayLike, *, key: jax.Array, n_samples: int = 100_000) -> jax.Array:
   r"""Triplet similarity index (TSI): the fraction of random triplets of samples whose distance order agrees in
   both spaces,
 
@@ -446,7 +450,7 @@ def triplet_similarity_index(x, y, *, key: jax.Array, n_samples: int = 100_000) 
   return _order_index(x, y, key, int(n_samples), False)
 
 
-def quadruplet_similarity_index(x, y, *, key: jax.Array, n_samples: int = 100_000) -> jax.Array:
+def quadruplet_similarity_index(x: ArrayLike, y: ArrayLike, *, key: jax.Array, n_samples: int = 100_000) -> jax.Array:
   r"""Quadruplet similarity index (QSI): the fraction of random quadruplets whose order ``d(i, j) < d(k, l)``
   agrees in both spaces,
 

@@ -20,10 +20,14 @@ steps call :func:`sotalign_jax.qap.linear_assignment`.
 from __future__ import annotations
 
 import functools
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.lax import PrecisionLike
+from jax.sharding import Mesh
+from jax.typing import ArrayLike
 
 from sotalign_jax import clustering
 from sotalign_jax import qap as qap_lib
@@ -36,6 +40,8 @@ __all__ = [
     "relative_match", "relative_retrieve", "match_scores", "retrieve_scores",
 ]
 
+Kernel = Literal["linear", "rbf"]
+"""The kernels of :func:`kernel_matrix` and the matchings."""
 _KERNELS = ("linear", "rbf")
 
 
@@ -101,8 +107,8 @@ def _centered_kernel(x, sigma, kernel: str, precision):
   return k / jnp.linalg.norm(k)
 
 
-def kernel_matrix(x, *, kernel: str = "rbf", bandwidth: float | None = None,
-                  precision=DEFAULT_PRECISION) -> jax.Array:
+def kernel_matrix(x: ArrayLike, *, kernel: Kernel = "rbf", bandwidth: float | None = None,
+                  precision: PrecisionLike = DEFAULT_PRECISION) -> jax.Array:
   r"""Kernel of one space, :math:`K = XX^\top` or :math:`K_{ij} = \exp(-\|x_i - x_j\|^2 / 2\sigma^2)`.
 
   Args:
@@ -122,8 +128,8 @@ def kernel_matrix(x, *, kernel: str = "rbf", bandwidth: float | None = None,
   return _kernel_matrix(x, sigma, kernel, precision)
 
 
-def centered_kernel(x, *, kernel: str = "rbf", bandwidth: float | None = None,
-                    precision=DEFAULT_PRECISION) -> jax.Array:
+def centered_kernel(x: ArrayLike, *, kernel: Kernel = "rbf", bandwidth: float | None = None,
+                    precision: PrecisionLike = DEFAULT_PRECISION) -> jax.Array:
   r"""Centred kernel normalised to unit Frobenius norm, :math:`HKH / \|HKH\|_F` (the paper's QAP graph).
 
   With this normalisation :math:`\langle \bar K, \bar L\rangle` is exactly the (biased) CKA of the two spaces,
@@ -144,7 +150,7 @@ def centered_kernel(x, *, kernel: str = "rbf", bandwidth: float | None = None,
   return _centered_kernel(x, sigma, kernel, precision)
 
 
-def stretch(x) -> jax.Array:
+def stretch(x: ArrayLike) -> jax.Array:
   r"""Divides every feature by its standard deviation over the samples, :math:`x_{:,k} / \mathrm{std}(x_{:,k})`.
 
   The paper's "stretching" (applied to base and query embeddings of one space together). Constant features are
@@ -178,7 +184,7 @@ def _kmeans_select(x, key, k: int, n_iter: int):
   return idx
 
 
-def kmeans_base_selection(x, k: int, *, key: jax.Array, n_iter: int = 50) -> jax.Array:
+def kmeans_base_selection(x: ArrayLike, k: int, *, key: jax.Array, n_iter: int = 50) -> jax.Array:
   r"""Indices of ``k`` base samples: the points nearest to the centroids of ``k``-means on ``x``.
 
   :func:`sotalign_jax.clustering.kmeans` with ``init="random"``: Lloyd iterations from ``k`` random distinct
@@ -207,7 +213,7 @@ def kmeans_base_selection(x, k: int, *, key: jax.Array, n_iter: int = 50) -> jax
 # ----------------------------------------------------------------------------------------------------------------
 # Generic assignment / retrieval from a score matrix.
 # ----------------------------------------------------------------------------------------------------------------
-def match_scores(scores, *, lap: str = "scipy") -> np.ndarray:
+def match_scores(scores: ArrayLike, *, lap: str = "scipy") -> np.ndarray:
   """One-to-one matching maximising the total score: ``perm[i]`` is the column matched to row ``i``.
 
   :func:`sotalign_jax.qap.linear_assignment` with ``maximize=True``, checked and returned on the host.
@@ -226,7 +232,7 @@ def match_scores(scores, *, lap: str = "scipy") -> np.ndarray:
   return np.asarray(qap_lib.linear_assignment(jnp.asarray(scores, jnp.float32), maximize=True, lap=lap))
 
 
-def retrieve_scores(scores, k: int) -> jax.Array:
+def retrieve_scores(scores: ArrayLike, k: int) -> jax.Array:
   """Top-``k`` columns of each row, best first.
 
   Args:
@@ -247,9 +253,9 @@ def retrieve_scores(scores, k: int) -> jax.Array:
 # ----------------------------------------------------------------------------------------------------------------
 # Seeded graph matching.
 # ----------------------------------------------------------------------------------------------------------------
-def qap_match(x_base, y_base, x_query, y_query, *, kernel: str = "rbf", n_init: int = 100, key: jax.Array,
-              maxiter: int = 30, tol: float = 1e-5, batch_size: int | None = None, lap: str = "scipy",
-              mesh=None) -> np.ndarray:
+def qap_match(x_base: ArrayLike, y_base: ArrayLike, x_query: ArrayLike, y_query: ArrayLike, *, kernel: Kernel = "rbf",
+              n_init: int = 100, key: jax.Array, maxiter: int = 30, tol: float = 1e-5, batch_size: int | None = None,
+              lap: str = "scipy", mesh: Mesh | None = None) -> np.ndarray:
   r"""Seeded graph matching of the queries, with the base pairs as seeds (the paper's QAP matching).
 
   The graphs are :math:`\bar K_X = HK_XH/\|HK_XH\|_F` of ``[x_base; x_query]`` and :math:`\bar K_Y` of
@@ -321,8 +327,9 @@ def _local_cka(xb, yb, xq, yq, sx, sy, kernel: str, precision=DEFAULT_PRECISION)
   return hsic / jnp.sqrt(hx[:, None] * hy[None, :])
 
 
-def local_cka_scores(x_base, y_base, x_query, y_query, *, kernel: str = "linear", bandwidth_x: float | None = None,
-                     bandwidth_y: float | None = None, precision=DEFAULT_PRECISION) -> jax.Array:
+def local_cka_scores(x_base: ArrayLike, y_base: ArrayLike, x_query: ArrayLike, y_query: ArrayLike, *,
+                     kernel: Kernel = "linear", bandwidth_x: float | None = None, bandwidth_y: float | None = None,
+                     precision: PrecisionLike = DEFAULT_PRECISION) -> jax.Array:
   r"""Local CKA of every query pair, :math:`s_{ij} = \mathrm{CKA}(K_i, L_j)` with :math:`K_i` the kernel of
   ``[x_base; x_query[i]]`` and :math:`L_j` that of ``[y_base; y_query[j]]`` (biased HSIC, ``n = m + 1`` points).
 
@@ -371,13 +378,15 @@ def local_cka_scores(x_base, y_base, x_query, y_query, *, kernel: str = "linear"
   return _local_cka(xb, yb, xq, yq, sx, sy, kernel, precision)
 
 
-def local_cka_match(x_base, y_base, x_query, y_query, *, kernel: str = "linear") -> np.ndarray:
+def local_cka_match(x_base: ArrayLike, y_base: ArrayLike, x_query: ArrayLike, y_query: ArrayLike, *,
+                    kernel: Kernel = "linear") -> np.ndarray:
   """Matching of the queries by linear assignment on :func:`local_cka_scores`; ``[q]`` permutation."""
   _check_four(x_base, y_base, x_query, y_query, same_q=True)
   return match_scores(local_cka_scores(x_base, y_base, x_query, y_query, kernel=kernel))
 
 
-def local_cka_retrieve(x_base, y_base, x_query, y_query, *, k: int = 10, kernel: str = "linear") -> jax.Array:
+def local_cka_retrieve(x_base: ArrayLike, y_base: ArrayLike, x_query: ArrayLike, y_query: ArrayLike, *, k: int = 10,
+                       kernel: Kernel = "linear") -> jax.Array:
   """Top-``k`` y-queries of each x-query by :func:`local_cka_scores`; ``[q_x, k]`` indices, best first."""
   return retrieve_scores(local_cka_scores(x_base, y_base, x_query, y_query, kernel=kernel), k)
 
@@ -395,8 +404,8 @@ def _relative_scores(xb, yb, xq, yq, precision):
   return cosine(cosine(xq, xb, precision), cosine(yq, yb, precision), precision)
 
 
-def linreg_scores(x_base, y_base, x_query, y_query, *, lam: float = 1e-2,
-                  precision=DEFAULT_PRECISION) -> jax.Array:
+def linreg_scores(x_base: ArrayLike, y_base: ArrayLike, x_query: ArrayLike, y_query: ArrayLike, *, lam: float = 1e-2,
+                  precision: PrecisionLike = DEFAULT_PRECISION) -> jax.Array:
   r"""Linear-regression baseline: :math:`\cos(x_i W, y_j)` with :math:`W` the ridge map fitted on the base pairs
   (no intercept, as the paper's ``LinearRegression(fit_intercept=False)``; ``lam → 0`` recovers it).
 
@@ -416,7 +425,8 @@ def linreg_scores(x_base, y_base, x_query, y_query, *, lam: float = 1e-2,
   return _linreg_scores(xq, yq, w, precision)
 
 
-def relative_scores(x_base, y_base, x_query, y_query, *, precision=DEFAULT_PRECISION) -> jax.Array:
+def relative_scores(x_base: ArrayLike, y_base: ArrayLike, x_query: ArrayLike, y_query: ArrayLike, *,
+                    precision: PrecisionLike = DEFAULT_PRECISION) -> jax.Array:
   r"""Relative representations :cite:p:`moschella2023relative`: each query becomes its cosine similarities to the
   base anchors of its own space, :math:`r(x) = (\cos(x, b^x_k))_{k \le m}`, and queries are compared across
   spaces by :math:`\cos(r(x_i), r(y_j))`.
@@ -433,23 +443,26 @@ def relative_scores(x_base, y_base, x_query, y_query, *, precision=DEFAULT_PRECI
   return _relative_scores(xb, yb, xq, yq, precision)
 
 
-def linreg_match(x_base, y_base, x_query, y_query, *, lam: float = 1e-2) -> np.ndarray:
+def linreg_match(x_base: ArrayLike, y_base: ArrayLike, x_query: ArrayLike, y_query: ArrayLike, *,
+                 lam: float = 1e-2) -> np.ndarray:
   """Matching by linear assignment on :func:`linreg_scores`; ``[q]`` permutation."""
   _check_four(x_base, y_base, x_query, y_query, same_q=True)
   return match_scores(linreg_scores(x_base, y_base, x_query, y_query, lam=lam))
 
 
-def linreg_retrieve(x_base, y_base, x_query, y_query, *, k: int = 10, lam: float = 1e-2) -> jax.Array:
+def linreg_retrieve(x_base: ArrayLike, y_base: ArrayLike, x_query: ArrayLike, y_query: ArrayLike, *, k: int = 10,
+                    lam: float = 1e-2) -> jax.Array:
   """Top-``k`` y-queries of each x-query by :func:`linreg_scores`; ``[q_x, k]``."""
   return retrieve_scores(linreg_scores(x_base, y_base, x_query, y_query, lam=lam), k)
 
 
-def relative_match(x_base, y_base, x_query, y_query) -> np.ndarray:
+def relative_match(x_base: ArrayLike, y_base: ArrayLike, x_query: ArrayLike, y_query: ArrayLike) -> np.ndarray:
   """Matching by linear assignment on :func:`relative_scores`; ``[q]`` permutation."""
   _check_four(x_base, y_base, x_query, y_query, same_q=True)
   return match_scores(relative_scores(x_base, y_base, x_query, y_query))
 
 
-def relative_retrieve(x_base, y_base, x_query, y_query, *, k: int = 10) -> jax.Array:
+def relative_retrieve(x_base: ArrayLike, y_base: ArrayLike, x_query: ArrayLike, y_query: ArrayLike, *,
+                      k: int = 10) -> jax.Array:
   """Top-``k`` y-queries of each x-query by :func:`relative_scores`; ``[q_x, k]``."""
   return retrieve_scores(relative_scores(x_base, y_base, x_query, y_query), k)

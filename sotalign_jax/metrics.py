@@ -40,6 +40,8 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.lax import PrecisionLike
+from jax.typing import ArrayLike
 
 from sotalign_jax._arrays import DEFAULT_PRECISION, check_features, is_tracer, unit
 
@@ -58,7 +60,7 @@ def _check_emb(a, name) -> jax.Array:
   return check_features(a, name, dtype=jnp.float32)
 
 
-def positive_lists(positives, nq: int, ng: int) -> np.ndarray | None:
+def positive_lists(positives: ArrayLike | Sequence[Sequence[int]] | None, nq: int, ng: int) -> np.ndarray | None:
   """The positives of every query as a padded index array: ``None`` (query i ↔ gallery i), or int32
   ``[nq, k_max]`` whose row ``i`` holds query ``i``'s distinct positive gallery indices, padded with ``-1``.
 
@@ -165,8 +167,9 @@ def _positive_index(positives, nq: int, ng: int):
   return (positives[:, None] if positives.ndim == 1 else positives).astype(jnp.int32)
 
 
-def positive_ranks(queries, gallery, *, positives=None, chunk: int = 1024,
-                   precision=DEFAULT_PRECISION) -> np.ndarray | jax.Array:
+def positive_ranks(queries: ArrayLike, gallery: ArrayLike, *,
+                   positives: ArrayLike | Sequence[Sequence[int]] | None = None, chunk: int = 1024,
+                   precision: PrecisionLike = DEFAULT_PRECISION) -> np.ndarray | jax.Array:
   """0-based rank of the best positive of each query among the gallery, by cosine similarity.
 
   Traceable (see the module docstring); ``chunk`` and ``precision`` are static.
@@ -201,8 +204,9 @@ def _check_ks(ks) -> None:
     raise ValueError(f"ks must be positive integers, got {ks}")
 
 
-def retrieval_recall(queries, gallery, *, ks: Sequence[int] = (1, 5, 10), positives=None,
-                     chunk: int = 1024, precision=DEFAULT_PRECISION) -> dict[str, float | jax.Array]:
+def retrieval_recall(queries: ArrayLike, gallery: ArrayLike, *, ks: Sequence[int] = (1, 5, 10),
+                     positives: ArrayLike | Sequence[Sequence[int]] | None = None, chunk: int = 1024,
+                     precision: PrecisionLike = DEFAULT_PRECISION) -> dict[str, float | jax.Array]:
   """Recall@k for each k in ``ks``: the fraction of queries whose best positive ranks in the top k.
 
   Traceable: ``jax.jit(retrieval_recall)`` gives the eager values (``ks``, ``chunk`` and ``precision`` are static).
@@ -217,8 +221,8 @@ def retrieval_recall(queries, gallery, *, ks: Sequence[int] = (1, 5, 10), positi
   return {f"r{k}": float(np.mean(ranks < k)) for k in ks}
 
 
-def median_rank(queries, gallery, *, positives=None, chunk: int = 1024,
-                precision=DEFAULT_PRECISION) -> float | jax.Array:
+def median_rank(queries: ArrayLike, gallery: ArrayLike, *, positives: ArrayLike | Sequence[Sequence[int]] | None = None,
+                chunk: int = 1024, precision: PrecisionLike = DEFAULT_PRECISION) -> float | jax.Array:
   """Median over queries of the 1-based rank of the best positive (traceable: a float32 scalar when traced)."""
   ranks = positive_ranks(queries, gallery, positives=positives, chunk=chunk, precision=precision)
   if isinstance(ranks, jax.Array):
@@ -231,7 +235,8 @@ def _predict(x, t, precision=DEFAULT_PRECISION):
   return jnp.argmax(jnp.matmul(unit(x), unit(t).T, precision=precision), axis=1)
 
 
-def zero_shot_accuracy(image_emb, class_text_emb, labels, *, precision=DEFAULT_PRECISION) -> float | jax.Array:
+def zero_shot_accuracy(image_emb: ArrayLike, class_text_emb: ArrayLike, labels: ArrayLike, *,
+                       precision: PrecisionLike = DEFAULT_PRECISION) -> float | jax.Array:
   """Fraction of images whose most similar (cosine) class-prompt embedding is their label.
 
   Traceable: a Python float eagerly, a float32 ``jax.Array`` scalar when traced (traced ``labels`` are not
@@ -333,7 +338,8 @@ def _counts(a, b, positives, chunk: int, names=("queries", "keys"), caller: str 
   return gr, ti, nn
 
 
-def partner_ranks(a, b=None, *, positives=None, chunk: int = 1024) -> np.ndarray:
+def partner_ranks(a: ArrayLike, b: ArrayLike | None = None, *,
+                  positives: ArrayLike | Sequence[Sequence[int]] | None = None, chunk: int = 1024) -> np.ndarray:
   """1-based mid-rank of each query's best positive, ``1 + g_q + t_q / 2`` (ties count half; see above).
 
   Args:
@@ -352,7 +358,8 @@ def partner_ranks(a, b=None, *, positives=None, chunk: int = 1024) -> np.ndarray
   return 1.0 + gr + 0.5 * ti
 
 
-def per_query_metrics(a, b=None, *, positives=None, ks: Sequence[int] = (1, 5, 10),
+def per_query_metrics(a: ArrayLike, b: ArrayLike | None = None, *,
+                      positives: ArrayLike | Sequence[Sequence[int]] | None = None, ks: Sequence[int] = (1, 5, 10),
                       chunk: int = 1024) -> dict[str, np.ndarray]:
   """Every per-query retrieval quantity, for averaging or for bootstrapping over queries.
 
@@ -375,7 +382,8 @@ def per_query_metrics(a, b=None, *, positives=None, ks: Sequence[int] = (1, 5, 1
   return out
 
 
-def retrieval_metrics(a, b=None, *, positives=None, ks: Sequence[int] = (1, 5, 10),
+def retrieval_metrics(a: ArrayLike, b: ArrayLike | None = None, *,
+                      positives: ArrayLike | Sequence[Sequence[int]] | None = None, ks: Sequence[int] = (1, 5, 10),
                       chunk: int = 1024) -> dict[str, float]:
   """Means over queries of :func:`per_query_metrics`, with the median rank.
 
@@ -391,7 +399,7 @@ def retrieval_metrics(a, b=None, *, positives=None, ks: Sequence[int] = (1, 5, 1
   return out
 
 
-def foscttm_per_query(a, b=None, *, chunk: int = 1024) -> dict[str, np.ndarray]:
+def foscttm_per_query(a: ArrayLike, b: ArrayLike | None = None, *, chunk: int = 1024) -> dict[str, np.ndarray]:
   r"""Per-query FOSCTTM of paired rows ``x_i ↔ y_i`` in both directions (:cite:t:`liu2019foscttm`, "Jointly embedding
   multiple single-cell omics measurements"):
 
@@ -424,7 +432,7 @@ def foscttm_per_query(a, b=None, *, chunk: int = 1024) -> dict[str, np.ndarray]:
   return {"x2y": fx, "y2x": fy}
 
 
-def foscttm(a, b=None, *, chunk: int = 1024) -> dict[str, float]:
+def foscttm(a: ArrayLike, b: ArrayLike | None = None, *, chunk: int = 1024) -> dict[str, float]:
   """Mean FOSCTTM of paired rows per direction and their average (see :func:`foscttm_per_query`).
 
   FOSCTTM :cite:p:`liu2019foscttm`.
@@ -439,7 +447,7 @@ def foscttm(a, b=None, *, chunk: int = 1024) -> dict[str, float]:
   return {"x2y": fx, "y2x": fy, "mean": 0.5 * (fx + fy)}
 
 
-def matching_hits(sim, *, partner=None, seed: int = 0, lap: str = "scipy") -> np.ndarray:
+def matching_hits(sim: ArrayLike, *, partner: ArrayLike | None = None, seed: int = 0, lap: str = "scipy") -> np.ndarray:
   r"""Per query, 1.0 if the one-to-one matching maximising the total score assigns it its partner, else 0.0.
 
   The matching is the linear assignment :math:`\sigma = \arg\max_\sigma \sum_i s_{i\sigma(i)}`
@@ -475,7 +483,7 @@ def matching_hits(sim, *, partner=None, seed: int = 0, lap: str = "scipy") -> np
   return (perm[cols] == partner).astype(np.float64)
 
 
-def matching_accuracy(sim, *, partner=None, seed: int = 0, lap: str = "scipy") -> float:
+def matching_accuracy(sim: ArrayLike, *, partner: ArrayLike | None = None, seed: int = 0, lap: str = "scipy") -> float:
   """Fraction of queries the linear assignment on ``sim`` matches to their partner (see :func:`matching_hits`;
   a host-side driver)."""
   return float(matching_hits(sim, partner=partner, seed=seed, lap=lap).mean())

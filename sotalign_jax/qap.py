@@ -68,6 +68,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as PS
 
@@ -151,7 +152,7 @@ def _fill_unassigned(owner: jax.Array, assigned: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("tol", "start", "scale", "bidders", "max_rounds"))
-def auction(benefit, *, tol: float = 1e-6, start: float = 0.25, scale: float = 7.0, bidders: int = 256,
+def auction(benefit: ArrayLike, *, tol: float = 1e-6, start: float = 0.25, scale: float = 7.0, bidders: int = 256,
             max_rounds: int | None = None) -> tuple[jax.Array, jax.Array]:
   r"""Maximum-benefit assignment of a square ``[q, q]`` matrix by the ε-scaling auction (pure XLA).
 
@@ -251,7 +252,7 @@ def resolve_lap(lap: str) -> str:
   return lap
 
 
-def linear_assignment(cost, *, maximize: bool = False, lap: str = "scipy") -> jax.Array:
+def linear_assignment(cost: ArrayLike, *, maximize: bool = False, lap: str = "scipy") -> jax.Array:
   r"""Optimal assignment of every row of a cost matrix, :math:`\min_\sigma \sum_i C_{i\sigma(i)}` (or ``max``) over
   injective :math:`\sigma`: the one linear assignment entry point of the library.
 
@@ -426,9 +427,10 @@ def _place(x: jax.Array, mesh: Mesh, axis_name: str, spec: PS) -> jax.Array:
   return jax.lax.with_sharding_constraint(x, sharding)
 
 
-def faq(a, b, *, seeds=None, n_init: int = 1, maxiter: int = 30, tol: float = 1e-5, maximize: bool = True,
-        key: jax.Array | None = None, lap: str = "scipy", batch_size: int | None = None,
-        mesh: Mesh | None = None, axis_name: str | None = None, symmetric: bool | None = None) -> FAQResult:
+def faq(a: ArrayLike, b: ArrayLike, *, seeds: ArrayLike | None = None, n_init: int = 1, maxiter: int = 30,
+        tol: float = 1e-5, maximize: bool = True, key: jax.Array | None = None, lap: str = "scipy",
+        batch_size: int | None = None, mesh: Mesh | None = None, axis_name: str | None = None,
+        symmetric: bool | None = None) -> FAQResult:
   r"""Seeded FAQ graph matching with ``n_init`` batched random restarts; keeps the best.
 
   **Traceable.** Called eagerly, ``faq`` returns NumPy results with scipy's types (``col_ind`` int64, ``fun`` a

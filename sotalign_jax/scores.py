@@ -65,6 +65,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import numpy as np
+from jax.typing import ArrayLike
 
 from sotalign_jax import cka as _cka
 from sotalign_jax import _hsic
@@ -361,7 +362,7 @@ def _topk(x: jax.Array, k: int, block: int) -> tuple[jax.Array, jax.Array]:
 
 
 @functools.partial(jax.jit, static_argnames=("k", "block"))
-def topk_neighbours(x, *, k: int, block: int = 1024) -> tuple[jax.Array, jax.Array]:
+def topk_neighbours(x: ArrayLike, *, k: int, block: int = 1024) -> tuple[jax.Array, jax.Array]:
   """Each row's ``k`` largest inner products with the other rows, ``block`` rows at a time.
 
   Memory is ``O(block · n)``: the ``n × n`` similarity matrix is never held.
@@ -615,9 +616,10 @@ def _argmax_cell(g: jax.Array) -> tuple[jax.Array, jax.Array]:
 # ----------------------------------------------------------------------------------------------------------------
 # Public: score_grid.
 # ----------------------------------------------------------------------------------------------------------------
-def score_grid(xs, ys, *, metric: str = "linear_cka", k: int = 10, bandwidth: float | None = None,
-               dim: int = 10, block_size: int = 1024, n_perm: int = 0, key: jax.Array | None = None,
-               batch_size: int = 8, mesh: Mesh | None = None, n_tuples: int = 100_000) -> ScoreGrid:
+def score_grid(xs: ArrayLike | Sequence[np.ndarray | jax.Array], ys: ArrayLike | Sequence[np.ndarray | jax.Array], *,
+               metric: str = "linear_cka", k: int = 10, bandwidth: float | None = None, dim: int = 10,
+               block_size: int = 1024, n_perm: int = 0, key: jax.Array | None = None, batch_size: int = 8,
+               mesh: Mesh | None = None, n_tuples: int = 100_000) -> ScoreGrid:
   r"""Alignment score of every pair of layers of two encoders, in one compiled call.
 
   .. math:: G_{ij} = \mathrm{score}(X_i, Y_j), \qquad (i^*, j^*) = \arg\max_{ij} G_{ij}.
@@ -821,9 +823,9 @@ def _default_batch(metric: str, n: int, dx: int, dy: int, k: int, block: int, n_
   return int(np.clip(2**26 // max(per, 1), 1, 64))
 
 
-def calibrated(metric: str, x, y, *, n_perm: int = 1000, n_boot: int = 200, key: jax.Array | None = None,
-               ci: float = 0.95, k: int = 10, bandwidth: float | None = None, dim: int = 10,
-               block_size: int = 1024, batch_size: int | None = None, mesh: Mesh | None = None,
+def calibrated(metric: str, x: ArrayLike, y: ArrayLike, *, n_perm: int = 1000, n_boot: int = 200,
+               key: jax.Array | None = None, ci: float = 0.95, k: int = 10, bandwidth: float | None = None,
+               dim: int = 10, block_size: int = 1024, batch_size: int | None = None, mesh: Mesh | None = None,
                n_tuples: int = 100_000) -> Calibrated:
   r"""A score with its permutation null (``y``'s rows shuffled) and a percentile bootstrap interval.
 
@@ -891,7 +893,7 @@ def calibrated(metric: str, x, y, *, n_perm: int = 1000, n_boot: int = 200, key:
   return Calibrated(*out, metric=metric)
 
 
-def linear_cka_null_mean(x, y) -> jax.Array:
+def linear_cka_null_mean(x: ArrayLike, y: ArrayLike) -> jax.Array:
   r"""Exact mean of linear CKA over all permutations of ``y``'s rows (the RV coefficient's, Josse et al., 2008).
 
   .. math:: \mathbb E_\pi[\mathrm{CKA}] = \frac{\sqrt{\beta_x \beta_y}}{n - 1}, \qquad

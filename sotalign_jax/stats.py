@@ -19,6 +19,7 @@ import math
 from typing import NamedTuple
 
 import numpy as np
+from jax.typing import ArrayLike
 
 __all__ = ["Interval", "PairedDifference", "t_ppf", "t_cdf", "seed_interval", "paired_difference"]
 
@@ -134,7 +135,7 @@ def _check_confidence(confidence) -> float:
   return float(confidence)
 
 
-def seed_interval(values, *, confidence: float = 0.95) -> Interval:
+def seed_interval(values: ArrayLike, *, confidence: float = 0.95) -> Interval:
   r"""Mean over seeds with a Student-t interval, :math:`\bar v \pm t_{(1+c)/2,\,n-1}\; s/\sqrt n`
   (``s`` the sample standard deviation, ``ddof = 1``).
 
@@ -197,8 +198,8 @@ def _per_query_matrix(a, name: str) -> np.ndarray:
   return a
 
 
-def paired_difference(per_query_a, per_query_b, *, n_boot: int = 1000, seed: int = 0, confidence: float = 0.95,
-                      resample_seeds: bool = False) -> PairedDifference:
+def paired_difference(per_query_a: ArrayLike, per_query_b: ArrayLike, *, n_boot: int = 1000, seed: int = 0,
+                      confidence: float = 0.95, resample_seeds: bool = False) -> PairedDifference:
   r"""Difference of two methods' means with a paired bootstrap interval over test queries.
 
   With :math:`d_{sq} = a_{sq} - b_{sq}` for seed ``s`` and query ``q``, the statistic is

@@ -23,6 +23,8 @@ from typing import Literal, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.lax import PrecisionLike
+from jax.typing import ArrayLike
 
 from sotalign_jax._arrays import DEFAULT_PRECISION, check_positive, jit_with_host_scalars, on_host
 from sotalign_jax.cka import check_pair
@@ -68,8 +70,8 @@ def _ridge(x, y, *, lam, center: bool, whiten: bool, whiten_reg, precision):
   return mm(wx, w) if whiten else w
 
 
-def ridge(x, y, *, lam: float = 1e-2, center: bool = True, whiten: bool = False,
-          whiten_reg: float = 0.1, precision=DEFAULT_PRECISION) -> jax.Array:
+def ridge(x: ArrayLike, y: ArrayLike, *, lam: float = 1e-2, center: bool = True, whiten: bool = False,
+          whiten_reg: float = 0.1, precision: PrecisionLike = DEFAULT_PRECISION) -> jax.Array:
   r"""Ridge regression from x-space to y-space.
 
   .. math::
@@ -106,8 +108,8 @@ def _procrustes(x, y, *, center: bool, whiten: bool, whiten_reg, precision):
   return mm(wx, w) if whiten else w
 
 
-def procrustes(x, y, *, center: bool = True, whiten: bool = False, whiten_reg: float = 0.1,
-               precision=DEFAULT_PRECISION) -> jax.Array:
+def procrustes(x: ArrayLike, y: ArrayLike, *, center: bool = True, whiten: bool = False, whiten_reg: float = 0.1,
+               precision: PrecisionLike = DEFAULT_PRECISION) -> jax.Array:
   r"""Orthogonal Procrustes: :math:`W = \arg\min_{W^\top W = I} \|XW - Y\|_F = UV^\top`, :math:`X^\top Y = USV^\top`.
 
   Projection rule for ``dx ≠ dy``: the thin SVD gives a semi-orthogonal ``W: [dx, dy]`` (orthonormal columns
@@ -133,8 +135,8 @@ def _cca(x, y, *, dim: int, reg, center: bool, precision):
   return mm(ix, u[:, :dim]), mm(iy, vt.T[:, :dim])
 
 
-def cca(x, y, *, dim: int, reg: float = 0.1, center: bool = True,
-        precision=DEFAULT_PRECISION) -> tuple[jax.Array, jax.Array]:
+def cca(x: ArrayLike, y: ArrayLike, *, dim: int, reg: float = 0.1, center: bool = True,
+        precision: PrecisionLike = DEFAULT_PRECISION) -> tuple[jax.Array, jax.Array]:
   r"""Regularised canonical correlation analysis.
 
   With pair covariances :math:`\Sigma_{xx}, \Sigma_{yy}, \Sigma_{xy}` (normalised by ``n − 1``),
@@ -197,8 +199,9 @@ def _means_and_eye(x, y, dy: int):
   return x.mean(0), y.mean(0), jnp.eye(dy, dtype=y.dtype)
 
 
-def fit(name: Literal["cca", "ridge", "procrustes"], x, y, *, dim: int | None = None, reg: float = 0.1,
-        lam: float = 1e-2, center: bool = True, precision=DEFAULT_PRECISION) -> LinearTeacher:
+def fit(name: Literal["cca", "ridge", "procrustes"], x: ArrayLike, y: ArrayLike, *, dim: int | None = None,
+        reg: float = 0.1, lam: float = 1e-2, center: bool = True,
+        precision: PrecisionLike = DEFAULT_PRECISION) -> LinearTeacher:
   """Fits the teacher called ``name`` on pairs ``(x, y)`` and returns it with its centring: the one dispatch by name
   over :data:`TEACHERS` (the trained aligners' teacher and the experiments' call this).
 

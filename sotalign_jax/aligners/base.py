@@ -49,6 +49,7 @@ from typing import Any, Callable, ClassVar, Literal, Mapping, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from sotalign_jax import matching as match_lib
 from sotalign_jax._arrays import cosine, on_host, unit
@@ -201,7 +202,7 @@ def check_queries(a, dim: int, name: str) -> jax.Array:
 # ----------------------------------------------------------------------------------------------------------------
 # Base pairs and stretching (the options of the matching aligners).
 # ----------------------------------------------------------------------------------------------------------------
-def check_stretch(stretch) -> str:
+def check_stretch(stretch: str) -> str:
   """``stretch`` itself, or a ``ValueError`` naming the modes (a bool is rejected: say which rows)."""
   if isinstance(stretch, bool) or stretch not in STRETCH_MODES:
     raise ValueError(f"stretch must be one of {STRETCH_MODES} (the rows whose per-feature std scales each side), got "
@@ -209,8 +210,8 @@ def check_stretch(stretch) -> str:
   return stretch
 
 
-def select_base(key, data: AlignData, *, base: Base, n_base: int | None, cluster_side: Literal["x", "y"] = "x",
-                cluster_iter: int = 50, min_n: int = 1) -> AlignData:
+def select_base(key: jax.Array | None, data: AlignData, *, base: Base, n_base: int | None,
+                cluster_side: Literal["x", "y"] = "x", cluster_iter: int = 50, min_n: int = 1) -> AlignData:
   r"""``data`` with its pairs replaced by the base pairs (the unpaired rows are kept).
 
   ``base="all"``: every pair (``n_base`` must be ``None``). ``base="cluster"``: the ``min(n_base, p)`` pairs
@@ -377,7 +378,8 @@ ALIGNERS: dict[str, AlignerSpec] = {}
 
 
 def register(name: str, *, needs_pairs: bool, uses_unpaired: bool, min_pairs: int, citation: str,
-             trained: bool = False, all_pairs: bool = False, transductive: bool = False):
+             trained: bool = False, all_pairs: bool = False,
+             transductive: bool = False) -> Callable[[Callable[..., Alignment]], Callable[..., Alignment]]:
   """Decorator adding ``fit_fn(key, data, *, **hparams)`` to :data:`ALIGNERS` under ``name``.
 
   The registered (and returned) function validates ``data`` and the number of pairs before calling ``fit_fn``, so
@@ -419,8 +421,8 @@ def get(name: str) -> AlignerSpec:
   return ALIGNERS[name]
 
 
-def fit(name: str, key: jax.Array | None, data: AlignData, *, loop=None, mesh=None, val: AlignData | None = None,
-        **hparams) -> Alignment:
+def fit(name: str, key: jax.Array | None, data: AlignData, *, loop: Callable[..., Any] | None = None,
+        mesh: Mesh | None = None, val: AlignData | None = None, **hparams: Any) -> Alignment:
   """Fits the registered method ``name`` on ``data`` with its defaults overridden by ``hparams``.
 
   Args:

@@ -115,7 +115,7 @@ _MAIORCA = ("Maiorca et al., NeurIPS 2023, 'Latent Space Translation via Semanti
 
 
 @register("lstsq", needs_pairs=True, uses_unpaired=False, min_pairs=1, citation=_MAIORCA)
-def fit_lstsq(key, data: AlignData, *, center: Center = "all", normalize: bool = True,
+def fit_lstsq(key: jax.Array | None, data: AlignData, *, center: Center = "all", normalize: bool = True,
               rtol: float | None = None) -> LinearAlignment:
   r"""Least squares with the pseudo-inverse: the minimum-norm solution of :math:`\min_W \|\hat X W - \hat Y\|_F`,
 
@@ -145,9 +145,9 @@ def fit_lstsq(key, data: AlignData, *, center: Center = "all", normalize: bool =
 
 @register("ridge", needs_pairs=True, uses_unpaired=False, min_pairs=2,
           citation="Hoerl & Kennard, Technometrics 1970 (ridge regression); sotalign_jax.teachers.ridge")
-def fit_ridge(key, data: AlignData, *, lam: float = 1e-2, center: Center = "all", normalize: bool = True,
-              whiten: bool = False, stretch: Stretch = "none", base: Base = "all", n_base: int | None = None,
-              cluster_side: Literal["x", "y"] = "x",
+def fit_ridge(key: jax.Array | None, data: AlignData, *, lam: float = 1e-2, center: Center = "all",
+              normalize: bool = True, whiten: bool = False, stretch: Stretch = "none", base: Base = "all",
+              n_base: int | None = None, cluster_side: Literal["x", "y"] = "x",
               cluster_iter: int = 50) -> LinearAlignment | StretchedRidgeAlignment:
   r"""Ridge regression from x into y-space, :math:`W = \arg\min_W \|\hat XW - \hat Y\|_F^2 + \lambda\|W\|_F^2`
   (:func:`sotalign_jax.teachers.ridge`, primal or dual form), on the preprocessed pairs.
@@ -186,7 +186,8 @@ def fit_ridge(key, data: AlignData, *, lam: float = 1e-2, center: Center = "all"
 
 @register("procrustes", needs_pairs=True, uses_unpaired=False, min_pairs=2,
           citation="Schönemann, Psychometrika 1966 (orthogonal Procrustes); " + _MAIORCA)
-def fit_procrustes(key, data: AlignData, *, center: Center = "all", normalize: bool = True) -> LinearAlignment:
+def fit_procrustes(key: jax.Array | None, data: AlignData, *, center: Center = "all",
+                   normalize: bool = True) -> LinearAlignment:
   r"""Orthogonal Procrustes, :math:`W = \arg\min_{W^\top W = I} \|\hat XW - \hat Y\|_F = UV^\top` with
   :math:`\hat X^\top \hat Y = USV^\top` (semi-orthogonal if ``dx ≠ dy``; :func:`sotalign_jax.teachers.procrustes`).
 
@@ -203,7 +204,7 @@ def fit_procrustes(key, data: AlignData, *, center: Center = "all", normalize: b
 
 @register("cca", needs_pairs=True, uses_unpaired=False, min_pairs=2,
           citation="Hotelling, Biometrika 1936 (CCA); regularised as sotalign_jax.teachers.cca")
-def fit_cca(key, data: AlignData, *, dim: int | None = None, reg: float = 0.1, center: Center = "all",
+def fit_cca(key: jax.Array | None, data: AlignData, *, dim: int | None = None, reg: float = 0.1, center: Center = "all",
             normalize: bool = True) -> LinearAlignment:
   r"""Regularised CCA of the preprocessed pairs (:func:`sotalign_jax.teachers.cca`):
 

@@ -39,6 +39,7 @@ from typing import Literal, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from sotalign_jax import matching as match_lib
 from sotalign_jax.aligners.base import (AlignData, Alignment, Base, Stretch, check_queries, check_stretch, fit_scales,
@@ -106,10 +107,11 @@ class QAPAlignment(Alignment):
 @register("qap", needs_pairs=True, uses_unpaired=False, min_pairs=2, transductive=True,
           citation="Maniparambil et al., CVPR 2024, 'Do Vision and Language Encoders Represent the World "
                    "Similarly?' (seeded graph matching, FAQ: Vogelstein et al. 2015, Fishkind et al. 2019)")
-def fit_qap(key, data: AlignData, *, kernel: Literal["rbf", "linear"] = "rbf", n_init: int = 100, maxiter: int = 30,
-            tol: float = 1e-5, batch_size: int | None = None, lap: Literal["scipy", "hungarian"] = "scipy",
-            stretch: Stretch = "none", base: Base = "all", n_base: int | None = None,
-            cluster_side: Literal["x", "y"] = "x", cluster_iter: int = 50, mesh=None) -> QAPAlignment:
+def fit_qap(key: jax.Array | None, data: AlignData, *, kernel: Literal["rbf", "linear"] = "rbf", n_init: int = 100,
+            maxiter: int = 30, tol: float = 1e-5, batch_size: int | None = None,
+            lap: Literal["scipy", "hungarian"] = "scipy", stretch: Stretch = "none", base: Base = "all",
+            n_base: int | None = None, cluster_side: Literal["x", "y"] = "x", cluster_iter: int = 50,
+            mesh: Mesh | None = None) -> QAPAlignment:
   r"""Seeded graph matching with the pairs as seeds. The graphs are the centred, normalised kernels
   :math:`\bar K_X` of ``[base_x; qx]`` and :math:`\bar K_Y` of ``[base_y; ky]``; FAQ maximises
 

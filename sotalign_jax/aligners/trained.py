@@ -221,9 +221,9 @@ def _train_step(state, data, rng, *, f, g, term, alpha, sizes, batch_paired, bat
                      "temperature": jnp.exp(state.params["t_log"]), "bias": state.params["bias"]}
 
 
-def fit_heads(key, data: AlignData, *, term: str = "none", term_options: dict | None = None, alpha: float = 0.0,
-              loop: Loop | None = None, mesh: Mesh | None = None, steps: int, optimizer: str, lr: float,
-              weight_decay: float, warmup_steps: int, batch_paired: int, batch_unpaired: int, head: str,
+def fit_heads(key: jax.Array, data: AlignData, *, term: str = "none", term_options: dict | None = None,
+              alpha: float = 0.0, loop: Loop | None = None, mesh: Mesh | None = None, steps: int, optimizer: str,
+              lr: float, weight_decay: float, warmup_steps: int, batch_paired: int, batch_unpaired: int, head: str,
               hidden: int, siglip_t: float, siglip_b: float, teacher: str, teacher_dim: int, teacher_reg: float,
               ridge_lam: float, center: str, normalize: bool, info: tuple = (), run_name: str = "") -> HeadsAlignment:
   """Fits two heads by the recipe of the module docstring; every trained method calls this.

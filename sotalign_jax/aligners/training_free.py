@@ -18,6 +18,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from sotalign_jax import cka as cka_lib
 from sotalign_jax import matching
@@ -89,8 +90,8 @@ def _anchors(data: AlignData, center: Center):
 @register("relative", needs_pairs=True, uses_unpaired=False, min_pairs=1,
           citation="Moschella et al., ICLR 2023, 'Relative representations enable zero-shot latent space "
                    "communication'")
-def fit_relative(key, data: AlignData, *, center: Center = "all", stretch: Stretch = "none", base: Base = "all",
-                 n_base: int | None = None, cluster_side: Literal["x", "y"] = "x",
+def fit_relative(key: jax.Array | None, data: AlignData, *, center: Center = "all", stretch: Stretch = "none",
+                 base: Base = "all", n_base: int | None = None, cluster_side: Literal["x", "y"] = "x",
                  cluster_iter: int = 50) -> RelativeAlignment:
   r"""Relative representations with the (base) pairs as anchors:
 
@@ -125,7 +126,8 @@ def fit_relative(key, data: AlignData, *, center: Center = "all", stretch: Stret
 # ----------------------------------------------------------------------------------------------------------------
 # ASIF.
 # ----------------------------------------------------------------------------------------------------------------
-def asif_representation(x, anchors, *, k: int, power: int | float, clip_negative: bool = True) -> jax.Array:
+def asif_representation(x: ArrayLike, anchors: ArrayLike, *, k: int, power: int | float,
+                        clip_negative: bool = True) -> jax.Array:
   r"""ASIF's sparse relative representation of the rows of ``x`` (Norelli et al., NeurIPS 2023, Sec. 3):
 
   .. math::
@@ -190,8 +192,8 @@ class ASIFAlignment(Alignment):
 @register("asif", needs_pairs=True, uses_unpaired=False, min_pairs=1,
           citation="Norelli et al., NeurIPS 2023, 'ASIF: Coupled Data Turns Unimodal Models to Multimodal Without "
                    "Training'")
-def fit_asif(key, data: AlignData, *, k: int = 800, power: int | float = 8, clip_negative: bool = True,
-             center: Center = "all") -> ASIFAlignment:
+def fit_asif(key: jax.Array | None, data: AlignData, *, k: int = 800, power: int | float = 8,
+             clip_negative: bool = True, center: Center = "all") -> ASIFAlignment:
   r"""ASIF with the pairs as the coupled anchors: :math:`s(x, y) = \langle r_x(x), r_y(y)\rangle` with
   :func:`asif_representation` on each side.
 
@@ -261,9 +263,9 @@ class LocalCKAAlignment(Alignment):
 @register("local_cka", needs_pairs=True, uses_unpaired=False, min_pairs=2,
           citation="Maniparambil et al., CVPR 2024, 'Do Vision and Language Encoders Represent the World "
                    "Similarly?' (localized CKA retrieval)")
-def fit_local_cka(key, data: AlignData, *, kernel: Literal["linear", "rbf"] = "linear", stretch: Stretch = "fit",
-                  base: Base = "all", n_base: int | None = None, cluster_side: Literal["x", "y"] = "x",
-                  cluster_iter: int = 50) -> LocalCKAAlignment:
+def fit_local_cka(key: jax.Array | None, data: AlignData, *, kernel: Literal["linear", "rbf"] = "linear",
+                  stretch: Stretch = "fit", base: Base = "all", n_base: int | None = None,
+                  cluster_side: Literal["x", "y"] = "x", cluster_iter: int = 50) -> LocalCKAAlignment:
   r"""Local CKA retrieval with the (base) pairs as the base set: query ``x_i`` and key ``y_j`` score the (biased,
   linear or RBF) CKA of the base kernels bordered by them (closed form in
   :func:`sotalign_jax.matching.local_cka_scores`). The match experiment's ``localcka_*`` methods are

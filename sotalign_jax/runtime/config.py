@@ -30,6 +30,7 @@ import importlib.util
 import os
 import re
 import sys
+import types
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import ml_collections
@@ -43,7 +44,7 @@ __all__ = ["parse_arg", "get", "check_ints", "check_positive", "check_nonnegativ
 # get_config(arg): presets and typed fields.
 # ------------------------------------------------------------------------------------------------------------
 def parse_arg(arg: str | None, *, presets: Mapping[str, Mapping[str, Any]] | None = None,
-              **fields) -> ml_collections.ConfigDict:
+              **fields: Any) -> ml_collections.ConfigDict:
   """The fields of a ``get_config`` argument such as ``"demo,smoke,n_pairs=64"``, typed like their defaults.
 
   Tokens are comma-separated and applied left to right: the name of a preset sets the fields of that preset,
@@ -99,12 +100,13 @@ def _typed(key: str, text: str, default):
 # ------------------------------------------------------------------------------------------------------------
 # validate(config): checks that name the dotted key.
 # ------------------------------------------------------------------------------------------------------------
-def get(cfg, key: str):
+def get(cfg: ml_collections.ConfigDict, key: str) -> Any:
   """``config.<key>`` for a dotted ``key``."""
   return functools.reduce(getattr, key.split("."), cfg)
 
 
-def check_ints(cfg, keys: Iterable[str], *, minimum: int = 1, sentinel: int | None = None):
+def check_ints(cfg: ml_collections.ConfigDict, keys: Iterable[str], *, minimum: int = 1,
+               sentinel: int | None = None) -> None:
   """Raises naming the first ``config.<key>`` that is not an integer ``>= minimum`` (or ``sentinel``, e.g. -1 for
   "no cap"); for a tuple, the first that has another entry."""
   need = {1: "a positive integer", 0: "an integer >= 0"}.get(minimum, f"an integer >= {minimum}")
@@ -120,28 +122,29 @@ def check_ints(cfg, keys: Iterable[str], *, minimum: int = 1, sentinel: int | No
       raise ValueError(f"config.{key} must be {need}, got {v!r}")
 
 
-def check_positive(cfg, keys: Iterable[str]):
+def check_positive(cfg: ml_collections.ConfigDict, keys: Iterable[str]) -> None:
   """Raises naming the first ``config.<key>`` that is not ``> 0``."""
   for key in keys:
     if not get(cfg, key) > 0:
       raise ValueError(f"config.{key} must be > 0, got {get(cfg, key)!r}")
 
 
-def check_nonnegative(cfg, keys: Iterable[str]):
+def check_nonnegative(cfg: ml_collections.ConfigDict, keys: Iterable[str]) -> None:
   """Raises naming the first ``config.<key>`` that is not ``>= 0``."""
   for key in keys:
     if not get(cfg, key) >= 0:
       raise ValueError(f"config.{key} must be >= 0, got {get(cfg, key)!r}")
 
 
-def check_one_of(cfg, keys: str | Iterable[str], choices: Sequence):
+def check_one_of(cfg: ml_collections.ConfigDict, keys: str | Iterable[str], choices: Sequence) -> None:
   """Raises naming the first ``config.<key>`` whose value is not one of ``choices``."""
   for key in [keys] if isinstance(keys, str) else keys:
     if get(cfg, key) not in choices:
       raise ValueError(f"config.{key} must be one of {tuple(choices)}, got {get(cfg, key)!r}")
 
 
-def check_subset(cfg, key: str, choices: Sequence[str], *, what: str = "method", allow_empty: bool = False) -> tuple:
+def check_subset(cfg: ml_collections.ConfigDict, key: str, choices: Sequence[str], *, what: str = "method",
+                 allow_empty: bool = False) -> tuple:
   """``config.<key>``, a tuple of names from ``choices``; raises naming the key on unknown names (or none)."""
   items = get(cfg, key)
   bad = [m for m in items if m not in choices] if isinstance(items, tuple) else [items]
@@ -161,12 +164,12 @@ def _load_module(path: str):
   return module
 
 
-def config_module(path: str):
+def config_module(path: str) -> types.ModuleType:
   """The config file at ``path`` as a module (its ``get_config`` and ``validate``), loaded once."""
   return _load_module(os.path.abspath(path))
 
 
-def experiment_config(experiment_file: str):
+def experiment_config(experiment_file: str) -> types.ModuleType:
   """The config module of ``experiments/NAME.py`` (pass its ``__file__``): ``configs/proj/NAME/config.py`` (an
   engine preset) or ``configs/NAME.py`` beside it."""
   root, name = os.path.split(os.path.dirname(os.path.abspath(experiment_file)))[0], os.path.basename(experiment_file)
@@ -174,14 +177,14 @@ def experiment_config(experiment_file: str):
   return config_module(proj if os.path.exists(proj) else os.path.join(root, "configs", name))
 
 
-def get_path(cfg, path: str):
+def get_path(cfg: ml_collections.ConfigDict, path: str) -> Any:
   """``cfg.a.b`` for ``path="a.b"``."""
   for part in path.split("."):
     cfg = cfg[part]
   return cfg
 
 
-def load_config(spec: str):
+def load_config(spec: str) -> ml_collections.ConfigDict:
   """``get_config(arg)`` of ``FILE[:ARG]``, the value of ``--config`` (as ml_collections splits it)."""
   path, *arg = spec.split(":", 1)
   return config_module(path).get_config(*arg)
@@ -292,7 +295,8 @@ def check_overrides(argv: Sequence[str], *, flag: str = "config") -> list[str]:
   return argv
 
 
-def start_experiment(argv, config, workdir, *, config_file: str):
+def start_experiment(argv: Sequence[str], config: ml_collections.ConfigDict | None, workdir: str | None, *,
+                     config_file: str) -> None:
   """The launch checks every experiment's ``main`` does first; starts ``jax.distributed`` on several hosts.
 
   Raises ``absl.app.UsageError`` on stray arguments or a missing ``--config`` / ``--workdir``.
@@ -306,7 +310,7 @@ def start_experiment(argv, config, workdir, *, config_file: str):
     raise app.UsageError(f"both --config {config_file}[:ARG] and --workdir DIR are required")
 
 
-def launch(run: Callable[[ml_collections.ConfigDict, str], Any], config_file: str):
+def launch(run: Callable[[ml_collections.ConfigDict, str], Any], config_file: str) -> None:
   """The ``__main__`` of every experiment: ``--config`` (locked) and ``--workdir``, then ``run(config, workdir)``.
 
   Overrides are checked by :func:`check_overrides` before absl parses them; a :class:`UserError` out of ``run``
