@@ -21,11 +21,14 @@ The argument after ``:`` is a comma list of presets and ``key=value`` fields, ap
 * ``byo`` — bring your own spaces as ``.npy`` files (paper-size projectors and batch, for a GPU).
 * ``smoke`` — ``.npy`` input, tiny projectors and a few steps: for tests.
 
-Fields: ``source`` (``demo`` | ``npy``), ``steps`` (int), ``tiny`` (bool). Methods: ``cmcr`` (the paper),
-``cmcr_no_noise`` / ``cmcr_no_pseudo`` / ``cmcr_no_intra`` (ablations: σ² = 0, no pseudo-pair term, λ = 0),
-``supervised`` (the same projectors trained with A–C pairs: needs ``a_train`` and ``c_train``), ``no_connection``
-(cosine between the raw spaces when their dimensions match, else chance). ``seeds``: each method runs with
-seeds ``0 .. seeds-1`` (projector initialisation, batches, noise) and the table shows the mean with a 95% interval.
+Fields: ``source`` (``demo`` | ``npy``), ``steps`` (int), ``tiny`` (bool); preset ``sensitivity`` runs ``cmcr`` and
+its σ² / λ variants. Methods (``sotalign_jax.cmcr.METHODS``; the default is every one but the sensitivity): ``cmcr``
+(the paper), the ablations ``cmcr_ttc`` / ``cmcr_ttc_avc`` / ``cmcr_ttc_intra`` / ``cmcr_no_consistency`` /
+``cmcr_no_noise``, ``supervised`` (the same projectors trained with A–C pairs: needs ``a_train`` and ``c_train``),
+and the zero-pair baselines ``no_connection`` (cosine between the raw spaces when their dimensions match, else
+chance), ``text_pivot``, ``text_lstsq``, ``wasserstein_procrustes``. ``seeds`` (demo: 3): each method runs with
+seeds ``0 .. seeds-1`` (projector initialisation, batches, noise) and the table shows the mean with a 95% interval
+and paired differences to ``cmcr``.
 Unknown names, and unknown ``--config.KEY`` overrides, are rejected naming the known ones.
 """
 
@@ -33,22 +36,24 @@ import ml_collections
 import optax
 
 from sotalign_jax import teachers
-from sotalign_jax.cmcr import METHODS
+from sotalign_jax.cmcr import ABLATIONS, BASELINES, METHODS, SENSITIVITY
 from sotalign_jax.runtime import config as cfg_lib
 
 NPY_KEYS = ("a_memory", "b", "b_prime", "c_memory", "a_eval", "c_eval", "a_train", "c_train")
+MAIN = ("cmcr", "supervised", *ABLATIONS, *BASELINES)  # every method but the σ² / λ sensitivity
 PRESETS = {
     "demo": {"source": "demo", "steps": 1200},
+    "sensitivity": {"methods": ("cmcr", *SENSITIVITY)},  # σ² × 1/4, × 4 and λ × 1/10, × 10 around the config's
     "byo": {"source": "npy", "steps": 5000, "methods": ("cmcr", "no_connection")},  # + supervised given A–C pairs
     "smoke": {"source": "npy", "steps": 60, "tiny": True},
 }
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = cfg_lib.parse_arg(arg, presets=PRESETS, methods=METHODS, source="demo", steps=1200, tiny=False)
+  arg = cfg_lib.parse_arg(arg, presets=PRESETS, methods=MAIN, source="demo", steps=1200, tiny=False)
   c = ml_collections.ConfigDict()
   c.seed = 0                     # base of every PRNG key: seed s trains with fold_in(key(seed), s)
-  c.seeds = 1                    # seeds 0 .. seeds-1 per method: several give intervals in the table
+  c.seeds = 3 if arg.source == "demo" else 1  # seeds 0 .. seeds-1 per method: intervals and paired differences
   c.methods = arg.methods        # subset of METHODS, in the order they run
 
   # --- data --------------------------------------------------------------------------------------------------
@@ -69,6 +74,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.demo.cache_1 = "data_cache/openclipart__efficientnet-lite0__all-MiniLM-L6-v2"  # A = image, B = text
   c.demo.cache_2 = "data_cache/openclipart__efficientnet-lite2__all-mpnet-base-v2"  # B' = text, C = image
   c.demo.eval_split = "test"     # held-out pictures neither space nor C-MCR saw ("val" while tuning)
+  c.demo.gap = 0.75              # planted modality gap g (experiments/cmcr.py planted_gap; ‖μ_t − μ_i‖ ≈ 0.85, CLIP's
+  #                                is ≈ 0.8); 0 keeps the CCA spaces, which centre every modality and have no gap
   c.teacher = ml_collections.ConfigDict()  # the closed form that makes each demo space contrastive
   c.teacher.name = "cca"         # cca | ridge | procrustes
   c.teacher.cca_dim = 256
@@ -77,7 +84,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # --- C-MCR (paper values in comments) ---------------------------------------------------------------------
   c.head = ml_collections.ConfigDict()  # the projector of each space
-  c.head.kind = "mlp"            # mlp (Linear → BatchNorm → ReLU → Linear → BatchNorm, the paper) | linear
+  c.head.kind = "mlp"            # mlp (Linear → BN → ReLU → Linear → BN, the paper's CLIP–CLAP head) | linear
+  #                                (Linear → BN) | mlp_half (Linear → BN → ReLU, the CLIP–ULIP head: outputs ≥ 0)
   c.head.hidden = 1024           # MLP width (paper 1024)
   c.head.dim = 512               # shared dimension (paper 512)
   c.noise_variance = 0.004       # σ² of the semantic-completion noise (paper 0.004)
@@ -85,6 +93,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.temperature = 0.05           # τ2 of the InfoNCE losses (paper 0.05)
   c.intra_weight = 0.1           # λ of the intra-space loss (paper 0.1)
   c.pseudo_weight = 1.0          # weight of the pseudo A–C pair loss
+
+  # --- zero-pair baselines (no training) ------------------------------------------------------------------
+  c.baselines = ml_collections.ConfigDict()
+  c.baselines.lstsq_ridge = 1e-3  # text_lstsq: ridge α per text of the least-squares map b → b'
+  c.baselines.wp = ml_collections.ConfigDict()  # wasserstein_procrustes between the A and C memories: the
+  c.baselines.wp.batch_size = 2000              # benchmark's CPU-sized options (ZERO_PAIR_CPU in
+  c.baselines.wp.refine_batch_size = 2000       # configs/proj/benchmark/config.py)
+  c.baselines.wp.n_iterations = 50
 
   # --- optimisation ---------------------------------------------------------------------------------------
   c.optimizer = "adamw"          # any optax optimizer taking (learning_rate, weight_decay); cosine decay after warm-up
@@ -109,6 +125,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.log_every = 25
     c.ckpt_every = 100
   if arg.tiny:
+    c.baselines.wp.batch_size = c.baselines.wp.refine_batch_size = 500
+    c.baselines.wp.n_iterations = 10
     c.head.hidden = 64
     c.head.dim = 32
     c.batch_size = 128
@@ -125,7 +143,9 @@ def validate(c: ml_collections.ConfigDict):
   cfg_lib.check_ints(c, ("warmup_steps",), minimum=0)
   cfg_lib.check_positive(c, ("lr", "temperature", "retrieval_temperature", "teacher.cca_reg", "teacher.ridge_lam"))
   cfg_lib.check_nonnegative(c, ("noise_variance", "intra_weight", "pseudo_weight", "weight_decay"))
-  cfg_lib.check_one_of(c, "head.kind", ("linear", "mlp"))
+  cfg_lib.check_one_of(c, "head.kind", ("linear", "mlp", "mlp_half"))
+  cfg_lib.check_nonnegative(c, ("demo.gap", "baselines.lstsq_ridge"))
+  cfg_lib.check_ints(c, ("baselines.wp.batch_size", "baselines.wp.refine_batch_size", "baselines.wp.n_iterations"))
   cfg_lib.check_one_of(c, "data.source", ("demo", "npy"))
   cfg_lib.check_one_of(c, "teacher.name", teachers.TEACHERS)
   cfg_lib.check_one_of(c, "demo.eval_split", ("val", "test"))

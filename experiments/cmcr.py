@@ -10,15 +10,22 @@ loop (:func:`sotalign_jax.runtime.train.checkpointed_loop`, Orbax checkpoints) �
 pairs (:mod:`sotalign_jax.evaluators.retrieval`) → one record in the
 :class:`~sotalign_jax.runtime.sweep.CellStore` → mean and interval over seeds (:func:`sotalign_jax.runtime.sweep.
 summarise`) → ``results.json`` + markdown table + plot.
-Method keys: ``cmcr``, ``supervised``, ``no_connection``, ``cmcr_no_noise``, ``cmcr_no_pseudo``,
-``cmcr_no_intra``; metrics ``a2c_r1``, ``a2c_r5``, ``c2a_r1``, ``c2a_r5`` (A→C and C→A recall at 1 and 5).
+Method keys (:data:`sotalign_jax.cmcr.METHODS`): ``cmcr``; ``supervised`` (the ceiling: A–C pairs); the ablations
+``cmcr_ttc`` (L_ttc only: no pseudo embedding anywhere), ``cmcr_ttc_avc``, ``cmcr_ttc_intra``,
+``cmcr_no_consistency`` (nearest memory row instead of aggregation), ``cmcr_no_noise``; the sensitivity
+``cmcr_noise_low`` / ``_high`` (σ² × 1/4, × 4) and ``cmcr_lambda_low`` / ``_high`` (λ × 1/10, × 10); the zero-pair
+baselines ``no_connection``, ``text_pivot``, ``text_lstsq`` and ``wasserstein_procrustes`` (between the A and C
+memories, no shared modality). Metrics ``a2c_r1``, ``a2c_r5``, ``c2a_r1``, ``c2a_r5`` (A→C and C→A recall at 1
+and 5) and, for trained methods, ``gap_1`` / ``gap_2`` (the modality gap left in the shared space). Every method is
+compared with ``cmcr`` by a per-query paired bootstrap (:func:`comparisons`), and ``cmcr − 0.85 × supervised``
+tests the issue's goal. The demo plants a modality gap (``demo.gap``, :func:`planted_gap`) and reports it.
 
 Data-parallel over all devices: texts, pseudo embeddings (and A–C pairs) are row-sharded over a 1-D mesh
 (:func:`distributed.shard_rows`), the batches too. On several hosts each computes the pseudo embeddings of its own
 block of texts only, and process 0 alone writes files.
 
 **Reruns: cells are keyed by their settings** (:func:`cell_settings`): the method and its resolved options (the
-config's values as the method uses them, e.g. ``pseudo_weight`` 0 for ``cmcr_no_pseudo``), the data (npy mode: the
+config's values as the method uses them, e.g. ``pseudo_weight`` 0 for ``cmcr_ttc_intra``), the data (npy mode: the
 content hashes of the files the method reads, never paths; demo: the two caches' fingerprints and the teacher that
 builds the spaces), ``data.normalize``, ``config.seed`` and the seed. A cell is ``done/<method>/p0_s<seed>__<key12>
 .json`` (``p0``: no A–C pair; the store's grid has one column). A rerun reuses exactly the cells whose settings did
@@ -48,7 +55,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from sotalign_jax import cmcr, losses, metrics, teachers
+from sotalign_jax import aligners, cmcr, losses, metrics, stats, teachers
 from sotalign_jax.data.cache import open_cache
 from sotalign_jax.data.splits import stable_uniform
 from sotalign_jax.evaluators import EvalSet, retrieval
@@ -58,12 +65,22 @@ from sotalign_jax.runtime import distributed, io as sio, sweep, train as train_l
 
 CONFIG = cfg_lib.experiment_config(__file__)  # configs/cmcr.py: get_config, validate
 NPY_KEYS = CONFIG.NPY_KEYS
-# method -> (noise on?, pseudo-pair weight factor, intra weight factor); `supervised` trains on A–C pairs.
-ABLATIONS = {"cmcr": (True, 1.0, 1.0), "cmcr_no_noise": (False, 1.0, 1.0), "cmcr_no_pseudo": (True, 0.0, 1.0),
-             "cmcr_no_intra": (True, 1.0, 0.0)}
-METRICS = ("a2c_r1", "a2c_r5", "c2a_r1", "c2a_r5")
+# method -> what it changes in the paper's recipe, as factors of the configured σ² ("noise"), pseudo-pair weight
+# ("pseudo") and λ ("intra"), and "consistency": False for hard nearest neighbours instead of memory aggregation.
+# `supervised` trains the same projectors on A–C pairs; the BASELINES are not trained.
+VARIANTS = {"cmcr": {}, "cmcr_ttc": {"pseudo": 0.0, "intra": 0.0}, "cmcr_ttc_avc": {"intra": 0.0},
+            "cmcr_ttc_intra": {"pseudo": 0.0}, "cmcr_no_consistency": {"consistency": False},
+            "cmcr_no_noise": {"noise": 0.0}, "cmcr_noise_low": {"noise": 0.25}, "cmcr_noise_high": {"noise": 4.0},
+            "cmcr_lambda_low": {"intra": 0.1}, "cmcr_lambda_high": {"intra": 10.0}}
+assert set(VARIANTS) | {"supervised"} | set(cmcr.BASELINES) == set(cmcr.METHODS)
+METRICS = ("a2c_r1", "a2c_r5", "c2a_r1", "c2a_r5", "gap_1", "gap_2")
+# gap_1 / gap_2: the modality gap left in the shared space, ‖μ f1(A) − μ f1(B)‖ and ‖μ f2(C) − μ f2(B')‖ on the
+# evaluation A / C rows and (up to GAP_TEXTS of) the shared texts (trained methods only; what L_intra closes)
+GAP_TEXTS = 4096
 KS = (1, 5)
-CONFIDENCE = 0.95  # of the intervals over seeds
+CONFIDENCE = 0.95  # of the intervals over seeds and of the paired differences
+COMPARED = ("a2c_r1", "c2a_r1")  # the metrics of the paired comparisons with cmcr
+GOAL = 0.85  # C-MCR's target share of the supervised ceiling (issue #28): cmcr − GOAL × supervised is tested
 NO_PAIRS = 0  # the cell store's p: C-MCR sees no A–C pair (its grid has one column)
 
 
@@ -135,15 +152,41 @@ def demo_spaces(cfg) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
       "c_eval": arr(t2.embed_x(c2.image_emb[img2[ev_rows]])),
       "a_train": arr(t1.embed_x(c1.image_emb[img1[tr_rows]])),  # A–C pairs, for `supervised` only
       "c_train": arr(t2.embed_x(c2.image_emb[img2[tr_rows]])),
+      "b_eval": arr(t1.embed_y(c1.text_emb[rows1[ev_rows]])),  # held-out captions: the info below only
+      "b_prime_eval": arr(t2.embed_y(c2.text_emb[rows2[ev_rows]])),
   }
+  if cfg.demo.gap:
+    spaces = planted_gap(spaces, cfg.demo.gap)
+  b_eval, bp_eval = spaces.pop("b_eval"), spaces.pop("b_prime_eval")
   # how well each space is aligned on its own (image → caption R@1 on the held-out pictures)
   info = {
-      "space_1_i2t_r1": metrics.retrieval_recall(spaces["a_eval"], t1.embed_y(c1.text_emb[rows1[ev_rows]]),
-                                                 ks=(1,))["r1"],
-      "space_2_i2t_r1": metrics.retrieval_recall(spaces["c_eval"], t2.embed_y(c2.text_emb[rows2[ev_rows]]),
-                                                 ks=(1,))["r1"],
+      "space_1_i2t_r1": metrics.retrieval_recall(spaces["a_eval"], b_eval, ks=(1,))["r1"],
+      "space_2_i2t_r1": metrics.retrieval_recall(spaces["c_eval"], bp_eval, ks=(1,))["r1"],
       "n_half_1_pairs": int(h1.sum()), "n_half_2_pairs": int(h2.sum())}
   return spaces, info
+
+
+GAP_GROUPS = (("a_memory", "a_eval", "a_train"), ("b", "b_eval"), ("b_prime", "b_prime_eval"),
+              ("c_memory", "c_eval", "c_train"))
+
+
+def planted_gap(spaces: dict, gap: float) -> dict:
+  r"""A modality gap planted in both spaces: each modality's rows become :math:`\mathrm{norm}(\mathrm{norm}(x) + g
+  u_m)` with :math:`u_m` a random unit direction of its own (fixed), so the four modalities sit in four cones, as
+  the images and texts of a CLIP-like model do (Liang et al. 2022) — where the demo's CCA spaces centre every
+  modality on its own mean and have no gap. Two independent directions give a measured gap
+  :math:`\|\mu_{\text{text}} - \mu_{\text{image}}\| \approx \sqrt2\, g / \sqrt{1 + g^2}` (``g = 0.75``: ≈ 0.85).
+  """
+  rng = np.random.default_rng(2_805)  # fixed: the same gap for every run (the settings key holds `gap`)
+  unit_rows = lambda v: v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+  out = dict(spaces)
+  for group in GAP_GROUPS:
+    u = rng.normal(size=spaces[group[0]].shape[1])
+    u /= np.linalg.norm(u)
+    for k in group:
+      if k in out:
+        out[k] = unit_rows(unit_rows(out[k]) + gap * u).astype(np.float32)
+  return out
 
 
 def load_spaces(cfg) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -153,19 +196,27 @@ def load_spaces(cfg) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     raise ValueError("config.data.a_eval and config.data.c_eval (row-aligned A–C evaluation pairs) are required")
   if cfg.data.normalize:
     spaces = {k: np.asarray(cmcr.normalize(jnp.asarray(v))) for k, v in spaces.items()}
+  # the modality gap of each space (Liang et al. 2022): what the intra-space term is there to close
+  info["gap_space_1"] = round(cmcr.modality_gap(spaces["a_memory"], spaces["b"]), 4)
+  info["gap_space_2"] = round(cmcr.modality_gap(spaces["c_memory"], spaces["b_prime"]), 4)
   return spaces, info
 
 
-def pseudo_embeddings(spaces: dict, cfg, rows: slice) -> dict[str, np.ndarray]:
-  """Semantic consistency: the pseudo A (space 1) and pseudo C (space 2) of texts ``rows``, retrieved once.
+def pseudo_embeddings(spaces: dict, cfg, rows: slice, *, consistency: bool = True) -> dict[str, np.ndarray]:
+  """The pseudo A (space 1) and pseudo C (space 2) of texts ``rows``, retrieved once: with semantic consistency,
+  aggregated from the memories (:func:`cmcr.soft_retrieve`, keys ``pseudo_a``, ``pseudo_c``); without, the nearest
+  memory row (:func:`cmcr.nearest`, keys ``nearest_a``, ``nearest_c``).
 
   Each host computes the rows it holds in training (:func:`distributed.local_row_range`); retrieval is row-wise.
   """
   out = {}
-  for name, q, mem in (("pseudo_a", "b", "a_memory"), ("pseudo_c", "b_prime", "c_memory")):
+  for a, q, mem in (("a", "b", "a_memory"), ("c", "b_prime", "c_memory")):
     chunk = int(max(1, min(4096, 2**28 // len(spaces[mem]))))  # ≤ 1 GiB of logits at a time
-    fn = jax.jit(functools.partial(cmcr.soft_retrieve, temperature=cfg.retrieval_temperature, chunk_size=chunk))
-    out[name] = np.asarray(fn(spaces[q][rows], spaces[mem]))
+    if consistency:
+      fn = jax.jit(functools.partial(cmcr.soft_retrieve, temperature=cfg.retrieval_temperature, chunk_size=chunk))
+    else:
+      fn = jax.jit(functools.partial(cmcr.nearest, chunk_size=chunk))
+    out[f"{'pseudo' if consistency else 'nearest'}_{a}"] = np.asarray(fn(spaces[q][rows], spaces[mem]))
   return out
 
 
@@ -185,14 +236,24 @@ class TrainState(train_state.TrainState):
   batch_stats: Any = None
 
 
-def _project(f, name, params, stats, x):
-  """``f(x)`` in training mode; returns the embeddings and the batch stats with ``name``'s updated."""
-  z, upd = f.apply({"params": params[name], "batch_stats": stats[name]}, x, train=True, mutable=["batch_stats"])
-  return z, {**stats, name: upd["batch_stats"]}
+def train_names(method: str, o: dict) -> tuple[str, ...]:
+  """The arrays ``method`` trains on: A–C pairs (``supervised``); texts only (no pseudo-pair and no intra term:
+  no pseudo embedding is ever formed); else texts and their pseudo embeddings, aggregated or nearest."""
+  if method == "supervised":
+    return ("a_train", "c_train")
+  if not (o["pseudo_weight"] or o["intra_weight"]):
+    return ("b", "b_prime")
+  kind = "pseudo" if o["consistency"] else "nearest"
+  return ("b", "b_prime", f"{kind}_a", f"{kind}_c")
 
 
-def train_step(state, data, rng, *, f1, f2, method, n, cfg_static, sharding):
+def train_step(state, data, rng, *, f1, f2, names, n, cfg_static, sharding):
   """One update: C-MCR (and ablations) on a batch of texts, or `supervised` on a batch of A–C pairs.
+
+  Each projector sees the modalities of its space as ONE batch (:func:`projectors.apply_together`): ``f1`` the
+  texts and pseudo-A rows ``[b; â]``, ``f2`` ``[b'; ĉ]``, so BatchNorm normalises both with the statistics of the
+  mixture, which its running averages then hold for evaluation (one forward over both modalities, as the official
+  heads apply one BatchNorm to every modality of a space).
 
   The arrays of ``data`` are row-sharded and zero-padded (:func:`distributed.shard_rows`); rows are sampled
   among the first ``n``, the real ones.
@@ -200,22 +261,19 @@ def train_step(state, data, rng, *, f1, f2, method, n, cfg_static, sharding):
   batch, variance, temperature, intra_weight, pseudo_weight = cfg_static
   ki, kn = jax.random.split(rng)
   keys = jax.random.split(kn, 4)
-  names = ("a_train", "c_train") if method == "supervised" else ("b", "b_prime", "pseudo_a", "pseudo_c")
   idx = jax.random.choice(ki, n, (batch,), replace=batch > n)
   xs = [cmcr.semantic_noise(k, jax.lax.with_sharding_constraint(data[name][idx], sharding), variance=variance)
         for k, name in zip(keys, names)]
 
   def loss_fn(params):
-    stats = state.batch_stats
-    if method == "supervised":
-      za, stats = _project(f1, "f1", params, stats, xs[0])
-      zc, stats = _project(f2, "f2", params, stats, xs[1])
-      loss = losses.info_nce(za, zc, temperature=temperature)
-      return loss, ({"loss": loss}, stats)
-    zb, stats = _project(f1, "f1", params, stats, xs[0])
-    za, stats = _project(f1, "f1", params, stats, xs[2])
-    zbp, stats = _project(f2, "f2", params, stats, xs[1])
-    zc, stats = _project(f2, "f2", params, stats, xs[3])
+    v = lambda name: {"params": params[name], "batch_stats": state.batch_stats[name]}
+    z1, s1 = projectors.apply_together(f1, v("f1"), xs[0::2], train=True)  # b (and â), or A
+    z2, s2 = projectors.apply_together(f2, v("f2"), xs[1::2], train=True)  # b' (and ĉ), or C
+    stats = {"f1": s1, "f2": s2}
+    if len(names) == 2:  # supervised (A, C) or texts only (L_ttc)
+      loss = losses.info_nce(z1[0], z2[0], temperature=temperature)
+      return loss, ({"loss": loss} if names[0] == "a_train" else {"loss": loss, "text_loss": loss}, stats)
+    (zb, za), (zbp, zc) = z1, z2
     out = cmcr.cmcr_objective(zb, zbp, za, zc, temperature=temperature, intra_weight=intra_weight,
                               pseudo_weight=pseudo_weight)
     return out.total, ({"loss": out.total, "text_loss": out.text, "pseudo_loss": out.pseudo,
@@ -234,19 +292,20 @@ def train(method: str, spaces: dict, cfg, *, seed: int, run_dir: str, writer: wd
   mesh = train_lib.data_mesh()
   o = method_options(method, cfg)
   k1, k2, key = jax.random.split(jax.random.fold_in(jax.random.key(cfg.seed), seed), 3)
-  f1, v1 = projectors.init_projector(k1, spaces["b"].shape[1], hidden=o["head"]["hidden"], out=o["head"]["dim"])
-  f2, v2 = projectors.init_projector(k2, spaces["b_prime"].shape[1], hidden=o["head"]["hidden"], out=o["head"]["dim"])
+  head = {"hidden": o["head"]["hidden"], "out": o["head"]["dim"], "kind": o["head"]["kind"]}
+  f1, v1 = projectors.init_projector(k1, spaces["b"].shape[1], **head)
+  f2, v2 = projectors.init_projector(k2, spaces["b_prime"].shape[1], **head)
   tx = train_lib.make_optimizer(o["optimizer"], lr=o["lr"], weight_decay=o["weight_decay"],
                                 warmup_steps=o["warmup_steps"], steps=o["steps"])
   state = TrainState.create(apply_fn=None, params={"f1": v1["params"], "f2": v2["params"]},
                             batch_stats={"f1": v1["batch_stats"], "f2": v2["batch_stats"]}, tx=tx)
-  names = ("a_train", "c_train") if method == "supervised" else ("b", "b_prime", "pseudo_a", "pseudo_c")
+  names = train_names(method, o)
   # row-sharded over the devices; a host's pseudo embeddings exist only for its own rows (see `run`)
   n = len(spaces[names[0]])
   data = {k: distributed.shard_rows(spaces[k], n, mesh=mesh) for k in names}
   batch = o["batch_size"] - o["batch_size"] % len(jax.devices()) or len(jax.devices())
   step_fn = functools.partial(
-      train_step, f1=f1, f2=f2, method=method, n=n, sharding=NamedSharding(mesh, P("data")),
+      train_step, f1=f1, f2=f2, names=names, n=n, sharding=NamedSharding(mesh, P("data")),
       cfg_static=(batch, o["noise_variance"], o["temperature"], o["intra_weight"], o["pseudo_weight"]))
   loop = train_lib.checkpointed_loop(run_dir, writer=writer, name=f"{method}/s{seed}", log_every=cfg.log_every,
                                      ckpt_every=cfg.ckpt_every, mesh=mesh)
@@ -262,11 +321,17 @@ def train(method: str, spaces: dict, cfg, *, seed: int, run_dir: str, writer: wd
 # Keys: what determines a cell's numbers
 # ================================================================================================================
 def method_options(method: str, cfg) -> dict:
-  """The options ``method`` trains with, resolved from the config (``{}`` for ``no_connection``): what
-  :func:`train` reads and what its cells are keyed by. An ablation's switched-off term is 0 whatever the config
-  says, so changing that term's weight recomputes ``cmcr`` but not the ablation."""
+  """The options ``method`` runs with, resolved from the config (``{}`` for ``no_connection``): what
+  :func:`train` (or the baseline) reads and what its cells are keyed by. An ablation's switched-off term is 0
+  whatever the config says, so changing that term's weight recomputes ``cmcr`` but not the ablation."""
   if method == "no_connection":
     return {}
+  if method == "text_pivot":
+    return {"retrieval_temperature": float(cfg.retrieval_temperature)}
+  if method == "text_lstsq":
+    return {"ridge": float(cfg.baselines.lstsq_ridge)}
+  if method == "wasserstein_procrustes":
+    return {k: (int(v) if isinstance(v, (int, np.integer)) else v) for k, v in cfg.baselines.wp.items()}
   o = {"head": {"kind": cfg.head.kind, "hidden": int(cfg.head.hidden) if cfg.head.kind == "mlp" else 0,
                 "dim": int(cfg.head.dim)},
        "temperature": float(cfg.temperature), "optimizer": cfg.optimizer, "lr": float(cfg.lr),
@@ -274,16 +339,20 @@ def method_options(method: str, cfg) -> dict:
        "batch_size": int(cfg.batch_size)}
   if method == "supervised":
     return {**o, "noise_variance": float(cfg.noise_variance), "pseudo_weight": 0.0, "intra_weight": 0.0}
-  noise, wp, wi = ABLATIONS[method]
-  return {**o, "noise_variance": float(cfg.noise_variance) * float(noise),
-          "pseudo_weight": float(cfg.pseudo_weight) * wp, "intra_weight": float(cfg.intra_weight) * wi,
-          "retrieval_temperature": float(cfg.retrieval_temperature)}
+  v = VARIANTS[method]
+  o = {**o, "noise_variance": float(cfg.noise_variance) * v.get("noise", 1.0),
+       "pseudo_weight": float(cfg.pseudo_weight) * v.get("pseudo", 1.0),
+       "intra_weight": float(cfg.intra_weight) * v.get("intra", 1.0), "consistency": v.get("consistency", True)}
+  if o["pseudo_weight"] or o["intra_weight"]:  # pseudo embeddings are formed
+    o["retrieval"] = ({"temperature": float(cfg.retrieval_temperature)} if o["consistency"] else "nearest")
+  return o
 
 
 def _demo_settings(cfg) -> dict:
   """What builds the demo spaces: the two caches' content (never their paths) and the teacher."""
   return {"source": "demo", "cache_1": wd.cache_fingerprint(cfg.demo.cache_1),
-          "cache_2": wd.cache_fingerprint(cfg.demo.cache_2), "teacher": dict(cfg.teacher.items())}
+          "cache_2": wd.cache_fingerprint(cfg.demo.cache_2), "teacher": dict(cfg.teacher.items()),
+          "gap": float(cfg.demo.gap)}
 
 
 def data_settings(method: str, cfg) -> dict | None:
@@ -293,7 +362,8 @@ def data_settings(method: str, cfg) -> dict | None:
     return None
   if cfg.data.source == "demo":
     return _demo_settings(cfg)
-  keys = ("a_train", "c_train") if method == "supervised" else ("a_memory", "b", "b_prime", "c_memory")
+  keys = {"supervised": ("a_train", "c_train"), "text_pivot": ("b", "b_prime"), "text_lstsq": ("b", "b_prime"),
+          "wasserstein_procrustes": ("a_memory", "c_memory")}.get(method, ("a_memory", "b", "b_prime", "c_memory"))
   return {"source": "npy", "files": wd.files_fingerprint({k: cfg.data[k] for k in keys})}
 
 
@@ -350,6 +420,38 @@ def no_connection(spaces: dict) -> tuple[dict[str, float], dict[str, np.ndarray]
   return {"a2c_r1": 1 / n, "a2c_r5": min(5, n) / n, "c2a_r1": 1 / n, "c2a_r5": min(5, n) / n}, None
 
 
+class Scores:
+  """A baseline that scores A queries against C keys directly (no shared embedding): ``similarity`` is
+  ``fn(a, c)``."""
+
+  def __init__(self, fn):
+    self.similarity = lambda x, y: np.asarray(fn(jnp.asarray(x), jnp.asarray(y)))
+
+
+def baseline(method: str, spaces: dict, cfg, *, seed: int) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+  """A zero-pair baseline through the texts (``text_pivot``, ``text_lstsq``) or with no shared modality at all
+  (``wasserstein_procrustes`` between the A and C memories), evaluated like the trained methods."""
+  o = method_options(method, cfg)
+  if method == "text_pivot":
+    b, bp = jnp.asarray(spaces["b"]), jnp.asarray(spaces["b_prime"])
+    fn = jax.jit(lambda a, c: cmcr.pivot_scores(a, c, b, bp, temperature=o["retrieval_temperature"]))
+    scorer = Scores(fn)
+  elif method == "text_lstsq":
+    w = jnp.asarray(cmcr.text_lstsq(spaces["b"], spaces["b_prime"], ridge=o["ridge"]))
+    scorer = Scores(jax.jit(lambda a, c: cmcr.normalize(a @ w) @ cmcr.normalize(c).T))
+  elif method == "wasserstein_procrustes":
+    key = jax.random.fold_in(jax.random.key(cfg.seed), seed)
+    scorer = aligners.fit("wasserstein_procrustes", key, aligners.AlignData(x=spaces["a_memory"],
+                                                                              y=spaces["c_memory"]), **o)
+  else:
+    raise ValueError(f"unknown baseline {method!r}")
+  n = len(spaces["a_eval"])
+  pairs = EvalSet(x=spaces["a_eval"], y=spaces["c_eval"], i2t=[[i] for i in range(n)], t2i=np.arange(n),
+                  first=np.arange(n))
+  out, per_query = retrieval.Evaluator(pairs, name="a2c", ks=KS, ranks=False).run(scorer, seed=0)
+  return _renamed(out), _renamed(per_query)
+
+
 def run_cell(method: str, seed: int, *, settings: sweep.CellSettings, spaces: dict, cfg, workdir: str,
              writer: wd.MetricWriter) -> tuple[dict, dict | None]:
   """``(record, per_query)`` of one (method, seed) cell; a trained one runs in ``runs/<method>/s<seed>__<fit
@@ -359,10 +461,16 @@ def run_cell(method: str, seed: int, *, settings: sweep.CellSettings, spaces: di
   start = time.perf_counter()
   if method == "no_connection":
     out, per_query = no_connection(spaces)
+  elif method in cmcr.BASELINES:
+    out, per_query = baseline(method, spaces, cfg, seed=seed)
   else:
     run_dir = wd.keyed_dir(os.path.join(workdir, "runs", method), f"s{seed}", settings.fit_key)
     embed_a, embed_c = train(method, spaces, cfg, seed=seed, run_dir=run_dir, writer=writer)
-    out, per_query = evaluate(np.asarray(embed_a(spaces["a_eval"])), np.asarray(embed_c(spaces["c_eval"])))
+    za, zc = np.asarray(embed_a(spaces["a_eval"])), np.asarray(embed_c(spaces["c_eval"]))
+    out, per_query = evaluate(za, zc)
+    # rounded: the same evaluation rows in another order give the same value (the float sums would not)
+    out["gap_1"] = round(cmcr.modality_gap(za, embed_a(spaces["b"][:GAP_TEXTS])), 6)
+    out["gap_2"] = round(cmcr.modality_gap(zc, embed_c(spaces["b_prime"][:GAP_TEXTS])), 6)
     record["run_dir"] = os.path.relpath(run_dir, workdir)
   record["metrics"] = out
   record["seconds"] = round(time.perf_counter() - start, 2)
@@ -398,6 +506,69 @@ def markdown(summary: dict, methods: list[str]) -> str:
   return "\n".join(lines)
 
 
+def comparisons(store: sweep.CellStore, cells: dict, methods: list[str], seeds: list[int], *,
+                n_boot: int = 1000) -> dict:
+  """Paired differences ``cmcr − m`` for every other shown method ``m`` with per-query values, and the goal test
+  ``cmcr − GOAL × supervised``, on :data:`COMPARED`.
+
+  Per-query hits of the same evaluation queries, over the seeds both have, with a per-query paired bootstrap
+  (:func:`sotalign_jax.stats.paired_difference`, as :func:`sotalign_jax.runtime.sweep.compare` does): ``{metric:
+  {m: {"diff", "low", "high", "excludes_zero", "wins", "n_seeds"}}}`` plus ``"goal"``: ``{metric: ...}``.
+  """
+  def per_query(m):
+    try:
+      return {s: store.per_query(cells[m, NO_PAIRS, s]) for s in seeds if cells.get((m, NO_PAIRS, s))}
+    except FileNotFoundError:  # no_connection at chance level (the dimensions differ): nothing per query
+      return {}
+
+  if "cmcr" not in methods:
+    return {}
+  ref = per_query("cmcr")
+  out = {k: {} for k in COMPARED}
+  out["goal"] = {}
+
+  def diff(a, b, common, k, scale=1.0):
+    d = stats.paired_difference(np.stack([a[s][k] for s in common]), scale * np.stack([b[s][k] for s in common]),
+                                n_boot=n_boot, confidence=CONFIDENCE, seed=0)
+    return {"diff": d.diff, "low": d.low, "high": d.high, "excludes_zero": bool(d.excludes_zero),
+            "wins": int((d.per_seed > 0).sum()), "n_seeds": int(d.n_seeds)}
+
+  for m in methods:
+    if m == "cmcr":
+      continue
+    other = per_query(m)
+    common = [s for s in ref if s in other]
+    if not common:
+      continue
+    for k in COMPARED:
+      out[k][m] = diff(ref, other, common, k)
+      if m == "supervised":
+        out["goal"][k] = diff(ref, other, common, k, scale=GOAL)
+  return out
+
+
+def _fmt_diff(d) -> str:
+  return f"{d['diff']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]{'*' if d['excludes_zero'] else ''} " \
+         f"{d['wins']}/{d['n_seeds']}"
+
+
+def comparison_markdown(comp: dict, summary: dict) -> str:
+  """``cmcr − m`` per method and metric with its interval (``*``: excludes zero) and the seeds cmcr wins, then the
+  goal test."""
+  if not comp or not comp[COMPARED[0]]:
+    return ""
+  lines = ["| cmcr − method | " + " | ".join(COMPARED) + " |", "|---|" + "---:|" * len(COMPARED)]
+  for m in comp[COMPARED[0]]:
+    lines.append(f"| {m} | " + " | ".join(_fmt_diff(comp[k][m]) for k in COMPARED) + " |")
+  if comp["goal"]:
+    sup = summary["supervised"][NO_PAIRS]
+    ratio = {k: summary["cmcr"][NO_PAIRS][k]["mean"] / max(sup[k]["mean"], 1e-12) for k in COMPARED}
+    lines.append(f"| cmcr − {GOAL:g} × supervised (goal: > 0) | " + " | ".join(
+        _fmt_diff(comp["goal"][k]) for k in COMPARED) + " |")
+    lines.append("\ncmcr / supervised: " + ", ".join(f"{k} {100 * r:.1f}%" for k, r in ratio.items()))
+  return "\n".join(lines)
+
+
 def run(cfg, workdir: str) -> dict:
   """Runs the C-MCR experiment ``cfg`` in ``workdir`` (see the module docstring); returns ``{method: {metric:
   mean over seeds}}``."""
@@ -419,13 +590,16 @@ def run(cfg, workdir: str) -> dict:
   stale = sum(bool(store.others(m, NO_PAIRS, s, key=keyed[m, s].key)) for m, s in todo)
   print(f"{len(cells) - len(todo)} of {len(cells)} cells done before with these settings, {len(todo)} to run" +
         (f" ({stale} of them stored under other settings, kept but not used)" if stale else ""))
-  if any(m not in ("supervised", "no_connection") for m, _ in todo):
+  print(f"modality gap ‖μ_text − μ_image‖: space 1 {info['gap_space_1']:.3f}, space 2 {info['gap_space_2']:.3f}")
+  trained = [method_options(m, cfg) for m, _ in todo if m in VARIANTS]
+  if trained:
     n_texts = len(spaces["b"])
     lo, hi = distributed.local_row_range(n_texts, mesh=train_lib.data_mesh())
     if jax.process_count() > 1:
       print(f"process {jax.process_index()}/{jax.process_count()} holds texts [{lo}, {hi}) of {n_texts}")
-    pseudo = pseudo_embeddings(spaces, cfg, slice(lo, hi))
-    spaces.update({k: host_block(lo, v) for k, v in pseudo.items()})  # readers of this host's rows
+    for consistency in sorted({o["consistency"] for o in trained if "retrieval" in o}):
+      pseudo = pseudo_embeddings(spaces, cfg, slice(lo, hi), consistency=consistency)
+      spaces.update({k: host_block(lo, v) for k, v in pseudo.items()})  # readers of this host's rows
   writer = wd.MetricWriter(workdir)
   for method, seed in wd.progress(todo, desc="cells", total=len(todo)):
     record, per_query = run_cell(method, seed, settings=keyed[method, seed], spaces=spaces, cfg=cfg,
@@ -457,6 +631,8 @@ def run(cfg, workdir: str) -> dict:
            "cells": [cells[m, NO_PAIRS, s] for s in seeds for m in shown],
            "n_texts": len(spaces["b"]), "n_eval": len(spaces["a_eval"]), **info,
            "seconds": round(time.time() - t_start, 1)}
+  comp = comparisons(store, cells, shown, seeds) if wd.is_primary() else {}
+  extra["comparisons"] = comp
   sup, cm = means.get("supervised"), means.get("cmcr")
   if sup and cm and sup["a2c_r1"] + sup["c2a_r1"] > 0:
     extra["cmcr_over_supervised_r1"] = round((cm["a2c_r1"] + cm["c2a_r1"]) / (sup["a2c_r1"] + sup["c2a_r1"]), 4)
@@ -466,6 +642,13 @@ def run(cfg, workdir: str) -> dict:
   interval = f"; mean ± {100 * CONFIDENCE:g}% interval over {len(seeds)} seeds" if len(seeds) > 1 else ""
   header = f"C-MCR results (A↔C retrieval over {len(spaces['a_eval'])} held-out pairs{interval}):"
   table = markdown(summary, shown)
+  gaps = (f"Modality gap ‖μ_text − μ_image‖: space 1 {info['gap_space_1']:.3f}, space 2 {info['gap_space_2']:.3f}.")
+  cmp_table = comparison_markdown(comp, summary)
+  if cmp_table:
+    table += (f"\n\nPaired differences (per-query bootstrap over the {len(spaces['a_eval'])} evaluation queries and "
+              f"the seeds, {100 * CONFIDENCE:g}% interval; * excludes zero; then the seeds where cmcr is ahead):\n\n"
+              + cmp_table)
+  table += "\n\n" + gaps
   sio.write_text(os.path.join(workdir, "results.md"), f"{header}\n\n{table}\n")
   plot_curves(os.path.join(workdir, "metrics.jsonl"), [m for m in shown if m != "no_connection"], seeds,
               os.path.join(workdir, "training_curves.png"))

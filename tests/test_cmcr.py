@@ -171,3 +171,106 @@ def test_check_spaces_rejects_bad_input_naming_the_array(change, message):
   change(s)
   with pytest.raises(ValueError, match=message):
     cmcr.check_spaces(**s)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Projector heads and BatchNorm over both modalities of a space.
+# ------------------------------------------------------------------------------------------------------------
+def test_mlp_half_head_is_linear_batchnorm_relu_then_unit(rng):
+  f, v = projectors.init_projector(jax.random.key(2), 6, hidden=99, out=5, kind="mlp_half")
+  assert set(v["params"]) == {"Dense_0", "BatchNorm_0"}  # hidden is not read: one layer
+  x = rng.normal(size=(32, 6)).astype(np.float32)
+  p = v["params"]
+  h = x @ np.asarray(p["Dense_0"]["kernel"]) + np.asarray(p["Dense_0"]["bias"])
+  h = (h - h.mean(0)) / np.sqrt(h.var(0) + 1e-5) * np.asarray(p["BatchNorm_0"]["scale"]) + np.asarray(
+      p["BatchNorm_0"]["bias"])
+  h = np.maximum(h, 0)
+  want = h / np.maximum(np.linalg.norm(h, axis=1, keepdims=True), 1e-12)  # an all-zero row stays zero
+  got, _ = f.apply(v, x, train=True, mutable=["batch_stats"])
+  np.testing.assert_allclose(got, want, atol=2e-4)
+  assert np.all(np.asarray(got) >= 0)  # every cosine in the shared space is >= 0
+  with pytest.raises(ValueError, match="kind must be one of"):
+    projectors.init_projector(jax.random.key(0), 4, kind="mlp_full")
+
+
+def two_modalities(rng, n=64, d=6, offset=3.0):
+  """Texts and images of one space with different means (a modality gap) and different spreads."""
+  g = offset * unit(rng.normal(size=d))
+  return (rng.normal(size=(n, d)) + g).astype(np.float32), (0.5 * rng.normal(size=(n, d)) - g).astype(np.float32)
+
+
+def settle(f, v, apply):
+  """Runs ``apply(variables) -> batch_stats`` in training mode until the running averages stop moving."""
+  for _ in range(300):  # momentum 0.9: 0.9^300 ~ 2e-14
+    v = {"params": v["params"], "batch_stats": apply(v)}
+  return v
+
+
+def test_apply_together_gives_the_same_outputs_in_train_and_eval_mode(rng):
+  # One BatchNorm over [b; a] (one forward over both modalities): once the running averages have settled they are
+  # the statistics of the mixture, so evaluation (each modality alone) reproduces what training computed.
+  b, a = two_modalities(rng)
+  f, v = projectors.init_projector(jax.random.key(3), 6, hidden=8, out=4)
+  v = settle(f, v, lambda v: projectors.apply_together(f, v, [b, a], train=True)[1])
+  (zb_train, za_train), _ = projectors.apply_together(f, v, [b, a], train=True)
+  np.testing.assert_allclose(f.apply(v, b, train=False), zb_train, atol=1e-4)
+  np.testing.assert_allclose(f.apply(v, a, train=False), za_train, atol=1e-4)
+  (zb_eval, za_eval), stats = projectors.apply_together(f, v, [b, a], train=False)
+  np.testing.assert_allclose(zb_eval, zb_train, atol=1e-4)
+  assert stats is v["batch_stats"]
+
+
+def test_one_call_per_modality_would_train_and_evaluate_different_functions(rng):
+  # What the experiment did before: f(b) and f(a) in two training calls normalise each modality with its own
+  # statistics (the gap disappears at every BatchNorm), while the running averages end between the two.
+  b, a = two_modalities(rng)
+  f, v = projectors.init_projector(jax.random.key(3), 6, hidden=8, out=4)
+
+  def two_calls(v):
+    _, s = projectors.apply_together(f, v, [b], train=True)
+    _, s = projectors.apply_together(f, {"params": v["params"], "batch_stats": s}, [a], train=True)
+    return s
+  v = settle(f, v, two_calls)
+  (zb_train,), _ = projectors.apply_together(f, v, [b], train=True)
+  assert np.max(np.abs(np.asarray(f.apply(v, b, train=False)) - np.asarray(zb_train))) > 0.1
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Hard retrieval, the modality gap and the zero-pair baselines through the texts.
+# ------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("chunk", [None, 5])
+def test_nearest_is_the_argmax_row(rng, chunk):
+  q, m = unit(rng.normal(size=(13, 6))), unit(rng.normal(size=(20, 6)))
+  got = cmcr.nearest(jnp.asarray(q, jnp.float32), jnp.asarray(m, jnp.float32), chunk_size=chunk)
+  np.testing.assert_allclose(got, m[[int(np.argmax([qi @ mj for mj in m])) for qi in q]], atol=1e-6)
+  with pytest.raises(ValueError, match="share d"):
+    cmcr.nearest(jnp.ones((2, 3)), jnp.ones((4, 5)))
+
+
+def test_modality_gap_is_the_distance_between_the_means_of_unit_rows(rng):
+  x, y = rng.normal(size=(30, 5)) + 2.0, rng.normal(size=(40, 5))
+  want = np.linalg.norm(unit(x).mean(0) - unit(y).mean(0))
+  assert cmcr.modality_gap(x, y) == pytest.approx(want, rel=1e-9)
+  assert cmcr.modality_gap(x, x) == 0.0
+
+
+def test_pivot_scores_match_a_loop(rng):
+  a, c = unit(rng.normal(size=(7, 5))), unit(rng.normal(size=(9, 4)))
+  b, bp = unit(rng.normal(size=(11, 5))), unit(rng.normal(size=(11, 4)))
+  tau = 0.2
+
+  def carry(q, src, dst):
+    w = np.exp(q @ src.T / tau)
+    v = (w / w.sum()) @ dst
+    return v / np.linalg.norm(v)
+  want = np.array([[0.5 * (carry(ai, b, bp) @ cj + ai @ carry(cj, bp, b)) for cj in c] for ai in a])
+  got = cmcr.pivot_scores(*(jnp.asarray(v, jnp.float32) for v in (a, c, b, bp)), temperature=tau)
+  np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_text_lstsq_recovers_a_linear_relation_between_the_spaces(rng):
+  b = rng.normal(size=(200, 6))
+  w = rng.normal(size=(6, 4))
+  np.testing.assert_allclose(cmcr.text_lstsq(b, b @ w, ridge=0.0), w, atol=1e-4)
+  shrunk = cmcr.text_lstsq(b, b @ w, ridge=1.0)  # the ridge shrinks the map
+  assert np.linalg.norm(shrunk) < np.linalg.norm(w)
