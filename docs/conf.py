@@ -76,6 +76,8 @@ EXTERNAL = {
     "numpy.number": "https://numpy.org/doc/stable/reference/arrays.scalars.html#numpy.number",
     "flax.linen.module.Module": "https://flax-linen.readthedocs.io/en/latest/api_reference/flax.linen/module.html",
     "ml_collections.config_dict.config_dict.ConfigDict": "https://ml-collections.readthedocs.io/en/latest/",
+    "orbax.checkpoint.CheckpointManager":
+        "https://orbax.readthedocs.io/en/latest/api_reference/checkpoint.checkpoint_manager.html",
     "ml_dtypes": "https://github.com/jax-ml/ml_dtypes",
     "Image.Image": "https://pillow.readthedocs.io/en/stable/reference/Image.html#PIL.Image.Image",
     "os.PathLike": _PY + "os.html#os.PathLike",

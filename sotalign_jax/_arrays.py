@@ -30,11 +30,14 @@ lets the public functions run under ``jax.transfer_guard("disallow")`` on device
 from __future__ import annotations
 
 import functools
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
+from jax.lax import PrecisionLike
+from jax.typing import ArrayLike, DTypeLike
 
 # Scores and solvers must not silently drop to TF32/bf16 on GPU/TPU: every public function that multiplies
 # matrices takes ``precision=`` with this default.
@@ -55,7 +58,7 @@ def unit(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
   return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), eps)
 
 
-def cosine(u: jax.Array, v: jax.Array, precision=DEFAULT_PRECISION) -> jax.Array:
+def cosine(u: jax.Array, v: jax.Array, precision: PrecisionLike = DEFAULT_PRECISION) -> jax.Array:
   r"""``[n, m]`` cosine similarities :math:`\langle u_i, v_j\rangle / (\|u_i\| \|v_j\|)` of the rows (zero rows give
   zeros).
 
@@ -70,7 +73,7 @@ def cosine(u: jax.Array, v: jax.Array, precision=DEFAULT_PRECISION) -> jax.Array
   return jnp.matmul(unit(u), unit(v).T, precision=precision)
 
 
-def is_tracer(x) -> bool:
+def is_tracer(x: Any) -> bool:
   """True inside ``jit``/``vmap``/``grad`` traces, where values are unknown.
 
   ``jax.core.Tracer`` is public and not deprecated in JAX 0.10 (unlike most of ``jax.core``; checked with
@@ -79,7 +82,7 @@ def is_tracer(x) -> bool:
   return isinstance(x, jax.core.Tracer)
 
 
-def on_host(x) -> bool:
+def on_host(x: Any) -> bool:
   """True for data whose values can be checked without a device-to-host copy (NumPy arrays, Python numbers)."""
   return isinstance(x, (np.ndarray, np.generic, int, float, list, tuple))
 
@@ -129,7 +132,7 @@ def _debug_check(ok: jax.Array, message: str) -> None:
   checkify.debug_check(ok, message.replace("{", "{{").replace("}", "}}"))
 
 
-def check_all(ok, message: str) -> None:
+def check_all(ok: ArrayLike, message: str) -> None:
   """Raises ``ValueError(message)`` unless every entry of ``ok`` is true, by the rule of the module docstring.
 
   Args:
@@ -162,7 +165,8 @@ def _check_device_values(x, name: str) -> None:
     _raise_bad_rows(np.asarray(jax.device_get(_bad_rows(x))), name)
 
 
-def check_features(x, name: str, *, min_n: int = 1, dtype=None, dims: str = "[n, d]", host: bool = False):
+def check_features(x: ArrayLike, name: str, *, min_n: int = 1, dtype: DTypeLike | None = None, dims: str = "[n, d]",
+                   host: bool = False) -> jax.Array | np.ndarray:
   """A non-empty ``[n, d]`` array with ``n >= min_n``; raises ``ValueError`` naming ``name`` otherwise.
 
   Shapes are always checked; NaN/Inf by the rule of the module docstring: host data and concrete ``jax.Array``
@@ -196,7 +200,7 @@ def check_features(x, name: str, *, min_n: int = 1, dtype=None, dims: str = "[n,
   return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.float32)
 
 
-def check_positive(name: str, value, *, hint: str = "") -> None:
+def check_positive(name: str, value: ArrayLike, *, hint: str = "") -> None:
   """Raises ``ValueError`` naming ``name`` unless ``value`` is positive and finite (a scalar, for host data).
 
   Host numbers are checked on the host; a ``jax.Array`` (every entry) by the rule of the module docstring (a
@@ -219,7 +223,8 @@ def _host_scalar(v) -> bool:
       isinstance(v, np.ndarray) and v.ndim == 0)
 
 
-def jit_with_host_scalars(fn=None, *, scalars: tuple[str, ...] = (), static_argnames: tuple[str, ...] = ()):
+def jit_with_host_scalars(fn: Callable[..., Any] | None = None, *, scalars: tuple[str, ...] = (),
+                          static_argnames: tuple[str, ...] = ()) -> Callable[..., Any]:
   """``jax.jit(fn)`` whose keyword arguments named in ``scalars`` are compiled in when they are host numbers.
 
   Passing a Python float to a jitted function (or doing eager arithmetic with one) is an implicit host-to-device
@@ -245,7 +250,7 @@ def jit_with_host_scalars(fn=None, *, scalars: tuple[str, ...] = (), static_argn
   return wrapper
 
 
-def device_scalar(v, dtype=jnp.float32) -> jax.Array:
+def device_scalar(v: ArrayLike, dtype: DTypeLike = jnp.float32) -> jax.Array:
   """``v`` as a 0-d ``jax.Array``: a host number goes over with an explicit ``jax.device_put`` (which
   ``jax.transfer_guard("disallow")`` allows), an array or tracer is only cast."""
   if _host_scalar(v):

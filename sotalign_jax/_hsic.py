@@ -12,6 +12,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.lax import PrecisionLike
+from jax.typing import ArrayLike
 
 from sotalign_jax._arrays import DEFAULT_PRECISION
 
@@ -41,7 +43,7 @@ def cka_from_stats(kl: KernelStats, kk: KernelStats, ll: KernelStats, *, unbiase
   return h(kl) / jnp.sqrt(h(kk) * h(ll))
 
 
-def sq_dists(a: jax.Array, b: jax.Array, precision=DEFAULT_PRECISION) -> jax.Array:
+def sq_dists(a: jax.Array, b: jax.Array, precision: PrecisionLike = DEFAULT_PRECISION) -> jax.Array:
   """``[n, m]`` squared Euclidean distances ``|a_i|² + |b_j|² - 2 a_i·b_j``, clipped at 0."""
   d = jnp.sum(a * a, 1)[:, None] + jnp.sum(b * b, 1)[None, :] - 2.0 * jnp.matmul(a, b.T, precision=precision)
   return jnp.maximum(d, 0.0)
@@ -84,6 +86,7 @@ def _rbf_block_stats(x, y, sx, sy, block: int, precision=DEFAULT_PRECISION):
 
 
 @functools.partial(jax.jit, static_argnames=("unbiased", "block", "precision"))
-def rbf_cka_stats(x, y, sx, sy, unbiased, block, precision=DEFAULT_PRECISION):
+def rbf_cka_stats(x: jax.Array, y: jax.Array, sx: ArrayLike, sy: ArrayLike, unbiased: bool, block: int,
+                  precision: PrecisionLike = DEFAULT_PRECISION) -> jax.Array:
   """RBF CKA of ``x`` and ``y`` with bandwidths ``sx``, ``sy`` from the upper-triangular tiles."""
   return cka_from_stats(*_rbf_block_stats(x, y, sx, sy, block, precision), unbiased=unbiased)

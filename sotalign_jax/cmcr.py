@@ -49,6 +49,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from sotalign_jax._arrays import DEFAULT_PRECISION, check_features, unit
 from sotalign_jax.losses import info_nce
@@ -165,7 +166,7 @@ def nearest(queries: jax.Array, memory: jax.Array, *, chunk_size: int | None = N
   return jax.lax.map(one, q).reshape(-1, queries.shape[1])[:n]
 
 
-def modality_gap(x, y) -> float:
+def modality_gap(x: ArrayLike, y: ArrayLike) -> float:
   r"""The modality gap of Liang et al. (2022), :math:`\|\mu_x - \mu_y\|_2` with :math:`\mu` the mean of the
   L2-normalised rows: 0 when both modalities are centred alike, about 0.8 between CLIP's images and texts.
 
@@ -209,7 +210,7 @@ def pivot_scores(a: jax.Array, c: jax.Array, b: jax.Array, b_prime: jax.Array, *
   return 0.5 * (jnp.matmul(to2, normalize(c).T, precision=_HI) + jnp.matmul(normalize(a), to1.T, precision=_HI))
 
 
-def text_lstsq(b, b_prime, *, ridge: float = 1e-3) -> np.ndarray:
+def text_lstsq(b: ArrayLike, b_prime: ArrayLike, *, ridge: float = 1e-3) -> np.ndarray:
   r"""The least-squares map from space 1 to space 2 fitted on the shared texts,
   :math:`W = \arg\min_W \|BW - B'\|_F^2 + \alpha t\|W\|_F^2 = (B^\top B + \alpha t I)^{-1} B^\top B'`; ``A``
   is then compared with ``C`` as :math:`\cos(aW, c)`.
@@ -282,8 +283,9 @@ def _matrix(x, name: str) -> np.ndarray:
   return check_features(x, name, host=True)  # float32 NumPy, values checked: these are data being loaded
 
 
-def check_spaces(*, a_memory, b, b_prime, c_memory, a_eval=None, c_eval=None, a_train=None,
-                 c_train=None) -> dict[str, np.ndarray]:
+def check_spaces(*, a_memory: ArrayLike, b: ArrayLike, b_prime: ArrayLike, c_memory: ArrayLike,
+                 a_eval: ArrayLike | None = None, c_eval: ArrayLike | None = None, a_train: ArrayLike | None = None,
+                 c_train: ArrayLike | None = None) -> dict[str, np.ndarray]:
   """Validates the embeddings of two spaces to connect; returns them as float32 arrays (``None`` dropped).
 
   Args:

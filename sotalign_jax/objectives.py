@@ -25,7 +25,7 @@ run shows when the fixed number of Sinkhorn iterations did not converge:
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -59,7 +59,7 @@ class UnpairedBatch(NamedTuple):
 
 
 def klot_term(b: UnpairedBatch, *, eps_student: float, eps_teacher: float, sinkhorn_iters: int,
-              shard_klot: bool = False, mesh=None,
+              shard_klot: bool = False, mesh: jax.sharding.Mesh | None = None,
               threshold: float = 1e-3) -> tuple[jax.Array, dict[str, jax.Array]]:
   r"""SOTAlign: KLOT between the teacher's (fixed) and the student's entropic plans of the unpaired batch, and how
   converged the two plans are.
@@ -97,7 +97,7 @@ def klot_term(b: UnpairedBatch, *, eps_student: float, eps_teacher: float, sinkh
 
 
 def sinkhorn_divergence_term(b: UnpairedBatch, *, eps_student: float,
-                             **unused) -> tuple[jax.Array, dict[str, jax.Array]]:
+                             **unused: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Ablation of SOTAlign: the debiased Sinkhorn divergence between the two embedded clouds (no teacher)."""
   del unused
   return ot.sinkhorn_divergence(unit(b.zx), unit(b.zy), epsilon=eps_student), _NONE

@@ -38,6 +38,7 @@ from typing import Literal, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.lax import PrecisionLike
 
 from sotalign_jax._arrays import (DEFAULT_PRECISION, check_all, check_features, check_positive, cosine, is_tracer,
                                   jit_with_host_scalars, on_host)
@@ -389,7 +390,7 @@ def klot(
     b: Optional[jax.Array] = None,
     return_diagnostics: bool = False,
     threshold: float = 1e-3,
-):
+) -> jax.Array | tuple[jax.Array, KlotDiagnostics]:
   r"""SOTAlign's KLOT divergence between the entropic plans of a student and a teacher similarity matrix.
 
   .. math::
@@ -516,7 +517,7 @@ def sinkhorn_divergence(
   return div
 
 
-def cosine_similarity(u: jax.Array, v: jax.Array, *, precision=DEFAULT_PRECISION) -> jax.Array:
+def cosine_similarity(u: jax.Array, v: jax.Array, *, precision: PrecisionLike = DEFAULT_PRECISION) -> jax.Array:
   r"""``[n, m]`` cosine similarities :math:`\langle u_i, v_j \rangle / (\|u_i\| \|v_j\|)` of the rows.
 
   Args:
@@ -547,7 +548,7 @@ _cosine = jax.jit(cosine, static_argnames=("precision",))
 
 def sinkhorn_sharded(x: jax.Array, y: jax.Array, *, epsilon: float, mesh: jax.sharding.Mesh,
                      axis_name: str = "data", num_iters: int = 100,
-                     precision=DEFAULT_PRECISION) -> tuple[jax.Array, jax.Array]:
+                     precision: PrecisionLike = DEFAULT_PRECISION) -> tuple[jax.Array, jax.Array]:
   r"""Potentials of :math:`P_\varepsilon(K)` for ``K = cosine_similarity(x, y)``, with ``x`` split by rows over a mesh.
 
   Each device builds only its ``[n / p, m]`` block of ``K``; the row update
@@ -624,7 +625,8 @@ def _sharded_solver(mesh: jax.sharding.Mesh, axis_name: str, num_iters: int, pre
 
 def klot_sharded(k_student: jax.Array, k_teacher: jax.Array, *, mesh: jax.sharding.Mesh, axis_name: str = "data",
                  eps_student: float = 0.05, eps_teacher: float = 0.005, num_iters: int = 100,
-                 return_diagnostics: bool = False, threshold: float = 1e-3):
+                 return_diagnostics: bool = False,
+                 threshold: float = 1e-3) -> jax.Array | tuple[jax.Array, KlotDiagnostics]:
   r""":func:`klot` with both ``[n, m]`` similarity matrices split by rows over ``axis_name`` of ``mesh``.
 
   The same divergence and the same gradient (:cite:t:`roschmann2026sotalign`, Theorem 5.1,

@@ -35,12 +35,13 @@ import json
 import math
 import os
 import sys
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
 from sotalign_jax import evaluators
 from sotalign_jax.aligners import io as aligner_io
+from sotalign_jax.aligners.base import Alignment
 from sotalign_jax.data.files import FILE_KEYS, open_embedding_files
 
 __all__ = ["Cell", "find_cell", "evaluate", "evaluate_alignment", "evaluate_folder", "evaluate_files", "main"]
@@ -219,7 +220,7 @@ def _on_test_set(options: Mapping[str, Any]) -> bool:
   return options.get("cache") is None and options.get("set", "test") == "test"
 
 
-def evaluate(alignment, test: evaluators.EvalSet | None, evals: Mapping[str, Mapping[str, Any]], *,
+def evaluate(alignment: Alignment, test: evaluators.EvalSet | None, evals: Mapping[str, Mapping[str, Any]], *,
              seed: int = 0) -> dict[str, float]:
   """The metrics of every evaluator of ``evals`` (``config.evals`` entries) on ``test`` (or their own caches)."""
   with contextlib.redirect_stdout(sys.stderr):  # notes about missing caches: stdout carries the JSON only
@@ -295,7 +296,7 @@ def _json(metrics: Mapping[str, float]) -> str:
   return json.dumps({k: None if isinstance(v, float) and math.isnan(v) else v for k, v in metrics.items()})
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> None:
   p = argparse.ArgumentParser(prog="python -m sotalign_jax.cli.evaluate", description=__doc__.split("\n\n")[0])
   p.add_argument("--alignment", help="a saved alignment directory (<workdir>/runs/<method>/<cell>/alignment)")
   p.add_argument("--workdir", help="the --workdir of an experiment; the cell is --method, --p, --seed")

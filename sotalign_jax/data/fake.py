@@ -5,14 +5,16 @@ something real to recover; two captions per image.
 """
 
 import os
+from typing import Any, Sequence
 
 import numpy as np
 
 from sotalign_jax.runtime import io as sio
 
 
-def make_fake_cache(out_dir, *, n_images=600, dx=48, dy=32, latent=12, noise=0.6, seed=0, splits=None,
-                    labels=None, text_only=False):
+def make_fake_cache(out_dir: str | os.PathLike, *, n_images: int = 600, dx: int = 48, dy: int = 32, latent: int = 12,
+                    noise: float = 0.6, seed: int = 0, splits: Sequence[str] | np.ndarray | None = None,
+                    labels: Sequence[Any] | None = None, text_only: bool = False) -> str | os.PathLike:
   rng = np.random.default_rng(seed)
   z = rng.normal(size=(n_images, latent))
   a = rng.normal(size=(latent, dx))

@@ -32,6 +32,7 @@ from typing import Literal, NamedTuple, Sequence
 
 import numpy as np
 
+from sotalign_jax.data.files import EmbeddingFiles
 from sotalign_jax.data.splits import assign_splits, stable_uniform
 
 __all__ = ["Draw", "Protocol", "FileProtocol", "stack_files", "holdout_roles", "pair_order", "max_pairs",
@@ -281,7 +282,8 @@ class FileProtocol(NamedTuple):
             "unp_x": self._unpaired("x"), "unp_y": self._unpaired("y")}
 
 
-def stack_files(files, *, split_seed: str = "benchmark", max_unpaired: int = -1):
+def stack_files(files: EmbeddingFiles, *, split_seed: str = "benchmark",
+                max_unpaired: int = -1) -> tuple[np.ndarray, np.ndarray, FileProtocol]:
   """``(image_emb, text_emb, FileProtocol)``: the files of ``files`` (:class:`~sotalign_jax.data.files.EmbeddingFiles`)
   stacked in memory as float32 (pairs, unpaired, val, test; a part not given has 0 rows) and the protocol that names
   their rows."""

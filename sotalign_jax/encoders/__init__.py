@@ -59,7 +59,7 @@ def _resolve(table: dict, name: str, kind: str):
   return getattr(importlib.import_module(f"{__name__}.{module}"), fn), name
 
 
-def load_image_encoder(name: str, *, install: bool = False, **kwargs) -> ImageEncoder:
+def load_image_encoder(name: str, *, install: bool = False, **kwargs: Any) -> ImageEncoder:
   """Returns the frozen image encoder called ``name``.
 
   Args:
@@ -71,7 +71,7 @@ def load_image_encoder(name: str, *, install: bool = False, **kwargs) -> ImageEn
   return fn(arg, **kwargs) if name.startswith("hf:") else fn(arg, install=install, **kwargs)
 
 
-def load_text_encoder(name: str, *, install: bool = False, **kwargs) -> TextEncoder:
+def load_text_encoder(name: str, *, install: bool = False, **kwargs: Any) -> TextEncoder:
   """Returns the frozen text encoder called ``name``.
 
   Args:

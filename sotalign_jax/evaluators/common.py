@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import Any, Mapping, NamedTuple, Protocol
+from typing import Any, Callable, Mapping, NamedTuple, Protocol
 
 import numpy as np
 
@@ -80,7 +80,7 @@ def _module(kind: str):
   return importlib.import_module(f"sotalign_jax.evaluators.{kind}")
 
 
-def check_config(evals: Mapping[str, Mapping[str, Any]], sets: tuple[str, ...] = ("test",)):
+def check_config(evals: Mapping[str, Mapping[str, Any]], sets: tuple[str, ...] = ("test",)) -> None:
   """Raises ``ValueError`` naming the first bad entry of ``config.evals`` (an unknown type, set or option)."""
   if not evals:
     raise ValueError("config.evals is empty: give at least one evaluator (e.g. retrieval)")
@@ -95,7 +95,7 @@ def _active(cache) -> bool:
   return cache is None or (bool(cache) and os.path.exists(os.path.join(cache, "manifest.json")))
 
 
-def settings(evals: Mapping[str, Mapping[str, Any]], fingerprint) -> dict:
+def settings(evals: Mapping[str, Mapping[str, Any]], fingerprint: Callable[[str], Any]) -> dict:
   """What of ``config.evals`` determines the metrics: each evaluator's options, with its cache replaced by the
   cache's ``fingerprint(path)`` (``None`` when the cache is missing: not evaluated)."""
   out = {}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Callable
 
 import flax.linen as nn
 import flax.serialization
@@ -77,7 +78,7 @@ def save_heads(run_dir: str, params: dict, *, hidden: int) -> None:
   sio.write_json(os.path.join(run_dir, "heads.json"), meta)
 
 
-def load_heads(run_dir: str):
+def load_heads(run_dir: str) -> tuple[Callable[[jax.Array], jax.Array], Callable[[jax.Array], jax.Array]]:
   """Reads the heads saved by :func:`save_heads`; returns jitted ``(embed_x, embed_y)``.
 
   Raises:

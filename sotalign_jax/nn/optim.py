@@ -32,12 +32,12 @@ def make_optimizer(name: str = "adamw", *, lr: float, weight_decay: float, warmu
   return getattr(optax, name)(learning_rate=schedule, weight_decay=weight_decay)
 
 
-def step_with_rng(step_fn: StepFn, state, data, key):
+def step_with_rng(step_fn: StepFn, state: Any, data: Any, key: jax.Array) -> tuple[Any, dict]:
   """``step_fn(state, data, fold_in(key, state.step + 1))``: the randomness of the step being taken (1-based)."""
   return step_fn(state, data, jax.random.fold_in(key, state.step + 1))
 
 
-def plain_loop(state, step_fn: StepFn, data, *, key: jax.Array, steps: int, name: str = ""):
+def plain_loop(state: Any, step_fn: StepFn, data: Any, *, key: jax.Array, steps: int, name: str = "") -> Any:
   """Runs ``steps`` jitted updates of ``step_fn`` from ``state`` (state donated); no logging, no checkpoints.
 
   ``name`` (which fit of several this is) is unused here; a checkpointed loop keeps one run directory per name.

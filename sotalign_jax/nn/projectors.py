@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -47,7 +49,8 @@ class Projector(nn.Module):
     return normalize(x)
 
 
-def apply_together(f: Projector, variables: dict, xs, *, train: bool):
+def apply_together(f: Projector, variables: dict, xs: Sequence[jax.Array], *,
+                   train: bool) -> tuple[list[jax.Array], dict]:
   r"""``f`` applied to several modalities of one space as ONE batch: :math:`[x_1; \dots; x_k]`.
 
   In training mode every BatchNorm normalises the concatenated batch with one mean and variance, and its running

@@ -60,6 +60,7 @@ import typing
 from typing import Any, NamedTuple
 
 import jax
+import ml_collections
 import numpy as np
 
 from sotalign_jax import aligners, evaluators, scores
@@ -79,7 +80,7 @@ __all__ = ["run", "validate", "read_data", "cell_settings", "fit_kwargs", "metho
 # ================================================================================================================
 # Methods: registry names and variants
 # ================================================================================================================
-def method_of(label: str, cfg) -> str:
+def method_of(label: str, cfg: ml_collections.ConfigDict) -> str:
   """The registered aligner behind a row of the tables: ``label`` itself, or its variant's ``method``."""
   return cfg.variants[label].method if label in cfg.get("variants", {}) else label
 
@@ -90,7 +91,7 @@ VARIANT_KEYS = ("method", "select_from")
 selection, e.g. the k-means base selection of Maniparambil et al.: p is then the annotation budget)."""
 
 
-def fit_kwargs(label: str, cfg, p: int | None = None) -> dict:
+def fit_kwargs(label: str, cfg: ml_collections.ConfigDict, p: int | None = None) -> dict:
   """The options given to ``aligners.fit`` (lists as tuples): ``config.hparams.<method>`` with the variant's over
   them (the registry's defaults fill the rest); a ``select_from`` variant gets ``n_base = p``."""
   method = method_of(label, cfg)
@@ -111,18 +112,18 @@ def pairs_drawn(label: str, p: int, p_max: int, cfg) -> int:
   return max(pool, p)
 
 
-def table_methods(cfg) -> tuple[str, ...]:
+def table_methods(cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
   """Every name a row of the tables can have: the registered aligners and the config's variants."""
   return tuple(aligners.ALIGNERS) + tuple(cfg.get("variants", {}))
 
 
-def metric_names(cfg) -> tuple[str, ...]:
+def metric_names(cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
   """Every scalar metric of a cell: the evaluators' (in ``config.evals`` order), then ``fit_seconds``."""
   evals = evaluators.from_config(cfg.evals, {}, verbose=False, data=False)
   return tuple(m for e in evals.values() for m in e.metrics) + ("fit_seconds",)
 
 
-def validate(cfg):
+def validate(cfg: ml_collections.ConfigDict) -> None:
   """Raises ``ValueError`` naming the first bad key (the checks that need no data)."""
   known = table_methods(cfg)
   for label, variant in cfg.get("variants", {}).items():
@@ -229,7 +230,7 @@ def _open(path: str, key: str, mmap: bool):
   return cache._replace(image_emb=img, text_emb=np.asarray(cache.text_emb, np.float32))
 
 
-def read_data(cfg) -> Data:
+def read_data(cfg: ml_collections.ConfigDict) -> Data:
   """The embeddings of ``config.data`` with their protocol: ``data.cache`` (in memory as float32, or memory-mapped
   with ``data.mmap``) and its :class:`Protocol`, or in file mode (any ``config.data.<file key>`` set) the files
   stacked in memory and their :class:`~sotalign_jax.data.protocol.FileProtocol`."""
@@ -339,7 +340,8 @@ def eval_settings(cfg) -> dict:
   return evaluators.settings(cfg.evals, wd.cache_fingerprint)
 
 
-def cell_settings(label: str, p: int, seed: int, cfg, *, data: dict, evaluation: dict) -> sweep.CellSettings:
+def cell_settings(label: str, p: int, seed: int, cfg: ml_collections.ConfigDict, *, data: dict,
+                  evaluation: dict) -> sweep.CellSettings:
   """Everything that determines a cell's numbers: the method with its resolved options (registry defaults, the
   config's over them), the data and protocol, the base seed, the seed and p (``"all"`` for an all-pairs method)."""
   method = method_of(label, cfg)
@@ -435,7 +437,7 @@ def save_alignment(run_dir: str, alignment) -> None:
 # ================================================================================================================
 # Main
 # ================================================================================================================
-def run(cfg, workdir: str) -> dict:
+def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs the experiment ``cfg`` in ``workdir`` (see the module docstring); returns what ``results.json`` holds."""
   # --- config and data, checked before anything is written (a user error leaves no workdir behind) -------------
   with cfg_lib.user_errors():

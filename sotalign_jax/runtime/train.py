@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import Any
 
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
-from sotalign_jax.nn.optim import StepFn, make_optimizer, step_with_rng
+from sotalign_jax.nn.optim import Loop, StepFn, make_optimizer, step_with_rng
 from sotalign_jax.runtime import workdir as wd
 
 __all__ = ["data_mesh", "make_optimizer", "train_loop", "checkpointed_loop"]
@@ -32,8 +33,8 @@ def data_mesh() -> Mesh:
   return Mesh(np.array(jax.devices()), ("data",))
 
 
-def train_loop(state, step_fn: StepFn, data, *, key: jax.Array, steps: int, run_dir: str, writer: wd.MetricWriter,
-               name: str, log_every: int, ckpt_every: int, mesh: Mesh):
+def train_loop(state: Any, step_fn: StepFn, data: Any, *, key: jax.Array, steps: int, run_dir: str,
+               writer: wd.MetricWriter, name: str, log_every: int, ckpt_every: int, mesh: Mesh) -> Any:
   """Trains ``state`` to ``steps`` updates, resuming from ``run_dir/ckpt``; returns the final (replicated) state.
 
   Args:
@@ -68,7 +69,7 @@ def train_loop(state, step_fn: StepFn, data, *, key: jax.Array, steps: int, run_
 
 
 def checkpointed_loop(run_dir: str, *, writer: wd.MetricWriter, name: str, log_every: int, ckpt_every: int,
-                      mesh: Mesh):
+                      mesh: Mesh) -> Loop:
   """:func:`train_loop` with its bookkeeping bound, as the ``loop=`` of a trained aligner
   (:func:`sotalign_jax.nn.optim.plain_loop`'s signature): ``loop(state, step_fn, data, *, key, steps, name="")``.
   A fit of several (``name``, e.g. one α of a grid) gets ``run_dir/name`` and the metric prefix ``name/...``."""

@@ -39,13 +39,19 @@ import shutil
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+import types
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import jax
+import ml_collections
 import numpy as np
+from jax.typing import ArrayLike
 
 from sotalign_jax import _extras
 from sotalign_jax.runtime import io as sio
+
+if TYPE_CHECKING:
+  import orbax.checkpoint
 
 __all__ = ["save_config", "is_primary", "sync", "itstime", "MetricWriter", "checkpoint_manager", "restore_latest",
            "CheckpointMismatchError", "write_results", "provenance", "git_state", "markdown_table",
@@ -55,7 +61,7 @@ __all__ = ["save_config", "is_primary", "sync", "itstime", "MetricWriter", "chec
 log = logging.getLogger(__name__)
 
 
-def save_config(workdir: str, cfg):
+def save_config(workdir: str, cfg: ml_collections.ConfigDict) -> None:
   """Writes the run's resolved config to ``workdir/config.json`` (process 0; atomic)."""
   if is_primary():
     os.makedirs(workdir, exist_ok=True)
@@ -67,7 +73,7 @@ def is_primary() -> bool:
   return jax.process_index() == 0
 
 
-def sync(name: str):
+def sync(name: str) -> None:
   """Waits until every process reaches this point (a no-op on one host); ``name`` must be the same on all."""
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
@@ -119,7 +125,7 @@ class NonFiniteError(FloatingPointError):
   """A loss, gradient or input became NaN/Inf."""
 
 
-def check_finite(step: int, **quantities):
+def check_finite(step: int, **quantities: ArrayLike) -> None:
   """Raises :class:`NonFiniteError` naming the step and the first non-finite quantity."""
   for name, value in quantities.items():
     arr = np.asarray(jax.device_get(value))
@@ -168,7 +174,7 @@ class MetricWriter:
 # ------------------------------------------------------------------------------------------------------------
 # Checkpoints.
 # ------------------------------------------------------------------------------------------------------------
-def checkpoint_manager(directory: str, *, max_to_keep: int = 3):
+def checkpoint_manager(directory: str, *, max_to_keep: int = 3) -> orbax.checkpoint.CheckpointManager:
   """An Orbax ``CheckpointManager`` keeping the last ``max_to_keep`` steps under ``directory``."""
   import orbax.checkpoint as ocp
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False)
@@ -232,7 +238,7 @@ def _mismatch_error(manager, step: int, differences: Sequence[str]) -> Checkpoin
       "to start this one from scratch.")
 
 
-def restore_latest(manager, target):
+def restore_latest(manager: orbax.checkpoint.CheckpointManager, target: Any) -> tuple[Any, int]:
   """Restores the newest readable step into the structure of ``target``; returns ``(state, step)``.
 
   Steps are tried newest first. A step that fails to restore (truncated or corrupted files) is reported with
@@ -280,7 +286,7 @@ def restore_latest(manager, target):
 # ------------------------------------------------------------------------------------------------------------
 # Keys: what determines a run's numbers, hashed.
 # ------------------------------------------------------------------------------------------------------------
-def canonical(v, *, nonfinite: Callable[[float], Any] = repr, other: Callable[[Any], Any] = repr):
+def canonical(v: Any, *, nonfinite: Callable[[float], Any] = repr, other: Callable[[Any], Any] = repr) -> Any:
   """``v`` as plain JSON values (tuples as lists, NumPy scalars and arrays as numbers and lists, mappings with str
   keys), the form that :func:`settings_key` hashes and that ``results.json`` records; a NaN/Inf float as
   ``nonfinite(v)`` and anything else as ``other(v)`` (both ``repr`` here; :func:`~sotalign_jax.runtime.sweep.to_json`
@@ -373,7 +379,7 @@ def keyed_dir(parent: str, name: str, key: str) -> str:
 # ------------------------------------------------------------------------------------------------------------
 # Results.
 # ------------------------------------------------------------------------------------------------------------
-def pyplot():
+def pyplot() -> types.ModuleType:
   """``matplotlib.pyplot`` on the non-interactive Agg backend (the ``plots`` extra)."""
   matplotlib = _extras.require("matplotlib", what="a result plot")
   matplotlib.use("Agg")
@@ -469,7 +475,7 @@ def provenance(*, seconds: float | None = None) -> dict[str, Any]:
   }
 
 
-def write_results(workdir: str, methods: Mapping[str, Mapping[str, float]], **extra) -> str:
+def write_results(workdir: str, methods: Mapping[str, Mapping[str, float]], **extra: Any) -> str:
   """Atomically writes ``workdir/results.json`` and ``results.md`` (process 0 only); returns the markdown table.
 
   ``results.json`` holds ``{"methods": ..., **extra, "n_devices": ..., "provenance": ...}``: :func:`provenance`
