@@ -279,3 +279,10 @@ def test_every_method_of_a_full_sweep_gets_its_own_colour_and_marker():
   pairs = [(tuple(styles[m]["color"]), styles[m]["marker"]) for m in methods]
   assert len(set(pairs)) == 20 and len({c for c, _ in pairs[:14]}) == 14  # 14 methods: 14 colours (tab20)
   assert sweep_lib.method_styles(methods[:3]) == {m: styles[m] for m in methods[:3]}  # fixed by position
+
+
+def test_lower_is_better_reads_the_metric_name_under_any_evaluator_prefix():
+  lower = ("foscttm", "q100_foscttm", "i2t_mean_rank", "wordnet_t2i_median_rank", "fit_seconds")
+  higher = ("i2t_r1", "t2i_r10", "matching_acc", "q100_matching_acc", "zeroshot_fashion_mnist", "tuxpaint_i2t_r1")
+  from sotalign_jax.runtime import sweep  # pylint: disable=g-import-not-at-top
+  assert all(sweep.lower_is_better(m) for m in lower) and not any(sweep.lower_is_better(m) for m in higher)

@@ -35,7 +35,7 @@ import numpy as np
 from sotalign_jax import _extras, stats
 from sotalign_jax.runtime import io as sio, workdir as wd
 
-__all__ = ["METRICS", "PER_QUERY_METRICS", "LOWER_IS_BETTER", "CellSettings", "CellStore", "summarise", "compare",
+__all__ = ["METRICS", "PER_QUERY_METRICS", "CellSettings", "CellStore", "summarise", "compare",
            "choose_reference", "markdown", "plot", "to_json", "lower_is_better"]
 
 # Every scalar a cell reports; the per-query ones are stored per test query for the paired bootstrap.
@@ -44,14 +44,12 @@ METRICS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "fosctt
            "tuxpaint_i2t_r1", "fit_seconds")
 PER_QUERY_METRICS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "foscttm", "i2t_mean_rank",
                      "t2i_mean_rank", "matching_acc")
-LOWER_IS_BETTER = frozenset({"foscttm", "i2t_mean_rank", "t2i_mean_rank", "i2t_median_rank", "t2i_median_rank",
-                             "fit_seconds"})
 _LOWER_SUFFIXES = ("foscttm", "_mean_rank", "_median_rank", "_seconds")
 
 
 def lower_is_better(metric: str) -> bool:
   """Whether a smaller value of ``metric`` is better: FOSCTTM, ranks and seconds, under any evaluator prefix."""
-  return metric in LOWER_IS_BETTER or metric.endswith(_LOWER_SUFFIXES)
+  return metric.endswith(_LOWER_SUFFIXES)
 NEEDS_PAIRS = "needs_pairs"
 
 
@@ -122,7 +120,7 @@ class CellStore:
       return {k: np.asarray(z[k], np.float64) for k in z.files}
 
 
-def to_json(v):
+def to_json(v: Any) -> Any:
   """``v`` with NumPy scalars and arrays as Python numbers and lists, NaN as ``None`` (strict JSON); other objects
   are left to the JSON writer (:func:`sotalign_jax.runtime.workdir.canonical` with those two choices)."""
   return wd.canonical(v, nonfinite=lambda _: None, other=lambda x: x)
@@ -304,7 +302,7 @@ def method_styles(methods: Sequence[str]) -> dict[str, dict]:
 
 
 def plot(summary: Mapping, *, methods: Sequence[str], ps: Sequence[int], labels: Mapping[int, str], path: str,
-         metrics: Sequence[str] = ("i2t_r1", "t2i_r1", "foscttm")):
+         metrics: Sequence[str] = ("i2t_r1", "t2i_r1", "foscttm")) -> None:
   """Each metric vs p, one titled panel per metric: per method its mean with the seed interval as error bars (and a
   band when there are several p); log-x, p = 0 drawn left of the smallest p > 0; each method its own colour and
   marker (``method_styles``)."""
