@@ -71,12 +71,14 @@ PRESETS = {
                   "cpu_budget": True},
 }
 CPU_BUDGET = {"steps": 400, "batch_unpaired": 256}
-ZERO_PAIR_CPU = {"wasserstein_procrustes": {"batch_size": 2000, "refine_batch_size": 2000, "n_iterations": 50},
+ZERO_PAIR_CPU = {"wasserstein_procrustes": {"batch_size": 2000, "refine_batch_size": 2000, "n_iterations": 50,
+                                            "qap_inits": 30},
                  "mini_vec2vec": {"num_samples": 2000, "refine2_clusters": 200, "refine1_iterations": 50}}
 """What ``cpu_budget`` sets for the zero-pair aligners: 2,000-row k-means samples and assignments instead of
-10,000, and half the refinement steps (a 10k × 10k exact assignment takes 2–5 s here, 45 s for the first read-out;
-see ``benchmarks/bench_zero_pair.py``). With pools below 2,000 rows per side (openclipart) only the step counts
-change."""
+10,000, half the refinement steps (a 10k × 10k exact assignment takes 2–5 s here, 45 s for the first read-out;
+see ``benchmarks/bench_zero_pair.py``) and 30 2-opt starts per centre matching instead of ``WP_QAP_INITS`` (the
+setting of the published sweep; 3,000 add ≈ 60 CPU s per fit). With pools below 2,000 rows per side (openclipart)
+only the step and start counts change."""
 """What ``cpu_budget`` sets for every trained method but ``sotalign_paper``: fewer steps and a smaller unpaired batch
 than the registry's recipe (600 and 512), so that the full sweep's ≈ 200 trained fits finish in about an hour on 2
 CPU cores. The README reports the sweep with this budget; set ``cpu_budget=false`` for the registry's recipe."""
