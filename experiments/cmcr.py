@@ -330,8 +330,9 @@ def method_options(method: str, cfg) -> dict:
     return {"retrieval_temperature": float(cfg.retrieval_temperature)}
   if method == "text_lstsq":
     return {"ridge": float(cfg.baselines.lstsq_ridge)}
-  if method == "wasserstein_procrustes":
-    return {k: (int(v) if isinstance(v, (int, np.integer)) else v) for k, v in cfg.baselines.wp.items()}
+  if method == "wasserstein_procrustes":  # the registry's defaults, then the config's: a new default is a new cell
+    opts = {**aligners.get("wasserstein_procrustes").defaults, **cfg.baselines.wp}
+    return {k: (int(v) if isinstance(v, (int, np.integer)) else v) for k, v in opts.items()}
   o = {"head": {"kind": cfg.head.kind, "hidden": int(cfg.head.hidden) if cfg.head.kind == "mlp" else 0,
                 "dim": int(cfg.head.dim)},
        "temperature": float(cfg.temperature), "optimizer": cfg.optimizer, "lr": float(cfg.lr),

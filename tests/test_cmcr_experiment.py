@@ -408,3 +408,16 @@ def test_zero_pair_baselines_and_paired_comparisons(files, tmp_path):
   goal = comp["goal"]["a2c_r1"]["diff"]
   assert goal == pytest.approx(res["cmcr"]["a2c_r1"] - 0.85 * res["supervised"]["a2c_r1"], abs=1e-6)
   assert "cmcr − 0.85 × supervised" in out.stdout and "| text_lstsq |" in out.stdout
+
+
+def test_the_wasserstein_procrustes_baseline_is_keyed_by_every_option_it_runs_with(monkeypatch):
+  # the config's options over the registry's defaults: a changed library default is a new cell, not a stale one
+  from sotalign_jax import aligners  # pylint: disable=g-import-not-at-top
+  from sotalign_jax.aligners import unpaired  # pylint: disable=g-import-not-at-top
+  cfg = CONFIG.get_config("smoke")
+  opts = EXP.method_options("wasserstein_procrustes", cfg)
+  assert opts["batch_size"] == cfg.baselines.wp.batch_size and opts["qap_inits"] == unpaired.WP_QAP_INITS
+  spec = aligners.get("wasserstein_procrustes")
+  monkeypatch.setitem(aligners.ALIGNERS, "wasserstein_procrustes",
+                      spec._replace(defaults={**spec.defaults, "qap_inits": 7}))
+  assert EXP.method_options("wasserstein_procrustes", cfg)["qap_inits"] == 7
