@@ -90,12 +90,14 @@ def lloyd(x: jax.Array, centres: jax.Array, n_iter: int) -> jax.Array:
   Each iteration assigns every row to its nearest centre, :math:`\ell_i = \arg\min_j \|x_i - c_j\|^2`
   (computed as :math:`\|x_i\|^2 + \|c_j\|^2 - 2\langle x_i, c_j\rangle`), then moves each centre to the mean of its
   rows, :math:`c_j \leftarrow \operatorname{mean}\{x_i : \ell_i = j\}`; a centre that loses all its rows stays
-  where it is.
+  where it is. Once an iteration assigns every row as the one before, the centres are a fixed point (the same
+  labels give the same means) and every later iteration would return them unchanged: the loop stops there, with the
+  centres of all ``n_iter`` iterations (under ``vmap``, when every member has stopped).
 
   Args:
     x: ``[n, d]`` rows.
     centres: ``[k, d]`` starting centres.
-    n_iter: iterations (a fixed count; no tolerance).
+    n_iter: iterations (a fixed count, no tolerance; fewer run when a fixed point comes first).
 
   Returns:
     ``[k, d]`` centres.
@@ -105,14 +107,21 @@ def lloyd(x: jax.Array, centres: jax.Array, n_iter: int) -> jax.Array:
   xx = jnp.sum(x * x, 1)
   ones = jnp.ones((x.shape[0],), x.dtype)
 
-  def step(_, c):
+  def cond(s):
+    t, _, _, done = s
+    return (t < n_iter) & ~done
+
+  def step(s):
+    t, c, previous, _ = s
     d = xx[:, None] + jnp.sum(c * c, 1)[None, :] - 2.0 * _mm(x, c.T)
-    lab = jnp.argmin(d, axis=1)
+    lab = jnp.argmin(d, axis=1).astype(jnp.int32)
     tot = jax.ops.segment_sum(x, lab, num_segments=k)
     cnt = jax.ops.segment_sum(ones, lab, num_segments=k)
-    return jnp.where(cnt[:, None] > 0, tot / jnp.maximum(cnt, 1.0)[:, None], c)
+    c = jnp.where(cnt[:, None] > 0, tot / jnp.maximum(cnt, 1.0)[:, None], c)
+    return t + 1, c, lab, jnp.all(lab == previous)
 
-  return jax.lax.fori_loop(0, n_iter, step, centres)
+  start = (jnp.int32(0), centres, jnp.full((x.shape[0],), -1, jnp.int32), jnp.bool_(False))
+  return jax.lax.while_loop(cond, step, start)[1]
 
 
 def kmeans(x: jax.Array, key: jax.Array, k: int, *, n_iter: int = 100,

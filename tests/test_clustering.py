@@ -30,6 +30,18 @@ def test_lloyd_matches_numpy(rng):
   np.testing.assert_allclose(got, _np_lloyd(x.astype(np.float64), c0.astype(np.float64), 10), atol=1e-5)
 
 
+def test_lloyd_stopped_at_its_fixed_point_gives_the_centres_of_all_iterations(rng):
+  # the loop stops once an iteration repeats the assignment before it; the reference runs all 200 iterations,
+  # alone and under vmap (where members that stop early must keep their centres while the others go on)
+  x = rng.standard_normal((300, 5)).astype(np.float32)
+  starts = np.stack([x[rng.choice(300, 9, replace=False)] for _ in range(4)])
+  ref = np.stack([_np_lloyd(x.astype(np.float64), c.astype(np.float64), 200) for c in starts])
+  one = np.asarray(jax.jit(lambda c: clustering.lloyd(x, c, 200))(starts[0]))
+  many = np.asarray(jax.jit(jax.vmap(lambda c: clustering.lloyd(x, c, 200)))(starts))
+  np.testing.assert_allclose(one, ref[0], atol=1e-5)
+  np.testing.assert_allclose(many, ref, atol=1e-5)
+
+
 @pytest.mark.parametrize("init", clustering.INITS)
 def test_kmeans_finds_planted_clusters(rng, init):
   x, means = _planted(rng)
