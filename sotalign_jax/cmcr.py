@@ -122,15 +122,21 @@ def soft_retrieve(queries: jax.Array, memory: jax.Array, *, temperature: float,
   """
   if not temperature > 0:
     raise ValueError(f"temperature must be > 0, got {temperature}")
-  if queries.ndim != 2 or memory.ndim != 2 or queries.shape[1] != memory.shape[1]:
-    raise ValueError(f"queries [n, d] and memory [m, d] must share d, got {queries.shape} and {memory.shape}")
-  if memory.shape[0] == 0:
-    raise ValueError("memory is empty: give at least one embedding of the modality to retrieve")
 
   def one(q):
     w = jax.nn.softmax(jnp.matmul(q, memory.T, precision=_HI) / temperature, axis=-1)
     return normalize(jnp.matmul(w, memory, precision=_HI))
 
+  return _retrieve_in_chunks(one, queries, memory, chunk_size)
+
+
+def _retrieve_in_chunks(one, queries: jax.Array, memory: jax.Array, chunk_size: int | None) -> jax.Array:
+  """``one(queries)`` for a row-wise retrieval from ``memory``, in chunks of ``chunk_size`` query rows (all at once
+  if ``None``), after the checks every retrieval shares."""
+  if queries.ndim != 2 or memory.ndim != 2 or queries.shape[1] != memory.shape[1]:
+    raise ValueError(f"queries [n, d] and memory [m, d] must share d, got {queries.shape} and {memory.shape}")
+  if memory.shape[0] == 0:
+    raise ValueError("memory is empty: give at least one embedding of the modality to retrieve")
   n = queries.shape[0]
   if chunk_size is None or chunk_size >= n:
     return one(queries)
@@ -153,17 +159,8 @@ def nearest(queries: jax.Array, memory: jax.Array, *, chunk_size: int | None = N
   Returns:
     ``[n, d]`` rows of ``memory``.
   """
-  if queries.ndim != 2 or memory.ndim != 2 or queries.shape[1] != memory.shape[1]:
-    raise ValueError(f"queries [n, d] and memory [m, d] must share d, got {queries.shape} and {memory.shape}")
-  if memory.shape[0] == 0:
-    raise ValueError("memory is empty: give at least one embedding of the modality to retrieve")
-  one = lambda q: memory[jnp.argmax(jnp.matmul(q, memory.T, precision=_HI), axis=-1)]
-  n = queries.shape[0]
-  if chunk_size is None or chunk_size >= n:
-    return one(queries)
-  pad = (-n) % chunk_size
-  q = jnp.pad(queries, ((0, pad), (0, 0))).reshape(-1, chunk_size, queries.shape[1])
-  return jax.lax.map(one, q).reshape(-1, queries.shape[1])[:n]
+  one = lambda q: memory[jnp.argmax(jnp.matmul(q, memory.T, precision=_HI), axis=-1)]  # noqa: E731
+  return _retrieve_in_chunks(one, queries, memory, chunk_size)
 
 
 def modality_gap(x: ArrayLike, y: ArrayLike) -> float:
