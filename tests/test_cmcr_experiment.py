@@ -416,8 +416,10 @@ def test_the_wasserstein_procrustes_baseline_is_keyed_by_every_option_it_runs_wi
   from sotalign_jax.aligners import unpaired  # pylint: disable=g-import-not-at-top
   cfg = CONFIG.get_config("smoke")
   opts = EXP.method_options("wasserstein_procrustes", cfg)
-  assert opts["batch_size"] == cfg.baselines.wp.batch_size and opts["qap_inits"] == unpaired.WP_QAP_INITS
+  assert opts["batch_size"] == cfg.baselines.wp.batch_size and opts["qap_inits"] == cfg.baselines.wp.qap_inits
+  assert opts["kmeans_iters"] == aligners.get("wasserstein_procrustes").defaults["kmeans_iters"]
+  assert EXP.method_options("wasserstein_procrustes", CONFIG.get_config("demo"))["qap_inits"] == unpaired.WP_QAP_INITS
   spec = aligners.get("wasserstein_procrustes")
   monkeypatch.setitem(aligners.ALIGNERS, "wasserstein_procrustes",
-                      spec._replace(defaults={**spec.defaults, "qap_inits": 7}))
-  assert EXP.method_options("wasserstein_procrustes", cfg)["qap_inits"] == 7
+                      spec._replace(defaults={**spec.defaults, "kmeans_iters": 7}))
+  assert EXP.method_options("wasserstein_procrustes", cfg)["kmeans_iters"] == 7
