@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from typing import NamedTuple
 
 import jax
@@ -241,12 +242,28 @@ def _batched_lap(cost: jax.Array, *, maximize: bool, method: str, skip: jax.Arra
   raise ValueError(f"lap must be one of {LAPS}, got {method!r}")
 
 
+def _host_cores() -> int:
+  """The CPU cores this process may run on (its affinity mask; ``os.cpu_count()`` where there is none)."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # macOS, Windows
+    return os.cpu_count() or 1
+
+
 def resolve_lap(lap: str) -> str:
   """The solver ``lap`` stands for: one of :data:`LAPS` as it is, or ``"auto"``: ``"scipy"`` on a CPU backend (the
   fastest there) and ``"auction"`` on an accelerator (pure XLA, no host round trip; ``benchmarks/bench_assignment.py``
-  measures the choice)."""
+  measures the choice).
+
+  On a CPU backend where the process may use a single core (its affinity mask: ``taskset -c 0``, a one-CPU batch
+  job), ``"auto"`` is ``"auction"`` too: there the host callback of ``"scipy"`` can deadlock inside a compiled loop.
+  jax's callback copies its inputs to a CPU buffer before scipy reads them, and that copy waits for XLA's CPU thread
+  pool, whose only thread runs the loop that waits for the callback (seen with ``wasserstein_procrustes`` under
+  jax 0.10; two cores, or two host devices, do not hang). Pass ``"auction"`` or ``"hungarian"`` rather than
+  ``"scipy"`` on one core.
+  """
   if lap == "auto":
-    return "scipy" if jax.default_backend() == "cpu" else "auction"
+    return "scipy" if jax.default_backend() == "cpu" and _host_cores() > 1 else "auction"
   if lap not in LAPS:
     raise ValueError(f"lap must be one of {LAPS + ('auto',)}, got {lap!r}")
   return lap

@@ -8,6 +8,10 @@ optimum from the coarse initialization (measured: ‖W − Q‖/‖Q‖ ≈ 0.6 
 """
 
 import itertools
+import os
+import shutil
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -95,6 +99,36 @@ def test_auction_fit_equals_the_scipy_fit(planted):
   assert qap.resolve_lap("auto") == ("scipy" if jax.default_backend() == "cpu" else "auction")
   with pytest.raises(ValueError, match="lap must be one of"):
     aligners.fit("wasserstein_procrustes", jax.random.key(0), _no_pairs(data), lap="lapjv", **opts)
+
+
+_ONE_CORE_FIT = """
+import jax, numpy as np
+from sotalign_jax import aligners
+rng = np.random.default_rng(0)
+means = 3.0 * rng.standard_normal((20, 16))
+q, _ = np.linalg.qr(rng.standard_normal((16, 16)))
+x = (means[rng.integers(0, 20, 1500)] + 0.3 * rng.standard_normal((1500, 16))).astype(np.float32)
+y = ((means[rng.integers(0, 20, 1500)] + 0.3 * rng.standard_normal((1500, 16))) @ q).astype(np.float32)
+data = aligners.AlignData.create(x=x, y=y, pairs_x=np.zeros((0, 16), np.float32), pairs_y=np.zeros((0, 16), np.float32))
+a = aligners.fit("wasserstein_procrustes", jax.random.key(0), data, n_clusters=20, n_restarts=6, batch_size=1500,
+                 n_iterations=10, refine_batch_size=500, kmeans_iters=30)
+print("fitted", float(np.abs(np.asarray(a.wx)).sum()))
+"""
+
+
+def test_wasserstein_procrustes_finishes_on_one_cpu_core():
+  # With one core jax's host callback (lap="scipy") deadlocked in the refinement loop (every thread waiting, no CPU
+  # used); lap="auto" now takes the auction there (qap.resolve_lap). The fit alone takes ≈ 10 s on one core.
+  if shutil.which("taskset") is None:
+    pytest.skip("needs taskset (util-linux) to pin the fit to one core")
+  cpu = sorted(os.sched_getaffinity(0))[0]
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  try:
+    out = subprocess.run(["taskset", "-c", str(cpu), sys.executable, "-c", _ONE_CORE_FIT], capture_output=True,
+                         text=True, timeout=150, env=dict(env, JAX_PLATFORMS="cpu"))
+  except subprocess.TimeoutExpired:
+    pytest.fail("wasserstein_procrustes did not finish in 150 s on one core (deadlock in the host callback?)")
+  assert out.returncode == 0 and "fitted" in out.stdout, out.stderr[-2000:]
 
 
 def test_mini_vec2vec_beats_chance_without_pairs(planted):

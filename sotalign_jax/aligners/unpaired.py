@@ -43,7 +43,8 @@ compiles once. The linear assignments (one ``b × b`` problem per read-out block
 step of the defaults solves one ``10,000 × 10,000`` assignment, as the peer does) are
 :func:`sotalign_jax.qap.linear_assignment` with the solver ``lap``: ``"auto"`` runs
 ``scipy.optimize.linear_sum_assignment`` (exact) on the host through :func:`jax.pure_callback` on a CPU backend,
-where it is the fastest (``benchmarks/bench_assignment.py``), and
+where it is the fastest (``benchmarks/bench_assignment.py``; on a single CPU core the callback can deadlock, so
+``"auto"`` takes the auction there: :func:`sotalign_jax.qap.resolve_lap`), and
 :func:`sotalign_jax.qap.auction` (ε-scaling auction, pure XLA, within ``b · 1e-6`` of the optimal total score
 range) on an accelerator, so the refinement never leaves the device; ``"hungarian"`` (optax, exact, pure XLA) is
 the third choice.
