@@ -418,6 +418,7 @@ def test_the_wasserstein_procrustes_baseline_is_keyed_by_every_option_it_runs_wi
   opts = EXP.method_options("wasserstein_procrustes", cfg)
   assert opts["batch_size"] == cfg.baselines.wp.batch_size and opts["qap_inits"] == cfg.baselines.wp.qap_inits
   assert opts["kmeans_iters"] == aligners.get("wasserstein_procrustes").defaults["kmeans_iters"]
+  assert opts["lap"] in ("scipy", "auction")  # "auto" keyed as the solver it stands for here (backend, cores)
   assert EXP.method_options("wasserstein_procrustes", CONFIG.get_config("demo"))["qap_inits"] == unpaired.WP_QAP_INITS
   spec = aligners.get("wasserstein_procrustes")
   monkeypatch.setitem(aligners.ALIGNERS, "wasserstein_procrustes",

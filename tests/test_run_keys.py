@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -132,6 +133,23 @@ def test_benchmark_changed_hparam_computes_new_cells_same_settings_reuse(cache, 
   assert back["cells_run_now"] == 0 and r1(back) == r1(first)
   other_seed = bench_run(bench_config(cache, seed=1), tmp_path / "w")
   assert other_seed["cells_run_now"] == 1
+
+
+def test_lap_auto_is_keyed_by_the_solver_it_stands_for(cache, monkeypatch):
+  # "auto" runs scipy on a CPU with >= 2 cores and the auction on one core or an accelerator: the numbers differ, so
+  # a cell computed with one must never be reused where "auto" means the other
+  from sotalign_jax import qap  # pylint: disable=g-import-not-at-top
+  from sotalign_jax.runtime import engine  # pylint: disable=g-import-not-at-top
+  cfg = bench_config(cache, ("wasserstein_procrustes",))
+  assert cfg.hparams.wasserstein_procrustes.lap == "auto"
+  keyed = {}
+  for cores in (2, 1):
+    monkeypatch.setattr(qap, "_host_cores", lambda c=cores: c)
+    keyed[cores] = engine.cell_settings("wasserstein_procrustes", 30, 0, cfg, data={}, evaluation={})
+  assert keyed[2].fit["hparams"]["lap"] == "scipy" and keyed[1].fit["hparams"]["lap"] == "auction"
+  assert keyed[2].key != keyed[1].key
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert engine.cell_settings("wasserstein_procrustes", 30, 0, cfg, data={}, evaluation={}).key == keyed[1].key
 
 
 def test_benchmark_subset_rerun_keeps_the_full_table(cache, tmp_path, capsys):
