@@ -55,7 +55,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from sotalign_jax import aligners, cmcr, losses, metrics, qap, stats, teachers
+from sotalign_jax import aligners, cmcr, losses, metrics, stats, teachers
 from sotalign_jax.data.cache import open_cache
 from sotalign_jax.data.splits import stable_uniform
 from sotalign_jax.evaluators import EvalSet, retrieval
@@ -331,8 +331,7 @@ def method_options(method: str, cfg) -> dict:
   if method == "text_lstsq":
     return {"ridge": float(cfg.baselines.lstsq_ridge)}
   if method == "wasserstein_procrustes":  # the registry's defaults, then the config's: a new default is a new cell
-    opts = {**aligners.get("wasserstein_procrustes").defaults, **cfg.baselines.wp}
-    opts["lap"] = qap.resolve_lap(opts["lap"])  # "auto": the solver of this backend and core count
+    opts = aligners.resolved_options("wasserstein_procrustes", cfg.baselines.wp)
     return {k: (int(v) if isinstance(v, (int, np.integer)) else v) for k, v in opts.items()}
   o = {"head": {"kind": cfg.head.kind, "hidden": int(cfg.head.hidden) if cfg.head.kind == "mlp" else 0,
                 "dim": int(cfg.head.dim)},

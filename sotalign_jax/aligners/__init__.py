@@ -41,7 +41,8 @@ pair: ``AlignerSpec.all_pairs``). They take ``loop=`` (a checkpointed training l
 import importlib
 
 from sotalign_jax.aligners.base import (ALIGNERS, CENTER_MODES, INJECTED, AlignData, AlignerSpec, Alignment,
-                                        NeedsPairsError, check_data, cosine, fit, get, register)
+                                        NeedsPairsError, check_data, cosine, fit, get, register,
+                                        resolved_options)
 from sotalign_jax.aligners.linear import (LinearAlignment, StretchedRidgeAlignment, fit_cca, fit_lstsq, fit_procrustes,
                                           fit_ridge)
 from sotalign_jax.aligners.training_free import (ASIFAlignment, LocalCKAAlignment, RelativeAlignment,
@@ -53,8 +54,9 @@ from sotalign_jax.aligners import io  # save / load any fitted Alignment (pylint
 
 __all__ = [
     "AlignData", "Alignment", "AlignerSpec", "NeedsPairsError", "ALIGNERS", "CENTER_MODES", "register", "fit", "get",
-    "check_data", "cosine", "LinearAlignment", "RelativeAlignment", "ASIFAlignment", "LocalCKAAlignment",
-    "asif_representation", "fit_lstsq", "fit_ridge", "fit_procrustes", "fit_cca", "fit_relative", "fit_asif",
+    "check_data", "cosine", "resolved_options", "LinearAlignment", "RelativeAlignment", "ASIFAlignment",
+    "LocalCKAAlignment", "asif_representation", "fit_lstsq", "fit_ridge", "fit_procrustes", "fit_cca", "fit_relative",
+    "fit_asif",
     "fit_local_cka", "HeadsAlignment", "fit_heads", "folded_heads", "INJECTED", "fit_wasserstein_procrustes",
     "fit_mini_vec2vec", "QAPAlignment", "StretchedRidgeAlignment", "fit_qap", "MATCH_METHODS", "io",
 ]

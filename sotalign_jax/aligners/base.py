@@ -52,10 +52,12 @@ import numpy as np
 from jax.sharding import Mesh
 
 from sotalign_jax import matching as match_lib
+from sotalign_jax import qap
 from sotalign_jax._arrays import cosine, on_host, unit
 
 __all__ = [
     "AlignData", "Alignment", "AlignerSpec", "NeedsPairsError", "ALIGNERS", "register", "fit", "get", "check_data",
+    "resolved_options",
     "cosine", "side_mean", "preprocess", "CENTER_MODES", "STRETCH_MODES", "BASE_MODES", "select_base", "fit_scales",
     "stretch_with_queries", "check_stretch",
 ]
@@ -419,6 +421,16 @@ def get(name: str) -> AlignerSpec:
   if name not in ALIGNERS:
     raise ValueError(f"unknown aligner {name!r}; registered: {sorted(ALIGNERS)}")
   return ALIGNERS[name]
+
+
+def resolved_options(name: str, options: Mapping[str, Any] = MappingProxyType({})) -> dict[str, Any]:
+  """The options a fit of ``name`` runs with: the registry's defaults, ``options`` over them, and ``lap="auto"`` as
+  the solver it stands for on this backend and core count (:func:`sotalign_jax.qap.resolve_lap`), so that results
+  keyed by them change whenever the numbers can."""
+  out = {**get(name).defaults, **options}
+  if "lap" in out:
+    out["lap"] = qap.resolve_lap(out["lap"])
+  return out
 
 
 def fit(name: str, key: jax.Array | None, data: AlignData, *, loop: Callable[..., Any] | None = None,

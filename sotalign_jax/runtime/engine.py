@@ -63,7 +63,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from sotalign_jax import aligners, evaluators, qap, scores
+from sotalign_jax import aligners, evaluators, scores
 from sotalign_jax.aligners import io as aligner_io
 from sotalign_jax.data import files as files_lib
 from sotalign_jax.data.cache import open_cache
@@ -343,14 +343,11 @@ def eval_settings(cfg) -> dict:
 def cell_settings(label: str, p: int, seed: int, cfg: ml_collections.ConfigDict, *, data: dict,
                   evaluation: dict) -> sweep.CellSettings:
   """Everything that determines a cell's numbers: the method with its resolved options (registry defaults, the
-  config's over them, ``lap="auto"`` as the solver it stands for here), the data and protocol, the base seed, the
+  config's over them: :func:`sotalign_jax.aligners.resolved_options`), the data and protocol, the base seed, the
   seed and p (``"all"`` for an all-pairs method)."""
   method = method_of(label, cfg)
   spec = aligners.get(method)
-  hparams = {**spec.defaults, **fit_kwargs(label, cfg, p)}
-  if "lap" in hparams:  # "auto" is scipy or the auction by backend and cores: keyed by the solver that runs
-    hparams["lap"] = qap.resolve_lap(hparams["lap"])
-  fit = {"method": method, "hparams": hparams, "data": data,
+  fit = {"method": method, "hparams": aligners.resolved_options(method, fit_kwargs(label, cfg, p)), "data": data,
          "base_seed": cfg.seed, "seed": int(seed), "p": "all" if spec.all_pairs else int(p)}
   variant = cfg.variants[label] if label in cfg.get("variants", {}) else {}
   if "select_from" in variant:
