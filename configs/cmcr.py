@@ -26,7 +26,8 @@ its σ² / λ variants. Methods (``sotalign_jax.cmcr.METHODS``; the default is e
 (the paper), the ablations ``cmcr_ttc`` / ``cmcr_ttc_avc`` / ``cmcr_ttc_intra`` / ``cmcr_no_consistency`` /
 ``cmcr_no_noise``, ``supervised`` (the same projectors trained with A–C pairs: needs ``a_train`` and ``c_train``),
 and the zero-pair baselines ``no_connection`` (cosine between the raw spaces when their dimensions match, else
-chance), ``text_pivot``, ``text_lstsq``, ``wasserstein_procrustes``. ``seeds`` (demo: 3): each method runs with
+chance), ``text_pivot``, ``text_lstsq``, ``wasserstein_procrustes`` and ``mini_vec2vec`` (between the A and C
+memories, no texts), ``text_anchored`` (mini-vec2vec's refinement from the texts' pseudo pairs). ``seeds`` (demo: 3): each method runs with
 seeds ``0 .. seeds-1`` (projector initialisation, batches, noise) and the table shows the mean with a 95% interval
 and paired differences to ``cmcr``.
 Unknown names, and unknown ``--config.KEY`` overrides, are rejected naming the known ones.
@@ -101,6 +102,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.baselines.wp.batch_size = 2000              # benchmark's CPU-sized options (ZERO_PAIR_CPU in
   c.baselines.wp.refine_batch_size = 2000       # configs/proj/benchmark/config.py)
   c.baselines.wp.n_iterations = 50
+  c.baselines.mv2v = ml_collections.ConfigDict()  # mini_vec2vec between the A and C memories (the library's defaults)
+  c.baselines.mv2v.num_runs = 30                  # anchor runs of matched k-means centres
+  c.baselines.mv2v.num_restarts = 30              # QAP starts per run
+  c.baselines.mv2v.refine1_iterations = 100       # also text_anchored's
+  c.baselines.mv2v.refine2_clusters = 500         # also text_anchored's (capped by the memories' rows)
+  c.baselines.anchors = 1000     # text_anchored: shared texts drawn per seed whose pseudo pairs are the anchors
 
   # --- optimisation ---------------------------------------------------------------------------------------
   c.optimizer = "adamw"          # any optax optimizer taking (learning_rate, weight_decay); cosine decay after warm-up
@@ -128,6 +135,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.baselines.wp.batch_size = c.baselines.wp.refine_batch_size = 500
     c.baselines.wp.n_iterations = 10
     c.baselines.wp.qap_inits = 30  # the library's 3,000 starts per centre matching are for real spaces
+    c.baselines.mv2v.num_runs = c.baselines.mv2v.num_restarts = 5
+    c.baselines.mv2v.refine1_iterations = 20
+    c.baselines.mv2v.refine2_clusters = 50
+    c.baselines.anchors = 200
     c.head.hidden = 64
     c.head.dim = 32
     c.batch_size = 128
@@ -146,7 +157,9 @@ def validate(c: ml_collections.ConfigDict):
   cfg_lib.check_nonnegative(c, ("noise_variance", "intra_weight", "pseudo_weight", "weight_decay"))
   cfg_lib.check_one_of(c, "head.kind", ("linear", "mlp", "mlp_half"))
   cfg_lib.check_nonnegative(c, ("demo.gap", "baselines.lstsq_ridge"))
-  cfg_lib.check_ints(c, ("baselines.wp.batch_size", "baselines.wp.refine_batch_size", "baselines.wp.n_iterations"))
+  cfg_lib.check_ints(c, ("baselines.wp.batch_size", "baselines.wp.refine_batch_size", "baselines.wp.n_iterations",
+                        "baselines.mv2v.num_runs", "baselines.mv2v.num_restarts", "baselines.mv2v.refine1_iterations",
+                        "baselines.mv2v.refine2_clusters", "baselines.anchors"))
   cfg_lib.check_one_of(c, "data.source", ("demo", "npy"))
   cfg_lib.check_one_of(c, "teacher.name", teachers.TEACHERS)
   cfg_lib.check_one_of(c, "demo.eval_split", ("val", "test"))

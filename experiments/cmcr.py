@@ -14,8 +14,9 @@ Method keys (:data:`sotalign_jax.cmcr.METHODS`): ``cmcr``; ``supervised`` (the c
 ``cmcr_ttc`` (L_ttc only: no pseudo embedding anywhere), ``cmcr_ttc_avc``, ``cmcr_ttc_intra``,
 ``cmcr_no_consistency`` (nearest memory row instead of aggregation), ``cmcr_no_noise``; the sensitivity
 ``cmcr_noise_low`` / ``_high`` (σ² × 1/4, × 4) and ``cmcr_lambda_low`` / ``_high`` (λ × 1/10, × 10); the zero-pair
-baselines ``no_connection``, ``text_pivot``, ``text_lstsq`` and ``wasserstein_procrustes`` (between the A and C
-memories, no shared modality). Metrics ``a2c_r1``, ``a2c_r5``, ``c2a_r1``, ``c2a_r5`` (A→C and C→A recall at 1
+baselines ``no_connection``, ``text_pivot``, ``text_lstsq``, ``wasserstein_procrustes`` and ``mini_vec2vec``
+(between the A and C memories, no shared modality) and ``text_anchored`` (:func:`text_anchored`: mini-vec2vec's
+refinement between the memories, anchored by the shared texts' pseudo pairs). Metrics ``a2c_r1``, ``a2c_r5``, ``c2a_r1``, ``c2a_r5`` (A→C and C→A recall at 1
 and 5) and, for trained methods, ``gap_1`` / ``gap_2`` (the modality gap left in the shared space). Every method is
 compared with ``cmcr`` by a per-query paired bootstrap (:func:`comparisons`), and ``cmcr − 0.85 × supervised``
 tests the issue's goal. The demo plants a modality gap (``demo.gap``, :func:`planted_gap`) and reports it.
@@ -56,6 +57,9 @@ import optax
 from flax.training import train_state
 
 from sotalign_jax import aligners, cmcr, losses, metrics, stats, teachers
+from sotalign_jax.aligners import unpaired
+from sotalign_jax.aligners.base import preprocess, side_mean
+from sotalign_jax.aligners.linear import LinearAlignment
 from sotalign_jax.data.cache import open_cache
 from sotalign_jax.data.splits import stable_uniform
 from sotalign_jax.evaluators import EvalSet, retrieval
@@ -82,6 +86,11 @@ CONFIDENCE = 0.95  # of the intervals over seeds and of the paired differences
 COMPARED = ("a2c_r1", "c2a_r1")  # the metrics of the paired comparisons with cmcr
 GOAL = 0.85  # C-MCR's target share of the supervised ceiling (issue #28): cmcr − GOAL × supervised is tested
 NO_PAIRS = 0  # the cell store's p: C-MCR sees no A–C pair (its grid has one column)
+# the zero-pair baselines that are registry aligners between the A and C memories -> their config.baselines block
+ZERO_PAIR = {"wasserstein_procrustes": "wp", "mini_vec2vec": "mv2v"}
+# the options of mini-vec2vec after its anchors, which text_anchored runs with (mini_vec2vec's, resolved)
+REFINE = ("num_neighbors", "refine1_iterations", "refine1_samples", "refine2_clusters", "smoothing", "kmeans_iters",
+          "center", "normalize")
 
 
 # ================================================================================================================
@@ -330,9 +339,13 @@ def method_options(method: str, cfg) -> dict:
     return {"retrieval_temperature": float(cfg.retrieval_temperature)}
   if method == "text_lstsq":
     return {"ridge": float(cfg.baselines.lstsq_ridge)}
-  if method == "wasserstein_procrustes":  # the registry's defaults, then the config's: a new default is a new cell
-    opts = aligners.resolved_options("wasserstein_procrustes", cfg.baselines.wp)
-    return {k: (int(v) if isinstance(v, (int, np.integer)) else v) for k, v in opts.items()}
+  plain = lambda v: int(v) if isinstance(v, (int, np.integer)) and not isinstance(v, bool) else v  # noqa: E731
+  if method in ZERO_PAIR:  # the registry's defaults, then the config's: a new default is a new cell
+    return {k: plain(v) for k, v in aligners.resolved_options(method, cfg.baselines[ZERO_PAIR[method]]).items()}
+  if method == "text_anchored":
+    mv = aligners.resolved_options("mini_vec2vec", cfg.baselines.mv2v)
+    return {"anchors": int(cfg.baselines.anchors), "retrieval_temperature": float(cfg.retrieval_temperature),
+            **{k: plain(mv[k]) for k in REFINE}}
   o = {"head": {"kind": cfg.head.kind, "hidden": int(cfg.head.hidden) if cfg.head.kind == "mlp" else 0,
                 "dim": int(cfg.head.dim)},
        "temperature": float(cfg.temperature), "optimizer": cfg.optimizer, "lr": float(cfg.lr),
@@ -364,7 +377,7 @@ def data_settings(method: str, cfg) -> dict | None:
   if cfg.data.source == "demo":
     return _demo_settings(cfg)
   keys = {"supervised": ("a_train", "c_train"), "text_pivot": ("b", "b_prime"), "text_lstsq": ("b", "b_prime"),
-          "wasserstein_procrustes": ("a_memory", "c_memory")}.get(method, ("a_memory", "b", "b_prime", "c_memory"))
+          **dict.fromkeys(ZERO_PAIR, ("a_memory", "c_memory"))}.get(method, ("a_memory", "b", "b_prime", "c_memory"))
   return {"source": "npy", "files": wd.files_fingerprint({k: cfg.data[k] for k in keys})}
 
 
@@ -429,10 +442,49 @@ class Scores:
     self.similarity = lambda x, y: np.asarray(fn(jnp.asarray(x), jnp.asarray(y)))
 
 
+def text_anchored(key: jax.Array, spaces: dict, o: dict) -> LinearAlignment:
+  r"""mini-vec2vec between the A and C memories with the shared texts' pseudo pairs as its anchors.
+
+  mini-vec2vec (Dar, 2025) finds anchors, matched points of the two sets, by matching k-means centres (a QAP),
+  then reads a map out of relative representations and refines it on the sets' own geometry
+  (:func:`sotalign_jax.aligners.unpaired.mini_vec2vec_refine`). Here the anchors come from the texts instead, as
+  C-MCR's pseudo pairs do: ``o["anchors"]`` texts drawn with ``key`` (all if fewer), each giving the pair
+  :math:`(\hat a_t, \hat c_t)` of its soft-retrieved memory embeddings (:func:`cmcr.soft_retrieve`, τ1 =
+  ``retrieval_temperature``). The read-out and the refinement are mini-vec2vec's, with its options (``REFINE``,
+  capped by the rows); rows are centred with their memory's mean and normalised as there. Returns the map of A
+  into C's space. Not from a paper: the baseline that uses the texts *and* the geometry, where
+  ``mini_vec2vec`` uses the geometry alone and C-MCR the texts alone.
+  """
+  k_anchor, k_refine = jax.random.split(key)
+  n_texts, m_a, m_c = len(spaces["b"]), len(spaces["a_memory"]), len(spaces["c_memory"])
+  rows = np.sort(np.asarray(jax.random.permutation(k_anchor, n_texts))[:min(o["anchors"], n_texts)])
+  x, y = jnp.asarray(spaces["a_memory"]), jnp.asarray(spaces["c_memory"])
+  mx, my = (side_mean(v, v[:0], o["center"]) for v in (x, y))
+  prep = lambda a, mean: preprocess(jnp.asarray(a), mean, o["normalize"])  # noqa: E731
+  anchors = []
+  for q, mem, mean in (("b", x, mx), ("b_prime", y, my)):
+    chunk = int(max(1, min(4096, 2**28 // len(mem))))
+    retrieve = jax.jit(functools.partial(cmcr.soft_retrieve, temperature=o["retrieval_temperature"],
+                                         chunk_size=chunk))
+    anchors.append(prep(retrieve(jnp.asarray(spaces[q][rows]), mem), mean))
+  w = _refine(k_refine, prep(x, mx), prep(y, my), *anchors, num_neighbors=min(o["num_neighbors"], m_c),
+              refine1_iterations=o["refine1_iterations"], refine1_samples=min(o["refine1_samples"], m_a),
+              refine2_clusters=min(o["refine2_clusters"], m_a, m_c), smoothing=o["smoothing"],
+              kmeans_iters=o["kmeans_iters"])
+  return LinearAlignment(w, None, mx, my, o["normalize"])
+
+
+_refine = jax.jit(unpaired.mini_vec2vec_refine, static_argnames=("num_neighbors", "refine1_iterations",
+                                                                 "refine1_samples", "refine2_clusters",
+                                                                 "kmeans_iters"))
+
+
 def baseline(method: str, spaces: dict, cfg, *, seed: int) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-  """A zero-pair baseline through the texts (``text_pivot``, ``text_lstsq``) or with no shared modality at all
-  (``wasserstein_procrustes`` between the A and C memories), evaluated like the trained methods."""
+  """A zero-pair baseline through the texts (``text_pivot``, ``text_lstsq``), with no shared modality at all
+  (``wasserstein_procrustes``, ``mini_vec2vec`` between the A and C memories), or both (``text_anchored``),
+  evaluated like the trained methods."""
   o = method_options(method, cfg)
+  key = jax.random.fold_in(jax.random.key(cfg.seed), seed)
   if method == "text_pivot":
     b, bp = jnp.asarray(spaces["b"]), jnp.asarray(spaces["b_prime"])
     fn = jax.jit(lambda a, c: cmcr.pivot_scores(a, c, b, bp, temperature=o["retrieval_temperature"]))
@@ -440,10 +492,10 @@ def baseline(method: str, spaces: dict, cfg, *, seed: int) -> tuple[dict[str, fl
   elif method == "text_lstsq":
     w = jnp.asarray(cmcr.text_lstsq(spaces["b"], spaces["b_prime"], ridge=o["ridge"]))
     scorer = Scores(jax.jit(lambda a, c: cmcr.normalize(a @ w) @ cmcr.normalize(c).T))
-  elif method == "wasserstein_procrustes":
-    key = jax.random.fold_in(jax.random.key(cfg.seed), seed)
-    scorer = aligners.fit("wasserstein_procrustes", key, aligners.AlignData(x=spaces["a_memory"],
-                                                                              y=spaces["c_memory"]), **o)
+  elif method in ZERO_PAIR:
+    scorer = aligners.fit(method, key, aligners.AlignData(x=spaces["a_memory"], y=spaces["c_memory"]), **o)
+  elif method == "text_anchored":
+    scorer = text_anchored(key, spaces, o)
   else:
     raise ValueError(f"unknown baseline {method!r}")
   n = len(spaces["a_eval"])

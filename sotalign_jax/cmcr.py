@@ -61,11 +61,12 @@ __all__ = ["semantic_noise", "soft_retrieve", "nearest", "intra_alignment", "cmc
 # Tables 5–6): L_ttc alone, L_ttc + L_avc, L_ttc + L_intra, without semantic consistency (hard nearest neighbours
 # instead of memory aggregation), without semantic completion (σ² = 0); the σ² and λ sensitivity (× 1/4 and × 4, ×
 # 1/10 and × 10 of the configured values); the same projectors trained on A–C pairs (the ceiling); and the zero-pair
-# baselines: the raw spaces compared directly, a text pivot, a least-squares map fitted on the shared texts, and
-# Wasserstein–Procrustes between A and C with no shared modality at all.
+# baselines: the raw spaces compared directly, a text pivot, a least-squares map fitted on the shared texts,
+# Wasserstein–Procrustes and mini-vec2vec between A and C with no shared modality at all, and mini-vec2vec's
+# refinement anchored by the shared texts' pseudo pairs (the texts and the geometry together).
 ABLATIONS = ("cmcr_ttc", "cmcr_ttc_avc", "cmcr_ttc_intra", "cmcr_no_consistency", "cmcr_no_noise")
 SENSITIVITY = ("cmcr_noise_low", "cmcr_noise_high", "cmcr_lambda_low", "cmcr_lambda_high")
-BASELINES = ("no_connection", "text_pivot", "text_lstsq", "wasserstein_procrustes")
+BASELINES = ("no_connection", "text_pivot", "text_lstsq", "wasserstein_procrustes", "mini_vec2vec", "text_anchored")
 METHODS = ("cmcr", "supervised", *ABLATIONS, *BASELINES, *SENSITIVITY)
 
 _HI = DEFAULT_PRECISION

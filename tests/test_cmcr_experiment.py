@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -393,15 +394,18 @@ def test_zero_pair_baselines_and_paired_comparisons(files, tmp_path):
   # The spaces are linear images of one latent, so a least-squares map fitted on the shared texts is near-perfect
   # by construction; the pivot through the texts is far above chance. Every method gets a paired difference to
   # cmcr, and the goal test (cmcr − 0.85 × supervised) is the same bootstrap on scaled hits.
-  methods = "('cmcr','supervised','text_pivot','text_lstsq','wasserstein_procrustes','no_connection')"
+  methods = ("('cmcr','supervised','text_pivot','text_lstsq','wasserstein_procrustes','mini_vec2vec','text_anchored',"
+             "'no_connection')")
   out = subprocess.run(launch(tmp_path, files, f"--config.methods={methods}"), capture_output=True, text=True,
                        timeout=600, cwd=REPO)
   assert out.returncode == 0, out.stderr[-3000:]
   r = json.load(open(tmp_path / "results.json"))
   res, comp = r["methods"], r["comparisons"]
   assert res["text_lstsq"]["a2c_r1"] > 0.8 and res["text_pivot"]["a2c_r1"] > 30 / N_EVAL, res
-  assert 0 <= res["wasserstein_procrustes"]["a2c_r1"] <= 1
-  assert set(comp["a2c_r1"]) == {"supervised", "text_pivot", "text_lstsq", "wasserstein_procrustes"}  # no per-query
+  assert 0 <= res["wasserstein_procrustes"]["a2c_r1"] <= 1 and 0 <= res["mini_vec2vec"]["a2c_r1"] <= 1
+  assert res["text_anchored"]["a2c_r1"] > 30 / N_EVAL, res
+  assert set(comp["a2c_r1"]) == {"supervised", "text_pivot", "text_lstsq", "wasserstein_procrustes", "mini_vec2vec",
+                                 "text_anchored"}  # no per-query
   for m, d in comp["a2c_r1"].items():  # for no_connection at chance
     assert d["diff"] == pytest.approx(res["cmcr"]["a2c_r1"] - res[m]["a2c_r1"], abs=1e-9), m
     assert d["low"] <= d["diff"] <= d["high"]
@@ -410,7 +414,7 @@ def test_zero_pair_baselines_and_paired_comparisons(files, tmp_path):
   assert "cmcr − 0.85 × supervised" in out.stdout and "| text_lstsq |" in out.stdout
 
 
-def test_the_wasserstein_procrustes_baseline_is_keyed_by_every_option_it_runs_with(monkeypatch):
+def test_the_zero_pair_aligner_baselines_are_keyed_by_every_option_they_run_with(monkeypatch):
   # the config's options over the registry's defaults: a changed library default is a new cell, not a stale one
   from sotalign_jax import aligners  # pylint: disable=g-import-not-at-top
   from sotalign_jax.aligners import unpaired  # pylint: disable=g-import-not-at-top
@@ -424,3 +428,62 @@ def test_the_wasserstein_procrustes_baseline_is_keyed_by_every_option_it_runs_wi
   monkeypatch.setitem(aligners.ALIGNERS, "wasserstein_procrustes",
                       spec._replace(defaults={**spec.defaults, "kmeans_iters": 7}))
   assert EXP.method_options("wasserstein_procrustes", cfg)["kmeans_iters"] == 7
+  mv = EXP.method_options("mini_vec2vec", cfg)  # the same for the other zero-pair aligner, and text_anchored
+  assert mv["num_runs"] == cfg.baselines.mv2v.num_runs and mv["smoothing"] == aligners.get("mini_vec2vec").defaults[
+      "smoothing"]
+  spec = aligners.get("mini_vec2vec")
+  monkeypatch.setitem(aligners.ALIGNERS, "mini_vec2vec", spec._replace(defaults={**spec.defaults, "smoothing": 0.25}))
+  assert EXP.method_options("mini_vec2vec", cfg)["smoothing"] == EXP.method_options("text_anchored", cfg)[
+      "smoothing"] == 0.25
+
+
+def _rotated_spaces(seed=0, *, n=1500, d=16, k=20, shuffle_texts=False):
+  """Two spaces that are one rotation ``Q`` of each other (unit rows of a 20-cluster mixture in d = 16, sampled
+  independently for each memory), texts whose second-space rows are the first's rotated (or, with
+  ``shuffle_texts``, the rotated rows of *other* texts) and held-out pairs ``(e, e Q)``."""
+  rng = np.random.default_rng(seed)
+  means = 3.0 * rng.standard_normal((k, d))
+
+  def draw(m):
+    z = means[rng.integers(k, size=m)] + 0.6 * rng.standard_normal((m, d))
+    return z / np.linalg.norm(z, axis=1, keepdims=True)
+
+  q, _ = np.linalg.qr(rng.standard_normal((d, d)))
+  texts, ev = draw(600), draw(300)
+  f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
+  return f32(q), {"a_memory": f32(draw(n)), "c_memory": f32(draw(n) @ q), "b": f32(texts),
+                  "b_prime": f32((rng.permutation(texts) if shuffle_texts else texts) @ q),
+                  "a_eval": f32(ev), "c_eval": f32(ev @ q)}
+
+
+def test_text_anchored_recovers_a_rotation_from_the_texts_pseudo_pairs(monkeypatch):
+  # The anchors are the soft-retrieved memory rows of the drawn texts (numpy softmax written here), and with them
+  # the refinement recovers the planted rotation; with the texts' second-space rows shuffled the anchors pair
+  # unrelated points and it does not.
+  cfg = CONFIG.get_config("smoke")
+  o = EXP.method_options("text_anchored", cfg)
+  assert o["anchors"] == cfg.baselines.anchors and o["refine1_iterations"] == cfg.baselines.mv2v.refine1_iterations
+  q, spaces = _rotated_spaces()
+  seen = {}
+  real = EXP._refine
+  monkeypatch.setattr(EXP, "_refine", lambda *a, **kw: seen.update(args=a) or real(*a, **kw))
+  al = EXP.text_anchored(jax.random.key(0), spaces, o)
+  _, _, _, ax, ay = seen["args"]
+  retrieved = []
+  for texts, mem in ((spaces["b"], spaces["a_memory"]), (spaces["b_prime"], spaces["c_memory"])):
+    logits = texts.astype(np.float64) @ mem.T / o["retrieval_temperature"]
+    w = np.exp(logits - logits.max(1, keepdims=True))
+    pooled = (w / w.sum(1, keepdims=True)) @ mem
+    pooled /= np.linalg.norm(pooled, axis=1, keepdims=True)
+    centred = pooled - mem.mean(0)
+    retrieved.append(centred / np.linalg.norm(centred, axis=1, keepdims=True))
+  rows = [int(np.argmin(np.abs(retrieved[0] - np.asarray(r)).sum(1))) for r in np.asarray(ax)]
+  assert len(set(rows)) == len(rows) == min(o["anchors"], len(spaces["b"]))  # distinct texts, each one's pair
+  np.testing.assert_allclose(np.asarray(ax), retrieved[0][rows], atol=2e-4)
+  np.testing.assert_allclose(np.asarray(ay), retrieved[1][rows], atol=2e-4)
+  assert np.linalg.norm(np.asarray(al.wx) - q) / np.linalg.norm(q) < 0.1
+  r1 = lambda a: (np.asarray(a.similarity(spaces["a_eval"], spaces["c_eval"])).argmax(1)  # noqa: E731
+                  == np.arange(len(spaces["a_eval"]))).mean()
+  assert r1(al) > 0.9
+  _, shuffled = _rotated_spaces(shuffle_texts=True)
+  assert r1(EXP.text_anchored(jax.random.key(0), shuffled, o)) < 0.5
