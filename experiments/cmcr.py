@@ -85,6 +85,8 @@ KS = (1, 5)
 CONFIDENCE = 0.95  # of the intervals over seeds and of the paired differences
 COMPARED = ("a2c_r1", "c2a_r1")  # the metrics of the paired comparisons with cmcr
 GOAL = 0.85  # C-MCR's target share of the supervised ceiling (issue #28): cmcr − GOAL × supervised is tested
+# pairs of methods compared head to head when both are shown: what the texts add to the geometry
+HEAD_TO_HEAD = (("text_anchored", "mini_vec2vec"),)
 NO_PAIRS = 0  # the cell store's p: C-MCR sees no A–C pair (its grid has one column)
 # the zero-pair baselines that are registry aligners between the A and C memories -> their config.baselines block
 ZERO_PAIR = {"wasserstein_procrustes": "wp", "mini_vec2vec": "mv2v"}
@@ -561,12 +563,15 @@ def markdown(summary: dict, methods: list[str]) -> str:
 
 def comparisons(store: sweep.CellStore, cells: dict, methods: list[str], seeds: list[int], *,
                 n_boot: int = 1000) -> dict:
-  """Paired differences ``cmcr − m`` for every other shown method ``m`` with per-query values, and the goal test
-  ``cmcr − GOAL × supervised``, on :data:`COMPARED`.
+  """Paired differences on :data:`COMPARED`: ``cmcr − m`` for every other shown method ``m`` with per-query values;
+  the goal test ``m − GOAL × supervised`` for every such method but ``supervised`` (``cmcr`` first); and
+  :data:`HEAD_TO_HEAD` (``text_anchored − mini_vec2vec``: what the texts add to the geometry) when both are shown.
 
   Per-query hits of the same evaluation queries, over the seeds both have, with a per-query paired bootstrap
   (:func:`sotalign_jax.stats.paired_difference`, as :func:`sotalign_jax.runtime.sweep.compare` does): ``{metric:
-  {m: {"diff", "low", "high", "excludes_zero", "wins", "n_seeds"}}}`` plus ``"goal"``: ``{metric: ...}``.
+  {m: d}}`` with ``d = {"diff", "low", "high", "excludes_zero", "wins", "n_seeds"}`` (``wins``: the seeds on which
+  the first term is ahead), plus ``"goal"``: ``{metric: {m: d}}`` and ``"head_to_head"``: ``{metric: {"a − b":
+  d}}``.
   """
   def per_query(m):
     try:
@@ -576,9 +581,11 @@ def comparisons(store: sweep.CellStore, cells: dict, methods: list[str], seeds: 
 
   if "cmcr" not in methods:
     return {}
-  ref = per_query("cmcr")
+  hits = {m: per_query(m) for m in methods}
+  ref = hits["cmcr"]
   out = {k: {} for k in COMPARED}
-  out["goal"] = {}
+  out["goal"] = {k: {} for k in COMPARED}
+  out["head_to_head"] = {k: {} for k in COMPARED}
 
   def diff(a, b, common, k, scale=1.0):
     d = stats.paired_difference(np.stack([a[s][k] for s in common]), scale * np.stack([b[s][k] for s in common]),
@@ -586,17 +593,22 @@ def comparisons(store: sweep.CellStore, cells: dict, methods: list[str], seeds: 
     return {"diff": d.diff, "low": d.low, "high": d.high, "excludes_zero": bool(d.excludes_zero),
             "wins": int((d.per_seed > 0).sum()), "n_seeds": int(d.n_seeds)}
 
+  def common(a, b):
+    return [s for s in hits[a] if s in hits[b]]
+
   for m in methods:
-    if m == "cmcr":
-      continue
-    other = per_query(m)
-    common = [s for s in ref if s in other]
-    if not common:
-      continue
-    for k in COMPARED:
-      out[k][m] = diff(ref, other, common, k)
-      if m == "supervised":
-        out["goal"][k] = diff(ref, other, common, k, scale=GOAL)
+    if m != "cmcr" and common("cmcr", m):
+      for k in COMPARED:
+        out[k][m] = diff(ref, hits[m], common("cmcr", m), k)
+  if "supervised" in hits:
+    for m in ("cmcr", *(m for m in methods if m not in ("cmcr", "supervised"))):
+      if common(m, "supervised"):
+        for k in COMPARED:
+          out["goal"][k][m] = diff(hits[m], hits["supervised"], common(m, "supervised"), k, scale=GOAL)
+  for a, b in HEAD_TO_HEAD:
+    if a in hits and b in hits and common(a, b):
+      for k in COMPARED:
+        out["head_to_head"][k][f"{a} − {b}"] = diff(hits[a], hits[b], common(a, b), k)
   return out
 
 
@@ -606,19 +618,27 @@ def _fmt_diff(d) -> str:
 
 
 def comparison_markdown(comp: dict, summary: dict) -> str:
-  """``cmcr − m`` per method and metric with its interval (``*``: excludes zero) and the seeds cmcr wins, then the
-  goal test."""
+  """``cmcr − m`` per method and metric with its interval (``*``: excludes zero) and the seeds cmcr wins; then the
+  goal test of every method with its share of the supervised ceiling, and the head-to-head rows."""
   if not comp or not comp[COMPARED[0]]:
     return ""
+
+  def row(name, ds, *extra):
+    return "| " + " | ".join([name, *map(_fmt_diff, ds), *extra]) + " |"
+
   lines = ["| cmcr − method | " + " | ".join(COMPARED) + " |", "|---|" + "---:|" * len(COMPARED)]
-  for m in comp[COMPARED[0]]:
-    lines.append(f"| {m} | " + " | ".join(_fmt_diff(comp[k][m]) for k in COMPARED) + " |")
-  if comp["goal"]:
-    sup = summary["supervised"][NO_PAIRS]
-    ratio = {k: summary["cmcr"][NO_PAIRS][k]["mean"] / max(sup[k]["mean"], 1e-12) for k in COMPARED}
-    lines.append(f"| cmcr − {GOAL:g} × supervised (goal: > 0) | " + " | ".join(
-        _fmt_diff(comp["goal"][k]) for k in COMPARED) + " |")
-    lines.append("\ncmcr / supervised: " + ", ".join(f"{k} {100 * r:.1f}%" for k, r in ratio.items()))
+  lines += [row(m, [comp[k][m] for k in COMPARED]) for m in comp[COMPARED[0]]]
+  goal, h2h = comp["goal"][COMPARED[0]], comp["head_to_head"][COMPARED[0]]
+  if goal or h2h:
+    def share(m):
+      sup = summary["supervised"][NO_PAIRS]
+      return ", ".join(f"{100 * summary[m][NO_PAIRS][k]['mean'] / max(sup[k]['mean'], 1e-12):.1f}%" for k in COMPARED)
+
+    lines += ["", f"| goal ({GOAL:g} × supervised) and head to head | " + " | ".join(COMPARED) +
+              " | share of supervised |", "|---|" + "---:|" * (len(COMPARED) + 1)]
+    lines += [row(f"{m} − {GOAL:g} × supervised (> 0: reached)", [comp["goal"][k][m] for k in COMPARED], share(m))
+              for m in goal]
+    lines += [row(name, [comp["head_to_head"][k][name] for k in COMPARED], "") for name in h2h]
   return "\n".join(lines)
 
 
@@ -699,7 +719,7 @@ def run(cfg, workdir: str) -> dict:
   cmp_table = comparison_markdown(comp, summary)
   if cmp_table:
     table += (f"\n\nPaired differences (per-query bootstrap over the {len(spaces['a_eval'])} evaluation queries and "
-              f"the seeds, {100 * CONFIDENCE:g}% interval; * excludes zero; then the seeds where cmcr is ahead):\n\n"
+              f"the seeds, {100 * CONFIDENCE:g}% interval; * excludes zero; then the seeds on which the first term is ahead):\n\n"
               + cmp_table)
   table += "\n\n" + gaps
   sio.write_text(os.path.join(workdir, "results.md"), f"{header}\n\n{table}\n")

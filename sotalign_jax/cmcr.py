@@ -36,7 +36,9 @@ only link. Two projectors :math:`f_1` (space 1 → shared) and :math:`f_2` (spac
 
 * :func:`modality_gap` — :math:`\|\mu_A - \mu_B\|` of the unit rows, what the intra-space term is there to close.
 * Zero-pair baselines without training: :func:`pivot_scores` (``A`` → its nearest texts in space 1 → the same texts
-  in space 2, and back for ``C``) and :func:`text_lstsq` (a least-squares map fitted on ``b → b'``).
+  in space 2, and back for ``C``) and :func:`text_lstsq` (a least-squares map fitted on ``b → b'``). The
+  experiment adds the registry's zero-pair aligners between ``A`` and ``C`` (no texts), and mini-vec2vec's
+  refinement anchored by the texts' pseudo pairs.
 * :func:`check_spaces` — validates user-provided embedding arrays (row counts, dimensions, finiteness).
 
 Everything here is a pure function of arrays (jit-able); the training loop is ``experiments/cmcr.py``.
