@@ -27,9 +27,9 @@ its σ² / λ variants. Methods (``sotalign_jax.cmcr.METHODS``; the default is e
 ``cmcr_no_noise``, ``supervised`` (the same projectors trained with A–C pairs: needs ``a_train`` and ``c_train``),
 and the zero-pair baselines ``no_connection`` (cosine between the raw spaces when their dimensions match, else
 chance), ``text_pivot``, ``text_lstsq``, ``wasserstein_procrustes`` and ``mini_vec2vec`` (between the A and C
-memories, no texts), ``text_anchored`` (mini-vec2vec's refinement from the texts' pseudo pairs). ``seeds`` (demo: 3): each method runs with
-seeds ``0 .. seeds-1`` (projector initialisation, batches, noise) and the table shows the mean with a 95% interval
-and paired differences to ``cmcr``.
+memories, no texts), ``text_anchored`` (mini-vec2vec's refinement from the texts' pseudo pairs). ``seeds`` (demo:
+3): each method runs with seeds ``0 .. seeds-1`` (projector initialisation, batches, noise) and the table shows
+the mean with a 95% interval, paired differences to ``cmcr`` and the goal test of every method.
 Unknown names, and unknown ``--config.KEY`` overrides, are rejected naming the known ones.
 """
 

@@ -16,10 +16,12 @@ Method keys (:data:`sotalign_jax.cmcr.METHODS`): ``cmcr``; ``supervised`` (the c
 ``cmcr_noise_low`` / ``_high`` (σ² × 1/4, × 4) and ``cmcr_lambda_low`` / ``_high`` (λ × 1/10, × 10); the zero-pair
 baselines ``no_connection``, ``text_pivot``, ``text_lstsq``, ``wasserstein_procrustes`` and ``mini_vec2vec``
 (between the A and C memories, no shared modality) and ``text_anchored`` (:func:`text_anchored`: mini-vec2vec's
-refinement between the memories, anchored by the shared texts' pseudo pairs). Metrics ``a2c_r1``, ``a2c_r5``, ``c2a_r1``, ``c2a_r5`` (A→C and C→A recall at 1
-and 5) and, for trained methods, ``gap_1`` / ``gap_2`` (the modality gap left in the shared space). Every method is
-compared with ``cmcr`` by a per-query paired bootstrap (:func:`comparisons`), and ``cmcr − 0.85 × supervised``
-tests the issue's goal. The demo plants a modality gap (``demo.gap``, :func:`planted_gap`) and reports it.
+refinement between the memories, anchored by the shared texts' pseudo pairs). Metrics ``a2c_r1``, ``a2c_r5``,
+``c2a_r1``, ``c2a_r5`` (A→C and C→A recall at 1 and 5) and, for trained methods, ``gap_1`` / ``gap_2`` (the
+modality gap left in the shared space). Every method is compared with ``cmcr`` by a per-query paired bootstrap
+(:func:`comparisons`); ``m − 0.85 × supervised`` tests the issue's goal for every method ``m``, and
+``text_anchored − mini_vec2vec`` what the texts add to the geometry.
+The demo plants a modality gap (``demo.gap``, :func:`planted_gap`) and reports it.
 
 Data-parallel over all devices: texts, pseudo embeddings (and A–C pairs) are row-sharded over a 1-D mesh
 (:func:`distributed.shard_rows`), the batches too. On several hosts each computes the pseudo embeddings of its own
@@ -719,7 +721,8 @@ def run(cfg, workdir: str) -> dict:
   cmp_table = comparison_markdown(comp, summary)
   if cmp_table:
     table += (f"\n\nPaired differences (per-query bootstrap over the {len(spaces['a_eval'])} evaluation queries and "
-              f"the seeds, {100 * CONFIDENCE:g}% interval; * excludes zero; then the seeds on which the first term is ahead):\n\n"
+              f"the seeds, {100 * CONFIDENCE:g}% interval; * excludes zero; then the seeds on which the first term is "
+              "ahead):\n\n"
               + cmp_table)
   table += "\n\n" + gaps
   sio.write_text(os.path.join(workdir, "results.md"), f"{header}\n\n{table}\n")
