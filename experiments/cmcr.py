@@ -60,7 +60,6 @@ from flax.training import train_state
 
 from sotalign_jax import aligners, cmcr, losses, metrics, stats, teachers
 from sotalign_jax.aligners import unpaired
-from sotalign_jax.aligners.base import preprocess, side_mean
 from sotalign_jax.aligners.linear import LinearAlignment
 from sotalign_jax.data.cache import open_cache
 from sotalign_jax.data.splits import stable_uniform
@@ -222,15 +221,21 @@ def pseudo_embeddings(spaces: dict, cfg, rows: slice, *, consistency: bool = Tru
 
   Each host computes the rows it holds in training (:func:`distributed.local_row_range`); retrieval is row-wise.
   """
-  out = {}
-  for a, q, mem in (("a", "b", "a_memory"), ("c", "b_prime", "c_memory")):
-    chunk = int(max(1, min(4096, 2**28 // len(spaces[mem]))))  # ≤ 1 GiB of logits at a time
-    if consistency:
-      fn = jax.jit(functools.partial(cmcr.soft_retrieve, temperature=cfg.retrieval_temperature, chunk_size=chunk))
-    else:
-      fn = jax.jit(functools.partial(cmcr.nearest, chunk_size=chunk))
-    out[f"{'pseudo' if consistency else 'nearest'}_{a}"] = np.asarray(fn(spaces[q][rows], spaces[mem]))
-  return out
+  temperature = cfg.retrieval_temperature if consistency else None
+  return {f"{'pseudo' if consistency else 'nearest'}_{a}": retrieve(spaces[q][rows], spaces[mem], temperature)
+          for a, q, mem in (("a", "b", "a_memory"), ("c", "b_prime", "c_memory"))}
+
+
+def retrieve(queries, memory, temperature: float | None) -> np.ndarray:
+  """Each query's pseudo embedding from ``memory``: soft retrieval with τ1 = ``temperature``
+  (:func:`cmcr.soft_retrieve`), or the nearest memory row (:func:`cmcr.nearest`) for ``None``; in chunks of queries
+  of at most 1 GiB of logits."""
+  chunk = int(max(1, min(4096, 2**28 // len(memory))))
+  if temperature is None:
+    fn = jax.jit(functools.partial(cmcr.nearest, chunk_size=chunk))
+  else:
+    fn = jax.jit(functools.partial(cmcr.soft_retrieve, temperature=temperature, chunk_size=chunk))
+  return np.asarray(fn(queries, memory))
 
 
 # ================================================================================================================
@@ -450,39 +455,23 @@ def text_anchored(key: jax.Array, spaces: dict, o: dict) -> LinearAlignment:
   r"""mini-vec2vec between the A and C memories with the shared texts' pseudo pairs as its anchors.
 
   mini-vec2vec (Dar, 2025) finds anchors, matched points of the two sets, by matching k-means centres (a QAP),
-  then reads a map out of relative representations and refines it on the sets' own geometry
-  (:func:`sotalign_jax.aligners.unpaired.mini_vec2vec_refine`). Here the anchors come from the texts instead, as
-  C-MCR's pseudo pairs do: ``o["anchors"]`` texts drawn with ``key`` (all if fewer), each giving the pair
-  :math:`(\hat a_t, \hat c_t)` of its soft-retrieved memory embeddings (:func:`cmcr.soft_retrieve`, τ1 =
-  ``retrieval_temperature``). The pseudo embeddings are C-MCR's own, formed in the contrastive spaces; each is then
-  prepared like a memory row (centred with its memory's mean, normalised), where mini-vec2vec's anchors are
-  k-means centres of the prepared rows. The read-out and the refinement are mini-vec2vec's, with its options
-  (``REFINE``, capped by the rows), on float32 rows prepared as there. Returns the map of A into C's space. Not
-  from a paper: the baseline that uses the texts *and* the geometry, where ``mini_vec2vec`` uses the geometry alone
-  and C-MCR the texts alone.
+  then reads a map out of relative representations and refines it on the sets' own geometry. Here the anchors come
+  from the texts instead, as C-MCR's pseudo pairs do: ``o["anchors"]`` texts drawn with ``key`` (all if fewer),
+  each giving the pair :math:`(\hat a_t, \hat c_t)` of its soft-retrieved memory embeddings (:func:`retrieve`,
+  τ1 = ``retrieval_temperature``), formed in the contrastive spaces as C-MCR forms them. The read-out and the
+  refinement are :func:`sotalign_jax.aligners.unpaired.mini_vec2vec_from_anchors`, with mini-vec2vec's options
+  (``REFINE``), which prepares the anchors like memory rows (where mini-vec2vec's are k-means centres of the
+  prepared rows). Returns the map of A into C's space. Not from a paper: the baseline that uses the texts *and*
+  the geometry, where ``mini_vec2vec`` uses the geometry alone and C-MCR the texts alone.
   """
   k_anchor, k_refine = jax.random.split(key)
-  n_texts, m_a, m_c = len(spaces["b"]), len(spaces["a_memory"]), len(spaces["c_memory"])
+  n_texts = len(spaces["b"])
   rows = np.sort(np.asarray(jax.random.permutation(k_anchor, n_texts))[:min(o["anchors"], n_texts)])
-  x, y = (jnp.asarray(spaces[k], jnp.float32) for k in ("a_memory", "c_memory"))
-  mx, my = (side_mean(v, v[:0], o["center"]) for v in (x, y))
-  prep = lambda a, mean: preprocess(jnp.asarray(a), mean, o["normalize"])  # noqa: E731
-  anchors = []
-  for q, mem, mean in (("b", x, mx), ("b_prime", y, my)):
-    chunk = int(max(1, min(4096, 2**28 // len(mem))))
-    retrieve = jax.jit(functools.partial(cmcr.soft_retrieve, temperature=o["retrieval_temperature"],
-                                         chunk_size=chunk))
-    anchors.append(prep(retrieve(jnp.asarray(spaces[q][rows], jnp.float32), mem), mean))
-  w = _refine(k_refine, prep(x, mx), prep(y, my), *anchors, num_neighbors=min(o["num_neighbors"], m_c),
-              refine1_iterations=o["refine1_iterations"], refine1_samples=min(o["refine1_samples"], m_a),
-              refine2_clusters=min(o["refine2_clusters"], m_a, m_c), smoothing=o["smoothing"],
-              kmeans_iters=o["kmeans_iters"])
-  return LinearAlignment(w, None, mx, my, o["normalize"])
-
-
-_refine = jax.jit(unpaired.mini_vec2vec_refine, static_argnames=("num_neighbors", "refine1_iterations",
-                                                                 "refine1_samples", "refine2_clusters",
-                                                                 "kmeans_iters"))
+  x, y = (np.asarray(spaces[k], np.float32) for k in ("a_memory", "c_memory"))
+  anchors = [retrieve(np.asarray(spaces[q][rows], np.float32), mem, o["retrieval_temperature"])
+             for q, mem in (("b", x), ("b_prime", y))]
+  return unpaired.mini_vec2vec_from_anchors(k_refine, aligners.AlignData(x=x, y=y), *anchors,
+                                            **{k: o[k] for k in REFINE})
 
 
 def baseline(method: str, spaces: dict, cfg, *, seed: int) -> tuple[dict[str, float], dict[str, np.ndarray]]:

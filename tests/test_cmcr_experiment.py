@@ -502,13 +502,14 @@ def test_text_anchored_recovers_a_rotation_from_the_texts_pseudo_pairs(monkeypat
   # The anchors are the soft-retrieved memory rows of the drawn texts (numpy softmax written here), and with them
   # the refinement recovers the planted rotation; with the texts' second-space rows shuffled the anchors pair
   # unrelated points and it does not.
+  from sotalign_jax.aligners import unpaired  # pylint: disable=g-import-not-at-top
   cfg = CONFIG.get_config("smoke")
   o = EXP.method_options("text_anchored", cfg)
   assert o["anchors"] == cfg.baselines.anchors and o["refine1_iterations"] == cfg.baselines.mv2v.refine1_iterations
   q, spaces = _rotated_spaces()
   seen = {}
-  real = EXP._refine
-  monkeypatch.setattr(EXP, "_refine", lambda *a, **kw: seen.update(args=a) or real(*a, **kw))
+  real = unpaired._mv2v_refine
+  monkeypatch.setattr(unpaired, "_mv2v_refine", lambda *a, **kw: seen.update(args=a) or real(*a, **kw))
   al = EXP.text_anchored(jax.random.key(0), spaces, o)
   _, px, py, ax, ay = seen["args"]
   for prepared, mem, mean in ((px, spaces["a_memory"], al.mx), (py, spaces["c_memory"], al.my)):

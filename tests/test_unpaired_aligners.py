@@ -367,3 +367,14 @@ def test_tsi_qsi_match_python_loops(rng):
   assert traced.shape == () and traced.dtype == jnp.float32
   with pytest.raises(ValueError, match="key is required"):
     cka.quadruplet_similarity_index(x, y, key=None)
+
+
+def test_mini_vec2vec_from_anchors_rejects_anchors_that_are_not_matched_rows(rng):
+  data = aligners.AlignData(x=rng.normal(size=(50, 4)).astype(np.float32), y=rng.normal(size=(60, 3)).astype(
+      np.float32))
+  good = rng.normal(size=(8, 4)), rng.normal(size=(8, 3))
+  w = unpaired.mini_vec2vec_from_anchors(jax.random.key(0), data, *good, refine1_iterations=2, refine2_clusters=5)
+  assert w.wx.shape == (4, 3)
+  for ax, ay in ((good[0][:7], good[1]), (good[1], good[1]), (good[0], good[0]), (good[0][0], good[1][0])):
+    with pytest.raises(ValueError, match="anchors_x and anchors_y must be matched"):
+      unpaired.mini_vec2vec_from_anchors(jax.random.key(0), data, ax, ay)

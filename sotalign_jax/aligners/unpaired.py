@@ -60,15 +60,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from sotalign_jax._arrays import DEFAULT_PRECISION, unit
-from sotalign_jax.aligners.base import AlignData, Center, is_row_source, preprocess, register, side_mean
+from sotalign_jax.aligners.base import (AlignData, Center, check_data, is_row_source, preprocess, register,
+                                        side_mean)
 from sotalign_jax.aligners.linear import LinearAlignment
 from sotalign_jax import qap as qap_lib
 from sotalign_jax.clustering import kmeans, kmeans_plus_plus_from_uniforms, kpp_trials, lloyd
 from sotalign_jax.qap import _faq_core
 
 __all__ = ["fit_wasserstein_procrustes", "fit_mini_vec2vec", "geometric_initialization", "matched_centres",
-           "match_centres", "polar", "mini_vec2vec_refine", "PairStats", "pair_stats", "QAP_SOLVERS",
-           "WP_QAP_INITS"]
+           "match_centres", "polar", "mini_vec2vec_refine", "mini_vec2vec_from_anchors", "PairStats", "pair_stats",
+           "QAP_SOLVERS", "WP_QAP_INITS"]
 
 _HI = DEFAULT_PRECISION
 _mm = functools.partial(jnp.matmul, precision=_HI)
@@ -586,6 +587,36 @@ def mini_vec2vec_refine(key: jax.Array, x: jax.Array, y: jax.Array, anchors_x: j
 
 _mv2v_refine = jax.jit(mini_vec2vec_refine, static_argnames=("num_neighbors", "refine1_iterations",
                                                             "refine1_samples", "refine2_clusters", "kmeans_iters"))
+
+
+def mini_vec2vec_from_anchors(key: jax.Array, data: AlignData, anchors_x: jax.Array, anchors_y: jax.Array, *,
+                              num_neighbors: int = 50, refine1_iterations: int = 100, refine1_samples: int = 1000,
+                              refine2_clusters: int = 500, smoothing: float = 0.5, kmeans_iters: int = 100,
+                              center: Center = "all", normalize: bool = True) -> LinearAlignment:
+  """mini-vec2vec's read-out and refinement (:func:`mini_vec2vec_refine`) from anchors you give, instead of the
+  matched k-means centres of :func:`fit_mini_vec2vec`: row ``i`` of ``anchors_x: [a, dx]`` (in x's space) is
+  matched with row ``i`` of ``anchors_y: [a, dy]`` (in y's), e.g. the pseudo pairs of texts shared by two spaces
+  (``text_anchored`` in ``experiments/cmcr.py``).
+
+  The rows of ``data`` are prepared as :func:`fit_mini_vec2vec` prepares them (``center``, ``normalize``), and the
+  anchors like rows of their side (centred with its mean, normalised); the options are :func:`fit_mini_vec2vec`'s,
+  capped by the rows as there. ``key`` draws the refinement's batches and k-means seeds. Returns a
+  :class:`LinearAlignment` mapping x into y-space (``wy = None``).
+  """
+  _positive(num_neighbors=num_neighbors, refine1_iterations=refine1_iterations, refine1_samples=refine1_samples,
+            refine2_clusters=refine2_clusters, kmeans_iters=kmeans_iters)
+  x, y, pairs, mx, my = _prepared(check_data(data), center, normalize, "mini_vec2vec_from_anchors")
+  sx, sy = np.shape(anchors_x), np.shape(anchors_y)
+  if len(sx) != 2 or len(sy) != 2 or sx != (sy[0], x.shape[1]) or sy[1] != y.shape[1]:
+    raise ValueError(f"anchors_x and anchors_y must be matched [a, {x.shape[1]}] and [a, {y.shape[1]}] rows, got "
+                     f"shapes {sx} and {sy}")
+  ax, ay = (preprocess(jnp.asarray(a, jnp.float32), mean, normalize) for a, mean in ((anchors_x, mx), (anchors_y, my)))
+  n, m = x.shape[0], y.shape[0]
+  w = _mv2v_refine(key, x, y, ax, ay, pairs=pairs, num_neighbors=min(int(num_neighbors), m),
+                   refine1_iterations=int(refine1_iterations), refine1_samples=min(int(refine1_samples), n),
+                   refine2_clusters=min(int(refine2_clusters), n, m), smoothing=jnp.float32(smoothing),
+                   kmeans_iters=int(kmeans_iters))
+  return LinearAlignment(w, None, mx, my, normalize)
 
 
 def _mv2v(key, x, y, pairs, smoothing, *, num_clusters, num_runs, num_samples, num_restarts, num_neighbors,
